@@ -1,0 +1,60 @@
+# trainguard: every developer and CI command. `make help` lists them.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(shell e2e/cluster/build.sh --print)
+export PATH := $(BIN):$(abspath $(VENV))/bin:$(PATH)
+KUBECONFIG_LOCAL = $(shell $(PY) -m e2e.cluster.localcluster env 2>/dev/null | sed 's/^export KUBECONFIG=//')
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+.PHONY: venv
+venv: $(VENV)/.installed ## Python virtual environment with the operator and dev tools
+
+.PHONY: build
+build: ## Build etcd, Kubernetes, kwok, helm, cosign, crane and registry from Go modules (cached)
+	e2e/cluster/build.sh
+
+.PHONY: cluster
+cluster: build venv ## Start the local control plane with simulated GPU nodes (idempotent)
+	$(PY) -m e2e.cluster.localcluster up
+
+.PHONY: cluster-down
+cluster-down: ## Stop every process of the local control plane
+	@if [ -x $(PY) ]; then $(PY) -m e2e.cluster.localcluster down; fi
+
+.PHONY: lint
+lint: venv ## ruff, mypy (strict) and import-linter
+	$(VENV)/bin/ruff check operator tests e2e conftest.py
+	$(VENV)/bin/ruff format --check operator tests e2e conftest.py
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+.PHONY: fmt
+fmt: venv ## Format and autofix the Python code
+	$(VENV)/bin/ruff format operator tests e2e conftest.py
+	$(VENV)/bin/ruff check --fix operator tests e2e conftest.py
+
+.PHONY: unit
+unit: venv ## Unit tests only (no cluster)
+	$(PY) -m pytest -m "not cluster and not gpu" -q
+
+.PHONY: test
+test: build venv lint ## Everything CI runs: lint, unit and cluster tests against the real local control plane
+	$(PY) -m pytest -q
+
+.PHONY: demo
+demo: cluster ## Start the cluster and show simulated GPU scheduling end to end
+	$(PY) -m e2e.demo

@@ -1,0 +1,637 @@
+"""A real local Kubernetes control plane on loopback, with simulated GPU nodes.
+
+    python -m e2e.cluster.localcluster up      # start (idempotent), print `export KUBECONFIG=...`
+    python -m e2e.cluster.localcluster down    # stop every process it started
+    python -m e2e.cluster.localcluster status  # exit 0 when healthy
+    python -m e2e.cluster.localcluster env     # print the export line only
+
+It runs etcd, kube-apiserver (secure port, RBAC, admission webhooks, ResourceQuota,
+service-account keys), kube-controller-manager, kube-scheduler and kwok, all built from Go
+modules by `e2e/cluster/build.sh`. Every listener binds 127.0.0.1. State (certificates,
+logs, pids, etcd data, kubeconfig) lives outside the repository, by default in
+`${XDG_CACHE_HOME:-~/.cache}/trainguard/cluster`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from e2e.cluster import pki
+
+HERE = Path(__file__).resolve().parent
+LOOPBACK = "127.0.0.1"
+GPU_RESOURCE = "nvidia.com/gpu"
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+
+
+def cache_root() -> Path:
+    explicit = os.environ.get("TRAINGUARD_CACHE")
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "trainguard"
+
+
+def state_dir() -> Path:
+    explicit = os.environ.get("TRAINGUARD_CLUSTER_DIR")
+    return Path(explicit) if explicit else cache_root() / "cluster"
+
+
+def bin_dir() -> Path:
+    return cache_root() / "bin"
+
+
+@dataclass(frozen=True)
+class Ports:
+    etcd_client: int
+    etcd_peer: int
+    apiserver: int
+    controller_manager: int
+    scheduler: int
+    kwok: int
+
+    @classmethod
+    def from_base(cls, base: int) -> Ports:
+        return cls(base, base + 1, base + 2, base + 3, base + 4, base + 5)
+
+    def all(self) -> list[int]:
+        return list(asdict(self).values())
+
+
+@dataclass
+class ClusterConfig:
+    nodes: int = 4
+    gpus_per_node: int = 8
+    cpu_per_node: str = "96"
+    memory_per_node: str = "1024Gi"
+    port_base: int = 46380
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> ClusterConfig:
+        return cls(
+            nodes=int(os.environ.get("TRAINGUARD_NODES", "4")),
+            gpus_per_node=int(os.environ.get("TRAINGUARD_GPUS_PER_NODE", "8")),
+            port_base=int(os.environ.get("TRAINGUARD_CLUSTER_PORT_BASE", "46380")),
+        )
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be started; the message says which step and where the log is."""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A running cluster as tests and tools see it."""
+
+    state: Path
+    kubeconfig: Path
+    server: str
+    ca_file: Path
+    ports: Ports
+
+    def kubectl(
+        self, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(bin_dir() / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            check=check,
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=120,
+        )
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _pid_alive(pid: int, binary: str) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+    except OSError:
+        return False
+    # Zombies have an empty cmdline; a reused pid runs another program.
+    return Path(cmdline.decode(errors="replace")).name == binary
+
+
+def _read_pids(state: Path) -> dict[str, int]:
+    path = state / "pids.json"
+    if not path.exists():
+        return {}
+    data: dict[str, int] = json.loads(path.read_text())
+    return data
+
+
+def _write_pids(state: Path, pids: dict[str, int]) -> None:
+    (state / "pids.json").write_text(json.dumps(pids, indent=1))
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((LOOPBACK, port)) == 0
+
+
+def _spawn(state: Path, name: str, argv: list[str], pids: dict[str, int]) -> subprocess.Popen[bytes]:
+    log = (state / "logs" / f"{name}.log").open("ab")
+    proc = subprocess.Popen(
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # survives the launcher; `down` stops it by pid
+        close_fds=True,
+    )
+    pids[name] = proc.pid
+    _write_pids(state, pids)
+    return proc
+
+
+def _wait(
+    what: str,
+    check: object,
+    timeout: float,
+    log: Path | None = None,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Poll `check` until true; fail early when `proc`, the component being waited for, has exited."""
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    last_error = ""
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            last_error = f"the process exited with code {proc.returncode}"
+            break
+        try:
+            if check():
+                return
+        except Exception as exc:
+            last_error = f"{type(exc).__name__}: {exc}"
+        time.sleep(0.2)
+    tail = ""
+    if log and log.exists():
+        tail = (
+            "\n--- last lines of "
+            + log.name
+            + " ---\n"
+            + "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+        )
+    raise ClusterError(f"{what} was not ready after {timeout:.0f} s ({last_error or 'no answer'}).{tail}")
+
+
+# --------------------------------------------------------------------------- config files
+
+
+def _kubeconfig(path: Path, server: str, ca: Path, client: pki.KeyPair, user: str) -> None:
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "trainguard-local",
+                        "cluster": {"server": server, "certificate-authority": str(ca)},
+                    }
+                ],
+                "users": [
+                    {
+                        "name": user,
+                        "user": {"client-certificate": str(client.cert), "client-key": str(client.key)},
+                    }
+                ],
+                "contexts": [
+                    {"name": "trainguard-local", "context": {"cluster": "trainguard-local", "user": user}}
+                ],
+                "current-context": "trainguard-local",
+            },
+            indent=1,
+        )
+    )
+    path.chmod(0o600)
+
+
+def _node_manifest(index: int, cfg: ClusterConfig) -> dict[str, object]:
+    name = f"gpu-node-{index}"
+    resources = {
+        "cpu": cfg.cpu_per_node,
+        "memory": cfg.memory_per_node,
+        "pods": "110",
+        GPU_RESOURCE: str(cfg.gpus_per_node),
+        "ephemeral-storage": "1Ti",
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {KWOK_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+                "nvidia.com/gpu.present": "true",
+                "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
+                "topology.kubernetes.io/zone": f"zone-{index % 2}",
+            },
+        },
+        "spec": {
+            # GPU nodes carry the taint GPU clusters use; the ExtendedResourceToleration
+            # admission plugin adds the toleration to pods that request GPUs.
+            "taints": [{"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}],
+        },
+        "status": {"allocatable": resources, "capacity": resources},
+    }
+
+
+# --------------------------------------------------------------------------- the cluster
+
+
+class LocalCluster:
+    def __init__(self, cfg: ClusterConfig | None = None, state: Path | None = None) -> None:
+        self.cfg = cfg or ClusterConfig.from_env()
+        self.state = state or state_dir()
+        self.ports = Ports.from_base(self.cfg.port_base)
+        self.pki_dir = self.state / "pki"
+        self.bin = bin_dir()
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    # paths
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state / "kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return f"https://{LOOPBACK}:{self.ports.apiserver}"
+
+    def handle(self) -> Cluster:
+        return Cluster(self.state, self.kubeconfig, self.server, self.pki_dir / "ca.crt", self.ports)
+
+    # health
+    def _ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.pki_dir / "ca.crt"))
+        ctx.load_cert_chain(str(self.pki_dir / "admin.crt"), str(self.pki_dir / "admin.key"))
+        return ctx
+
+    def _apiserver_ready(self) -> bool:
+        with urllib.request.urlopen(f"{self.server}/readyz", context=self._ssl_context(), timeout=2) as resp:  # noqa: S310
+            return bool(resp.status == 200)
+
+    @staticmethod
+    def _component_healthy(port: int) -> bool:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # self-signed serving cert of a loopback-only component
+        with urllib.request.urlopen(f"https://{LOOPBACK}:{port}/healthz", context=ctx, timeout=2) as resp:
+            return bool(resp.status == 200)
+
+    def healthy(self) -> bool:
+        pids = _read_pids(self.state)
+        wanted = {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"}
+        if set(pids) != wanted or not all(_pid_alive(pid, name) for name, pid in pids.items()):
+            return False
+        try:
+            return (
+                self._apiserver_ready()
+                and self._component_healthy(self.ports.controller_manager)
+                and self._component_healthy(self.ports.scheduler)
+            )
+        except (OSError, urllib.error.URLError, ssl.SSLError):
+            return False
+
+    # lifecycle
+    def up(self) -> Cluster:
+        """Start the cluster unless a healthy one is running; return its handle."""
+        if self.healthy():
+            return self.handle()
+        self.down(quiet=True)
+        started = time.monotonic()
+        self._check_binaries()
+        busy = [p for p in self.ports.all() if _port_open(p)]
+        if busy:
+            raise ClusterError(
+                f"ports {busy} on {LOOPBACK} are taken by another program; "
+                "stop it or set TRAINGUARD_CLUSTER_PORT_BASE to a free range of six ports"
+            )
+        for sub in ("logs", "etcd"):
+            shutil.rmtree(self.state / sub, ignore_errors=True)
+            (self.state / sub).mkdir(parents=True)
+        self._ensure_pki()
+        pids: dict[str, int] = {}
+        self._start_etcd(pids)
+        self._start_apiserver(pids)
+        self._start_controllers(pids)
+        self._create_nodes()
+        self._wait_ready()
+        (self.state / "startup-seconds").write_text(f"{time.monotonic() - started:.1f}\n")
+        return self.handle()
+
+    def down(self, quiet: bool = False) -> None:
+        """Stop every process this launcher started; leave no port listening."""
+        pids = _read_pids(self.state)
+        order = ["kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]
+        for name in order:
+            pid = pids.get(name)
+            if pid and _pid_alive(pid, name):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for name in order:
+            pid = pids.get(name)
+            while pid and _pid_alive(pid, name) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if pid and _pid_alive(pid, name):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+        _write_pids(self.state, {}) if self.state.exists() else None
+        still = [p for p in self.ports.all() if _port_open(p)]
+        if still and not quiet:
+            raise ClusterError(f"ports {still} still listen after stopping the cluster")
+
+    # steps
+    def _check_binaries(self) -> None:
+        needed = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl"]
+        missing = [b for b in needed if not (self.bin / b).exists()]
+        if missing:
+            raise ClusterError(
+                f"missing binaries {missing} in {self.bin}: run `make build` (e2e/cluster/build.sh) first"
+            )
+
+    def _ensure_pki(self) -> None:
+        d = self.pki_dir
+        ca = pki.ensure_ca(d, "ca")
+        pki.ensure_leaf(
+            d,
+            "apiserver",
+            ca,
+            common_name="kube-apiserver",
+            server_names=(
+                LOOPBACK,
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+            ),
+        )
+        pki.ensure_leaf(
+            d, "admin", ca, common_name="trainguard-admin", organization="system:masters", client=True
+        )
+        pki.ensure_leaf(
+            d, "controller-manager", ca, common_name="system:kube-controller-manager", client=True
+        )
+        pki.ensure_leaf(d, "scheduler", ca, common_name="system:kube-scheduler", client=True)
+        # kwok plays every kubelet: it writes node and pod status cluster-wide.
+        pki.ensure_leaf(d, "kwok", ca, common_name="kwok", organization="system:masters", client=True)
+        pki.ensure_service_account_keys(d)
+        for user in ("admin", "controller-manager", "scheduler", "kwok"):
+            _kubeconfig(
+                self.state / f"{user}.kubeconfig" if user != "admin" else self.kubeconfig,
+                self.server,
+                d / "ca.crt",
+                pki.KeyPair(d / f"{user}.crt", d / f"{user}.key"),
+                user,
+            )
+
+    def _start_etcd(self, pids: dict[str, int]) -> None:
+        p = self.ports
+        proc = _spawn(
+            self.state,
+            "etcd",
+            [
+                str(self.bin / "etcd"),
+                "--name=trainguard-local",
+                f"--data-dir={self.state / 'etcd'}",
+                f"--listen-client-urls=http://{LOOPBACK}:{p.etcd_client}",
+                f"--advertise-client-urls=http://{LOOPBACK}:{p.etcd_client}",
+                f"--listen-peer-urls=http://{LOOPBACK}:{p.etcd_peer}",
+                f"--initial-advertise-peer-urls=http://{LOOPBACK}:{p.etcd_peer}",
+                f"--initial-cluster=trainguard-local=http://{LOOPBACK}:{p.etcd_peer}",
+                "--listen-metrics-urls=",
+                "--unsafe-no-fsync=true",  # a throwaway test cluster: speed over durability
+                "--quota-backend-bytes=4294967296",
+                "--log-level=warn",
+            ],
+            pids,
+        )
+        _wait("etcd", lambda: _port_open(p.etcd_client), 30, self.state / "logs" / "etcd.log", proc)
+
+    def _start_apiserver(self, pids: dict[str, int]) -> None:
+        d, p = self.pki_dir, self.ports
+        admission = ",".join(
+            [
+                "NamespaceLifecycle",
+                "LimitRanger",
+                "ServiceAccount",
+                "PodSecurity",
+                "Priority",
+                "DefaultTolerationSeconds",
+                "ExtendedResourceToleration",
+                # TaintNodesByCondition is left out: its not-ready taint is lifted by the node
+                # lifecycle controller, which simulated nodes do not need.
+                "DefaultStorageClass",
+                "StorageObjectInUseProtection",
+                "PersistentVolumeClaimResize",
+                "RuntimeClass",
+                "MutatingAdmissionWebhook",
+                "ValidatingAdmissionPolicy",
+                "ValidatingAdmissionWebhook",
+                "ResourceQuota",
+            ]
+        )
+        proc = _spawn(
+            self.state,
+            "kube-apiserver",
+            [
+                str(self.bin / "kube-apiserver"),
+                f"--etcd-servers=http://{LOOPBACK}:{p.etcd_client}",
+                f"--bind-address={LOOPBACK}",
+                f"--advertise-address={LOOPBACK}",
+                f"--secure-port={p.apiserver}",
+                f"--tls-cert-file={d / 'apiserver.crt'}",
+                f"--tls-private-key-file={d / 'apiserver.key'}",
+                f"--client-ca-file={d / 'ca.crt'}",
+                f"--service-account-key-file={d / 'sa.pub'}",
+                f"--service-account-signing-key-file={d / 'sa.key'}",
+                "--service-account-issuer=https://kubernetes.default.svc",
+                "--authorization-mode=RBAC",
+                f"--enable-admission-plugins={admission}",
+                "--disable-admission-plugins=TaintNodesByCondition",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                "--endpoint-reconciler-type=none",  # loopback is not a valid endpoint address
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=1",
+            ],
+            pids,
+        )
+        _wait("kube-apiserver", self._apiserver_ready, 90, self.state / "logs" / "kube-apiserver.log", proc)
+
+    def _start_controllers(self, pids: dict[str, int]) -> None:
+        d, p, s = self.pki_dir, self.ports, self.state
+        kcm_cfg = str(s / "controller-manager.kubeconfig")
+        self.procs["kube-controller-manager"] = _spawn(
+            s,
+            "kube-controller-manager",
+            [
+                str(self.bin / "kube-controller-manager"),
+                f"--kubeconfig={kcm_cfg}",
+                f"--authentication-kubeconfig={kcm_cfg}",
+                f"--authorization-kubeconfig={kcm_cfg}",
+                f"--bind-address={LOOPBACK}",
+                f"--secure-port={p.controller_manager}",
+                f"--cert-dir={s / 'controller-manager-certs'}",
+                f"--service-account-private-key-file={d / 'sa.key'}",
+                f"--root-ca-file={d / 'ca.crt'}",
+                "--use-service-account-credentials=true",
+                # Simulated nodes have no kubelet heartbeat contract and no cloud.
+                "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller",
+                "--leader-elect=false",
+                "--profiling=false",
+                "--v=1",
+            ],
+            pids,
+        )
+        sched_cfg = str(s / "scheduler.kubeconfig")
+        self.procs["kube-scheduler"] = _spawn(
+            s,
+            "kube-scheduler",
+            [
+                str(self.bin / "kube-scheduler"),
+                f"--kubeconfig={sched_cfg}",
+                f"--authentication-kubeconfig={sched_cfg}",
+                f"--authorization-kubeconfig={sched_cfg}",
+                f"--bind-address={LOOPBACK}",
+                f"--secure-port={p.scheduler}",
+                f"--cert-dir={s / 'scheduler-certs'}",
+                "--leader-elect=false",
+                "--profiling=false",
+                "--v=1",
+            ],
+            pids,
+        )
+        self.procs["kwok"] = _spawn(
+            s,
+            "kwok",
+            [
+                str(self.bin / "kwok"),
+                f"--kubeconfig={s / 'kwok.kubeconfig'}",
+                f"--config={HERE / 'kwok-stages.yaml'}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+                "--cidr=10.244.0.1/16",
+                "--node-ip=10.0.0.1",
+                f"--server-address={LOOPBACK}:{p.kwok}",
+                "--node-lease-duration-seconds=0",
+            ],
+            pids,
+        )
+
+    def _create_nodes(self) -> None:
+        cluster = self.handle()
+        docs = "\n---\n".join(json.dumps(_node_manifest(i, self.cfg)) for i in range(self.cfg.nodes))
+        cluster.kubectl("apply", "-f", "-", input=docs)
+
+    def _wait_ready(self) -> None:
+        cluster, logs = self.handle(), self.state / "logs"
+
+        def nodes_ready() -> bool:
+            out = cluster.kubectl(
+                "get",
+                "nodes",
+                "-o",
+                'jsonpath={range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}',
+                check=False,
+            ).stdout.split()
+            return len(out) == self.cfg.nodes and all(s == "True" for s in out)
+
+        def default_sa() -> bool:
+            return (
+                cluster.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode
+                == 0
+            )
+
+        kcm, sched, kwok = (self.procs.get(n) for n in ("kube-controller-manager", "kube-scheduler", "kwok"))
+        _wait(
+            "kube-controller-manager",
+            lambda: self._component_healthy(self.ports.controller_manager),
+            60,
+            logs / "kube-controller-manager.log",
+            kcm,
+        )
+        _wait(
+            "kube-scheduler",
+            lambda: self._component_healthy(self.ports.scheduler),
+            60,
+            logs / "kube-scheduler.log",
+            sched,
+        )
+        _wait("simulated GPU nodes (kwok)", nodes_ready, 60, logs / "kwok.log", kwok)
+        _wait("the default service account", default_sa, 60, logs / "kube-controller-manager.log", kcm)
+
+
+@contextlib.contextmanager
+def running(cfg: ClusterConfig | None = None) -> Iterator[Cluster]:
+    """Start (or reuse) the cluster for the duration of a block; leaves it running."""
+    yield LocalCluster(cfg).up()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="localcluster", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["up", "down", "status", "env"])
+    parser.add_argument("--nodes", type=int, help="simulated GPU nodes (default 4, or $TRAINGUARD_NODES)")
+    parser.add_argument("--gpus-per-node", type=int, help="nvidia.com/gpu per node (default 8)")
+    args = parser.parse_args(argv)
+    cfg = ClusterConfig.from_env()
+    if args.nodes:
+        cfg.nodes = args.nodes
+    if args.gpus_per_node:
+        cfg.gpus_per_node = args.gpus_per_node
+    lc = LocalCluster(cfg)
+    export = f"export KUBECONFIG={lc.kubeconfig}"
+    try:
+        if args.command == "up":
+            was_healthy = lc.healthy()
+            start = time.monotonic()
+            lc.up()
+            took = time.monotonic() - start
+            how = "already running" if was_healthy else f"started in {took:.1f} s"
+            print(
+                f"trainguard local cluster {how}: "
+                f"{cfg.nodes} simulated nodes x {cfg.gpus_per_node} {GPU_RESOURCE}",
+                file=sys.stderr,
+            )
+            print(export)
+        elif args.command == "down":
+            lc.down()
+            print("trainguard local cluster stopped", file=sys.stderr)
+        elif args.command == "status":
+            ok = lc.healthy()
+            print("healthy" if ok else "not running", file=sys.stderr)
+            return 0 if ok else 1
+        else:
+            print(export)
+    except ClusterError as exc:
+        print(f"localcluster {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Standard Kubernetes conditions: the only way TrainingJob status says what state it is in."""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+
+class ConditionType(enum.StrEnum):
+    ADMITTED = "Admitted"
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    INTEGRITY_VERIFIED = "IntegrityVerified"
+    INTEGRITY_VIOLATION = "IntegrityViolation"
+
+
+Status = Literal["True", "False", "Unknown"]
+
+
+class Condition(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
+    type: str
+    status: Status
+    reason: str
+    message: str = ""
+    observed_generation: int | None = None
+    last_transition_time: str
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def parse_time(value: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def find(conditions: list[Condition], kind: str) -> Condition | None:
+    return next((c for c in conditions if c.type == kind), None)
+
+
+def is_true(conditions: list[Condition], kind: str) -> bool:
+    found = find(conditions, kind)
+    return found is not None and found.status == "True"
+
+
+def set_condition(
+    conditions: list[Condition],
+    kind: str,
+    status: Status,
+    reason: str,
+    message: str,
+    *,
+    generation: int | None,
+    now: str,
+) -> list[Condition]:
+    """Return `conditions` with `kind` set; lastTransitionTime moves only when the status changes."""
+    old = find(conditions, kind)
+    transition = old.last_transition_time if old is not None and old.status == status else now
+    new = Condition(
+        type=kind,
+        status=status,
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+        last_transition_time=transition,
+    )
+    out = [c for c in conditions if c.type != kind]
+    out.append(new)
+    order = {t.value: i for i, t in enumerate(ConditionType)}
+    return sorted(out, key=lambda c: order.get(c.type, len(order)))
