@@ -29,7 +29,7 @@ def main() -> int:
         "get",
         "nodes",
         "-o",
-        "custom-columns=NAME:.metadata.name,GPUS:.status.allocatable.nvidia\\.com/gpu,READY:.status.conditions[?(@.type==\"Ready\")].status",
+        'custom-columns=NAME:.metadata.name,GPUS:.status.allocatable.nvidia\\.com/gpu,READY:.status.conditions[?(@.type=="Ready")].status',
     )
     step("A pod asking for 8 GPUs is placed by kube-scheduler and runs")
     cluster.kubectl("create", "namespace", "demo", check=False)

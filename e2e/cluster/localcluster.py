@@ -34,6 +34,8 @@ from pathlib import Path
 from e2e.cluster import pki
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "provisioner")
 LOOPBACK = "127.0.0.1"
 GPU_RESOURCE = "nvidia.com/gpu"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -122,11 +124,12 @@ class Cluster:
 
 def _pid_alive(pid: int, binary: str) -> bool:
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return False
-    # Zombies have an empty cmdline; a reused pid runs another program.
-    return Path(cmdline.decode(errors="replace")).name == binary
+    # Zombies have an empty cmdline; a reused pid runs another program. Python components
+    # (the provisioner) are recognised by their module name among the arguments.
+    return Path(argv[0]).name == binary or any(arg.endswith(f".{binary}") for arg in argv[1:])
 
 
 def _read_pids(state: Path) -> dict[str, int]:
@@ -151,6 +154,7 @@ def _spawn(state: Path, name: str, argv: list[str], pids: dict[str, int]) -> sub
     log = (state / "logs" / f"{name}.log").open("ab")
     proc = subprocess.Popen(
         argv,
+        cwd=REPO,
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -304,8 +308,7 @@ class LocalCluster:
 
     def healthy(self) -> bool:
         pids = _read_pids(self.state)
-        wanted = {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"}
-        if set(pids) != wanted or not all(_pid_alive(pid, name) for name, pid in pids.items()):
+        if set(pids) != set(COMPONENTS) or not all(_pid_alive(pid, name) for name, pid in pids.items()):
             return False
         try:
             return (
@@ -346,7 +349,7 @@ class LocalCluster:
     def down(self, quiet: bool = False) -> None:
         """Stop every process this launcher started; leave no port listening."""
         pids = _read_pids(self.state)
-        order = ["kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]
+        order = list(reversed(COMPONENTS))
         for name in order:
             pid = pids.get(name)
             if pid and _pid_alive(pid, name):
@@ -525,6 +528,9 @@ class LocalCluster:
                 "--v=1",
             ],
             pids,
+        )
+        self.procs["provisioner"] = _spawn(
+            s, "provisioner", [sys.executable, "-m", "e2e.cluster.provisioner", str(self.kubeconfig)], pids
         )
         self.procs["kwok"] = _spawn(
             s,

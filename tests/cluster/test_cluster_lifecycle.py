@@ -10,7 +10,15 @@ import os
 import time
 from pathlib import Path
 
-from e2e.cluster.localcluster import Cluster, ClusterConfig, LocalCluster, _pid_alive, _port_open, _read_pids
+from e2e.cluster.localcluster import (
+    COMPONENTS,
+    Cluster,
+    ClusterConfig,
+    LocalCluster,
+    _pid_alive,
+    _port_open,
+    _read_pids,
+)
 
 
 def test_up_is_idempotent_and_down_leaves_nothing(cluster: Cluster, tmp_path: Path) -> None:
@@ -18,7 +26,7 @@ def test_up_is_idempotent_and_down_leaves_nothing(cluster: Cluster, tmp_path: Pa
     try:
         first = lc.up()
         pids = _read_pids(lc.state)
-        assert set(pids) == {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"}
+        assert set(pids) == set(COMPONENTS)
         nodes = first.kubectl("get", "nodes", "-o", "name").stdout.split()
         assert nodes == ["node/gpu-node-0"]
 

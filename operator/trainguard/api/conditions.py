@@ -11,13 +11,15 @@ from pydantic.alias_generators import to_camel
 
 
 class ConditionType(enum.StrEnum):
-    ADMITTED = "Admitted"
-    QUEUED = "Queued"
-    RUNNING = "Running"
-    SUCCEEDED = "Succeeded"
+    """Listed, and written, most decisive first: the printer column shows the first True one."""
+
     FAILED = "Failed"
-    INTEGRITY_VERIFIED = "IntegrityVerified"
+    SUCCEEDED = "Succeeded"
     INTEGRITY_VIOLATION = "IntegrityViolation"
+    RUNNING = "Running"
+    QUEUED = "Queued"
+    ADMITTED = "Admitted"
+    INTEGRITY_VERIFIED = "IntegrityVerified"
 
 
 Status = Literal["True", "False", "Unknown"]

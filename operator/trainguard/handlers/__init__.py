@@ -1,1 +1,5 @@
-"""handlers layer."""
+"""Thin kopf handlers wiring the pure logic to the cluster. Importing this package registers them."""
+
+from trainguard.handlers import jobs
+
+__all__ = ["jobs"]

@@ -1,0 +1,199 @@
+"""The only module that talks to the Kubernetes API server.
+
+It wraps the synchronous `kubernetes` client and runs every call in a worker thread so the kopf
+event loop never blocks. Objects go in and come out as plain dicts, exactly as the API serves
+them; parsing into models happens in the handlers, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from trainguard.api.models import GROUP, VERSION
+
+Obj = dict[str, Any]
+
+
+class KubeError(RuntimeError):
+    """An API call failed for a reason other than "already exists" or "not found"."""
+
+    def __init__(self, action: str, exc: ApiException) -> None:
+        super().__init__(f"{action}: {exc.status} {exc.reason}: {_message(exc)}")
+        self.status = exc.status
+
+
+def _message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message", exc.body))
+    except ValueError:
+        return str(exc.body)
+
+
+def configure() -> None:
+    """Load credentials: in-cluster when running as a pod, the kubeconfig otherwise."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+
+
+def _json(response: Any) -> Obj:
+    data: Obj = json.loads(response.data)
+    return data
+
+
+async def _call(
+    action: str, fn: Callable[..., Any], *args: Any, ok: tuple[int, ...] = (), **kwargs: Any
+) -> Any:
+    """Run `fn` in a thread; return None for the statuses in `ok`, raise KubeError for others."""
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except ApiException as exc:
+        if exc.status in ok:
+            return None
+        raise KubeError(action, exc) from exc
+
+
+def _core() -> client.CoreV1Api:
+    return client.CoreV1Api()
+
+
+def _custom() -> client.CustomObjectsApi:
+    return client.CustomObjectsApi()
+
+
+# --------------------------------------------------------------------------- trainguard objects
+
+
+async def get_job(namespace: str, name: str) -> Obj | None:
+    resp = await _call(
+        f"get TrainingJob {namespace}/{name}",
+        _custom().get_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        namespace,
+        "trainingjobs",
+        name,
+        _preload_content=False,
+        ok=(404,),
+    )
+    return None if resp is None else _json(resp)
+
+
+async def get_tenant(name: str) -> Obj | None:
+    resp = await _call(
+        f"get Tenant {name}",
+        _custom().get_cluster_custom_object,
+        GROUP,
+        VERSION,
+        "tenants",
+        name,
+        _preload_content=False,
+        ok=(404,),
+    )
+    return None if resp is None else _json(resp)
+
+
+async def patch_job_status(namespace: str, name: str, status: Obj) -> None:
+    await _call(
+        f"patch status of TrainingJob {namespace}/{name}",
+        _custom().patch_namespaced_custom_object_status,
+        GROUP,
+        VERSION,
+        namespace,
+        "trainingjobs",
+        name,
+        {"status": status},
+        ok=(404,),
+    )
+
+
+# --------------------------------------------------------------------------- children
+
+
+async def list_pods(namespace: str, selector: dict[str, str]) -> list[Obj]:
+    label_selector = ",".join(f"{k}={v}" for k, v in selector.items())
+    resp = await _call(
+        f"list pods in {namespace}",
+        _core().list_namespaced_pod,
+        namespace,
+        label_selector=label_selector,
+        _preload_content=False,
+    )
+    items: list[Obj] = _json(resp)["items"]
+    return items
+
+
+_CREATORS: dict[str, Callable[[], Callable[..., Any]]] = {
+    "Pod": lambda: _core().create_namespaced_pod,
+    "Service": lambda: _core().create_namespaced_service,
+    "ServiceAccount": lambda: _core().create_namespaced_service_account,
+    "PersistentVolumeClaim": lambda: _core().create_namespaced_persistent_volume_claim,
+    "NetworkPolicy": lambda: client.NetworkingV1Api().create_namespaced_network_policy,
+}
+
+
+async def create(manifest: Obj) -> bool:
+    """Create the object; return False when it already exists (creation is idempotent)."""
+    kind, meta = manifest["kind"], manifest["metadata"]
+    result = await _call(
+        f"create {kind} {meta['namespace']}/{meta['name']}",
+        _CREATORS[kind](),
+        meta["namespace"],
+        manifest,
+        _preload_content=False,
+        ok=(409,),
+    )
+    return result is not None
+
+
+async def delete_pod(namespace: str, name: str) -> None:
+    await _call(
+        f"delete pod {namespace}/{name}",
+        _core().delete_namespaced_pod,
+        name,
+        namespace,
+        grace_period_seconds=30,
+        propagation_policy="Background",
+        ok=(404,),
+    )
+
+
+async def post_event(obj: Obj, type_: str, reason: str, message: str, component: str = "trainguard") -> None:
+    """Record a core/v1 Event about `obj` (what `kubectl describe` shows)."""
+    meta = obj["metadata"]
+    now = datetime.datetime.now(datetime.UTC).isoformat()
+    namespace = meta.get("namespace", "default")
+    event: Obj = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "name": f"{meta['name']}.{uuid.uuid4().hex[:12]}",
+            "namespace": meta.get("namespace", "default"),
+        },
+        "involvedObject": {
+            "apiVersion": obj["apiVersion"],
+            "kind": obj["kind"],
+            "name": meta["name"],
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": component},
+        "reportingComponent": component,
+        "reportingInstance": component,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+    await _call("post event", _core().create_namespaced_event, namespace, event, ok=(409,))

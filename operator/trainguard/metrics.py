@@ -1,0 +1,38 @@
+"""Every Prometheus series trainguard exports: one prefix, `_total` counters, low-cardinality labels.
+
+Labels are tenant and reason only, never job or pod names.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+RECONCILE_SECONDS = Histogram(
+    "trainguard_reconcile_duration_seconds",
+    "Time of one TrainingJob reconcile pass.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+RECONCILE_ERRORS = Counter("trainguard_reconcile_errors_total", "Reconcile passes that failed.", ["reason"])
+JOB_RESTARTS = Counter("trainguard_job_restarts_total", "Gang restarts after a failed replica.", ["tenant"])
+JOBS_FINISHED = Counter(
+    "trainguard_jobs_finished_total", "Jobs that reached a terminal condition.", ["tenant", "outcome"]
+)
+JOBS_NOT_ADMITTED = Counter(
+    "trainguard_jobs_not_admitted_total", "Jobs the operator refused to run.", ["tenant", "reason"]
+)
+
+
+def job_restarted(tenant: str) -> None:
+    JOB_RESTARTS.labels(tenant=tenant).inc()
+
+
+def job_finished(tenant: str, outcome: str) -> None:
+    JOBS_FINISHED.labels(tenant=tenant, outcome=outcome).inc()
+
+
+def job_not_admitted(tenant: str, reason: str) -> None:
+    JOBS_NOT_ADMITTED.labels(tenant=tenant, reason=reason).inc()
+
+
+def reconcile_failed(reason: str) -> None:
+    RECONCILE_ERRORS.labels(reason=reason).inc()

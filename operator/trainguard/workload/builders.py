@@ -1,0 +1,329 @@
+"""Pure builders of everything the operator creates for an admitted TrainingJob.
+
+Each function takes the parsed job (and tenant) and returns the manifest as a plain dict, ready
+for the API server. Nothing here talks to Kubernetes; golden-file tests pin the output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from trainguard.api.models import API_VERSION, IntegrityMode, Tenant, TrainingJob
+
+Manifest = dict[str, Any]
+
+MANAGED_BY = "trainguard"
+LABEL_JOB = "trainguard.dev/job-name"
+LABEL_JOB_UID = "trainguard.dev/job-uid"
+LABEL_TENANT = "trainguard.dev/tenant"
+LABEL_REPLICA = "trainguard.dev/replica-index"
+LABEL_ATTEMPT = "trainguard.dev/attempt"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+
+GPU_RESOURCE = "nvidia.com/gpu"
+RENDEZVOUS_PORT = 29500
+RUN_AS = 65532  # the conventional "nonroot" user of distroless images
+INTEGRITY_DIR = "/run/trainguard"
+
+
+@dataclass(frozen=True)
+class WorkloadSettings:
+    """Operator-wide settings the builders need (from the Helm values)."""
+
+    sidecar_image: str = "ghcr.io/trainguard/integrity-sidecar:0.1.0"
+    dns_namespace: str = "kube-system"
+
+
+# --------------------------------------------------------------------------- names
+
+
+def service_name(job: TrainingJob) -> str:
+    return job.name
+
+
+def service_account_name(job: TrainingJob) -> str:
+    return f"{job.name}-runner"
+
+
+def output_claim_name(job: TrainingJob) -> str:
+    return f"{job.name}-output"
+
+
+def network_policy_name(job: TrainingJob) -> str:
+    return f"{job.name}-isolation"
+
+
+def pod_name(job: TrainingJob, replica: int, attempt: int) -> str:
+    return f"{job.name}-{replica}-a{attempt}"
+
+
+def pod_hostname(job: TrainingJob, replica: int) -> str:
+    """Stable across restarts, so `<job>-0.<job>` always names the rendezvous master."""
+    return f"{job.name}-{replica}"
+
+
+# --------------------------------------------------------------------------- common metadata
+
+
+def job_selector(job: TrainingJob) -> dict[str, str]:
+    return {LABEL_JOB_UID: job.metadata.uid}
+
+
+def labels(job: TrainingJob, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_COMPONENT: component,
+        LABEL_JOB: job.name,
+        LABEL_JOB_UID: job.metadata.uid,
+        LABEL_TENANT: job.spec.tenant,
+    }
+
+
+def owner_reference(job: TrainingJob) -> Manifest:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "TrainingJob",
+        "name": job.name,
+        "uid": job.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def metadata(
+    job: TrainingJob, name: str, component: str, extra_labels: dict[str, str] | None = None
+) -> Manifest:
+    return {
+        "name": name,
+        "namespace": job.namespace,
+        "labels": {**labels(job, component), **(extra_labels or {})},
+        "ownerReferences": [owner_reference(job)],
+    }
+
+
+# --------------------------------------------------------------------------- children
+
+
+def build_service_account(job: TrainingJob) -> Manifest:
+    """A per-job identity with no permissions and no token mounted anywhere."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": metadata(job, service_account_name(job), "runner"),
+        "automountServiceAccountToken": False,
+    }
+
+
+def build_service(job: TrainingJob) -> Manifest:
+    """Headless service: stable DNS names for rendezvous (`<job>-<i>.<job>`)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(job, service_name(job), "rendezvous"),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": job_selector(job),
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}],
+        },
+    }
+
+
+def build_output_claim(job: TrainingJob) -> Manifest:
+    spec: Manifest = {
+        "accessModes": ["ReadWriteOnce"] if job.spec.replicas == 1 else ["ReadWriteMany"],
+        "resources": {"requests": {"storage": job.spec.output.size}},
+    }
+    if job.spec.output.storage_class_name:
+        spec["storageClassName"] = job.spec.output.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": metadata(job, output_claim_name(job), "output"),
+        "spec": spec,
+    }
+
+
+def build_network_policy(job: TrainingJob, settings: WorkloadSettings) -> Manifest:
+    """Only pods of the same job may talk to the job's pods; egress to the same job and DNS."""
+    same_job = [{"podSelector": {"matchLabels": job_selector(job)}}]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(job, network_policy_name(job), "isolation"),
+        "spec": {
+            "podSelector": {"matchLabels": job_selector(job)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": same_job}],
+            "egress": [
+                {"to": same_job},
+                {
+                    "to": [
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {"kubernetes.io/metadata.name": settings.dns_namespace}
+                            },
+                            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                        }
+                    ],
+                    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+                },
+            ],
+        },
+    }
+
+
+def hardened_container_security() -> Manifest:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "privileged": False,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def trainer_image(job: TrainingJob) -> str:
+    """The digest-pinned reference once admission pinned it; the spec's reference before."""
+    return job.spec.image
+
+
+def build_pod(
+    job: TrainingJob, tenant: Tenant, replica: int, attempt: int, settings: WorkloadSettings
+) -> Manifest:
+    spec = job.spec
+    gpus = str(spec.resources.gpus_per_replica)
+    resources: Manifest = {
+        "requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
+        "limits": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
+    }
+    if spec.resources.gpus_per_replica:
+        resources["requests"][GPU_RESOURCE] = gpus
+        resources["limits"][GPU_RESOURCE] = gpus
+
+    volumes: list[Manifest] = [
+        {"name": "output", "persistentVolumeClaim": {"claimName": output_claim_name(job)}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "16Gi"}},
+    ]
+    mounts: list[Manifest] = [
+        {"name": "output", "mountPath": spec.output.mount_path},
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - the container's scratch space, root FS is read-only
+    ]
+    for entry in spec.shared_storage:
+        storage = tenant.spec.storage(entry.name)
+        if storage is None:  # admission refuses this; never build a pod that would mount it writable
+            raise ValueError(
+                f"spec.sharedStorage[{entry.name}] is not shared storage of tenant {tenant.metadata.name}"
+            )
+        volume = f"shared-{entry.name}"
+        # Read-only at the volume level: the kubelet mounts the claim read-only for every container.
+        volumes.append(
+            {"name": volume, "persistentVolumeClaim": {"claimName": storage.claim_name, "readOnly": True}}
+        )
+        mounts.append({"name": volume, "mountPath": entry.mount_path, "readOnly": True})
+
+    integrity = spec.integrity.mode != IntegrityMode.OFF
+    if integrity:
+        volumes.append({"name": "integrity", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}})
+        mounts.append({"name": "integrity", "mountPath": INTEGRITY_DIR})
+
+    env: list[Manifest] = [
+        {"name": "TRAINGUARD_JOB", "value": job.name},
+        {"name": "TRAINGUARD_TENANT", "value": spec.tenant},
+        {"name": "RANK", "value": str(replica)},
+        {"name": "WORLD_SIZE", "value": str(spec.replicas)},
+        {"name": "MASTER_ADDR", "value": f"{pod_hostname(job, 0)}.{service_name(job)}"},
+        {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
+    ]
+    if integrity:
+        env.append({"name": "TRAINGUARD_INTEGRITY_SOCKET", "value": f"{INTEGRITY_DIR}/sidecar.sock"})
+    env.extend(e.to_api() for e in spec.env)
+
+    trainer: Manifest = {
+        "name": "trainer",
+        "image": trainer_image(job),
+        "imagePullPolicy": "IfNotPresent",
+        "env": env,
+        "resources": resources,
+        "volumeMounts": mounts,
+        "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}],
+        "securityContext": hardened_container_security(),
+    }
+    if spec.command:
+        trainer["command"] = list(spec.command)
+    if spec.args:
+        trainer["args"] = list(spec.args)
+    containers = [trainer]
+    if integrity:
+        containers.append(
+            {
+                "name": "integrity-sidecar",
+                "image": settings.sidecar_image,
+                "imagePullPolicy": "IfNotPresent",
+                "env": [
+                    {"name": "TRAINGUARD_JOB", "value": job.name},
+                    {"name": "TRAINGUARD_REPLICA", "value": str(replica)},
+                    {"name": "TRAINGUARD_INTEGRITY_MODE", "value": spec.integrity.mode.value},
+                    {"name": "TRAINGUARD_INTEGRITY_EVERY_STEPS", "value": str(spec.integrity.every_steps)},
+                    {"name": "TRAINGUARD_INTEGRITY_SOCKET", "value": f"{INTEGRITY_DIR}/sidecar.sock"},
+                ],
+                "resources": {
+                    "requests": {"cpu": "100m", "memory": "128Mi"},
+                    "limits": {"cpu": "1", "memory": "512Mi"},
+                },
+                "volumeMounts": [{"name": "integrity", "mountPath": INTEGRITY_DIR}],
+                "securityContext": hardened_container_security(),
+            }
+        )
+
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata(
+            job,
+            pod_name(job, replica, attempt),
+            "worker",
+            {LABEL_REPLICA: str(replica), LABEL_ATTEMPT: str(attempt)},
+        ),
+        "spec": {
+            "restartPolicy": "Never",  # the operator restarts the whole gang within the failure policy
+            "hostname": pod_hostname(job, replica),
+            "subdomain": service_name(job),
+            "serviceAccountName": service_account_name(job),
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "hostNetwork": False,
+            "hostPID": False,
+            "hostIPC": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": RUN_AS,
+                "runAsGroup": RUN_AS,
+                "fsGroup": RUN_AS,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+            "terminationGracePeriodSeconds": 30,
+            "containers": containers,
+            "volumes": volumes,
+        },
+    }
+
+
+def build_pods(job: TrainingJob, tenant: Tenant, attempt: int, settings: WorkloadSettings) -> list[Manifest]:
+    """Every pod of one attempt: the gang is created together or not at all."""
+    return [build_pod(job, tenant, i, attempt, settings) for i in range(job.spec.replicas)]
+
+
+def build_children(job: TrainingJob, settings: WorkloadSettings) -> list[Manifest]:
+    """Everything but the pods, in the order they must exist."""
+    return [
+        build_service_account(job),
+        build_output_claim(job),
+        build_service(job),
+        build_network_policy(job, settings),
+    ]

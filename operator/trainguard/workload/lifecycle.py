@@ -1,0 +1,263 @@
+"""The pure decision of one reconcile pass: observed job and pods in, desired actions out.
+
+Level-triggered: the plan depends only on what is in the cluster now, so a restarted operator
+computes the same plan and converges without duplicates. Status is a list of conditions.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainguard.api.conditions import ConditionType as C
+from trainguard.api.conditions import Status, is_true, parse_time, set_condition
+from trainguard.api.models import ReplicaCounts, Tenant, TrainingJob, TrainingJobStatus
+from trainguard.workload.builders import LABEL_ATTEMPT, LABEL_REPLICA, Manifest, WorkloadSettings, build_pods
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the planner needs to know about one pod of a job."""
+
+    name: str
+    replica: int
+    attempt: int
+    phase: str
+    exit_code: int | None = None
+    deleting: bool = False
+
+    @classmethod
+    def from_manifest(cls, pod: dict[str, Any]) -> PodView:
+        meta, status = pod.get("metadata", {}), pod.get("status", {}) or {}
+        exit_code = None
+        for cs in status.get("containerStatuses") or []:
+            terminated = (cs.get("state") or {}).get("terminated")
+            if terminated and cs.get("name") == "trainer":
+                exit_code = int(terminated.get("exitCode", 0))
+        return cls(
+            name=meta["name"],
+            replica=int(meta.get("labels", {}).get(LABEL_REPLICA, -1)),
+            attempt=int(meta.get("labels", {}).get(LABEL_ATTEMPT, -1)),
+            phase=status.get("phase", "Pending"),
+            exit_code=exit_code,
+            deleting=bool(meta.get("deletionTimestamp")),
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    status: TrainingJobStatus
+    ensure_children: bool = False
+    create_pods: list[Manifest] = field(default_factory=list)
+    delete_pods: list[str] = field(default_factory=list)
+    requeue_after: float | None = None
+    events: list[Event] = field(default_factory=list)
+
+
+def _iso(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+class _Status:
+    """Accumulates one pass's status changes so they are written in a single patch."""
+
+    def __init__(self, job: TrainingJob, now: datetime.datetime) -> None:
+        self.value = job.status.model_copy(update={"observed_generation": job.metadata.generation})
+        self.generation = job.metadata.generation
+        self.now = _iso(now)
+
+    def condition(self, kind: C, status: Status, reason: str, message: str) -> None:
+        conditions = set_condition(
+            self.value.conditions,
+            kind.value,
+            status,
+            reason,
+            message,
+            generation=self.generation,
+            now=self.now,
+        )
+        self.value = self.value.model_copy(update={"conditions": conditions})
+
+    def set(self, **changes: Any) -> None:
+        self.value = self.value.model_copy(update=changes)
+
+
+def admission_problems(job: TrainingJob, tenant: Tenant | None) -> tuple[str, str] | None:
+    """Why the job cannot run at all under its tenant, as (reason, message); None when it can."""
+    spec = job.spec
+    if tenant is None:
+        return (
+            "TenantNotFound",
+            f"spec.tenant: Tenant {spec.tenant!r} does not exist; "
+            "ask the platform team to create it or use an existing tenant",
+        )
+    if job.namespace not in tenant.spec.namespaces:
+        return (
+            "NamespaceNotOwned",
+            f"metadata.namespace: namespace {job.namespace!r} does not belong to tenant {spec.tenant!r} "
+            f"(its namespaces: {', '.join(tenant.spec.namespaces)}); create the job in one of those",
+        )
+    unknown = [m.name for m in spec.shared_storage if tenant.spec.storage(m.name) is None]
+    if unknown:
+        known = ", ".join(s.name for s in tenant.spec.shared_storage) or "none"
+        return (
+            "UnknownSharedStorage",
+            f"spec.sharedStorage: {', '.join(unknown)} not shared storage of tenant {spec.tenant!r} "
+            f"(it has: {known}); use one of those names",
+        )
+    if spec.total_gpus > tenant.spec.quota.max_gpus:
+        q = tenant.spec.quota
+        return (
+            "ExceedsTenantQuota",
+            f"spec.replicas x spec.resources.gpusPerReplica = {spec.total_gpus} GPUs exceeds what tenant "
+            f"{spec.tenant!r} can ever hold ({q.nominal_gpus} nominal + {q.borrowing_limit_gpus} borrowable "
+            f"= {q.max_gpus}); ask for at most {q.max_gpus} GPUs",
+        )
+    return None
+
+
+def plan(
+    job: TrainingJob,
+    tenant: Tenant | None,
+    pods: list[PodView],
+    now: datetime.datetime,
+    settings: WorkloadSettings,
+) -> Plan:
+    st = _Status(job, now)
+    st.set(total_gpus=job.spec.total_gpus)
+    conds = job.status.conditions
+    restarts = job.status.restarts
+    current = [p for p in pods if p.attempt == restarts and not p.deleting]
+    stale = [p.name for p in pods if p.attempt != restarts and not p.deleting]
+    st.set(replicas=_counts(current))
+    out = Plan(status=st.value, delete_pods=stale)
+
+    if is_true(conds, C.SUCCEEDED) or is_true(conds, C.FAILED):
+        # Terminal: stop anything still running, keep finished pods for their logs.
+        out.delete_pods += [p.name for p in current if not p.finished]
+        out.status = st.value
+        return out
+
+    problem = admission_problems(job, tenant)
+    if problem is not None:
+        reason, message = problem
+        st.condition(C.ADMITTED, "False", reason, message)
+        if not is_true(conds, C.ADMITTED):
+            out.events.append(Event("Warning", reason, message))
+        out.delete_pods += [p.name for p in current]
+        out.status, out.requeue_after = st.value, 30.0
+        return out
+    assert tenant is not None
+    if not is_true(conds, C.ADMITTED):
+        out.events.append(Event("Normal", "Admitted", f"admitted under tenant {tenant.metadata.name}"))
+    st.condition(C.ADMITTED, "True", "Admitted", f"admitted under tenant {tenant.metadata.name}")
+    st.condition(C.QUEUED, "False", "Admitted", "the job is not waiting for quota")
+    out.ensure_children = True
+
+    # Wall-clock limit from the first start.
+    if job.status.start_time:
+        deadline = parse_time(job.status.start_time) + datetime.timedelta(seconds=job.spec.max_run_seconds)
+        if now >= deadline:
+            msg = f"the job ran longer than spec.maxRunSeconds={job.spec.max_run_seconds}"
+            _fail(st, out, current, "DeadlineExceeded", msg, now)
+            return out
+        out.requeue_after = (deadline - now).total_seconds()
+
+    failed = sorted((p for p in current if p.phase == "Failed"), key=lambda p: p.replica)
+    present = {p.replica for p in current}
+    vanished = [] if not current else sorted(set(range(job.spec.replicas)) - present)
+    if failed or vanished:
+        what = (
+            f"replica {failed[0].replica} failed with exit code {failed[0].exit_code}"
+            if failed
+            else f"replica {vanished[0]} disappeared"
+        )
+        policy = job.spec.failure_policy
+        if restarts < policy.max_restarts:
+            backoff = policy.backoff_for(restarts + 1)
+            msg = (
+                f"{what}; restarting all replicas ({restarts + 1} of {policy.max_restarts}) "
+                f"after {backoff:.0f} s"
+            )
+            st.set(restarts=restarts + 1, last_restart_time=_iso(now), replicas=ReplicaCounts())
+            st.condition(C.RUNNING, "False", "Restarting", msg)
+            out.events.append(Event("Warning", "Restarting", msg))
+            out.delete_pods += [p.name for p in current]
+            out.requeue_after = max(backoff, 0.5)
+        else:
+            msg = f"{what}; spec.failurePolicy.maxRestarts={policy.max_restarts} is exhausted"
+            _fail(st, out, current, "BackoffLimitExceeded", msg, now)
+        out.status = st.value
+        return out
+
+    if current and len(current) == job.spec.replicas and all(p.phase == "Succeeded" for p in current):
+        msg = f"all {job.spec.replicas} replicas succeeded"
+        st.condition(C.RUNNING, "False", "Completed", msg)
+        st.condition(C.SUCCEEDED, "True", "AllReplicasSucceeded", msg)
+        st.set(completion_time=_iso(now))
+        out.events.append(Event("Normal", "Succeeded", msg))
+        out.status = st.value
+        return out
+
+    if not current:
+        if restarts and job.status.last_restart_time:
+            ready_at = parse_time(job.status.last_restart_time) + datetime.timedelta(
+                seconds=job.spec.failure_policy.backoff_for(restarts)
+            )
+            if now < ready_at:
+                wait = (ready_at - now).total_seconds()
+                st.condition(
+                    C.RUNNING, "False", "BackingOff", f"restart {restarts} waits {wait:.0f} s of back-off"
+                )
+                out.status, out.requeue_after = st.value, wait
+                return out
+        out.create_pods = build_pods(job, tenant, restarts, settings)
+        if not job.status.start_time:
+            st.set(start_time=_iso(now))
+            out.requeue_after = float(job.spec.max_run_seconds)
+        st.condition(
+            C.RUNNING, "False", "Starting", f"creating {job.spec.replicas} replicas (attempt {restarts})"
+        )
+        out.status = st.value
+        return out
+
+    running = sum(p.phase == "Running" for p in current)
+    if running == job.spec.replicas:
+        st.condition(C.RUNNING, "True", "AllReplicasRunning", f"all {running} replicas are running")
+    else:
+        st.condition(C.RUNNING, "False", "Starting", f"{running} of {job.spec.replicas} replicas running")
+    out.status = st.value
+    return out
+
+
+def _fail(
+    st: _Status, out: Plan, current: list[PodView], reason: str, message: str, now: datetime.datetime
+) -> None:
+    st.condition(C.RUNNING, "False", reason, message)
+    st.condition(C.FAILED, "True", reason, message)
+    st.set(completion_time=_iso(now))
+    out.events.append(Event("Warning", reason, message))
+    out.delete_pods += [p.name for p in current if not p.finished]
+    out.status = st.value
+    out.requeue_after = None
+
+
+def _counts(pods: list[PodView]) -> ReplicaCounts:
+    return ReplicaCounts(
+        active=sum(not p.finished for p in pods),
+        ready=sum(p.phase == "Running" for p in pods),
+        succeeded=sum(p.phase == "Succeeded" for p in pods),
+        failed=sum(p.phase == "Failed" for p in pods),
+    )
