@@ -10,6 +10,7 @@ from pathlib import Path
 
 import kopf.testing
 import pytest
+
 from e2e.cluster import pki
 from e2e.cluster.localcluster import LOOPBACK, Cluster
 from e2e.cluster.waiting import port_listening, wait_for

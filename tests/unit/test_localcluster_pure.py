@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
 from e2e.cluster import pki
 from e2e.cluster.localcluster import ClusterConfig, Ports, _node_manifest
 

@@ -209,6 +209,7 @@ class TrainingJobStatus(Model):
     conditions: list[Condition] = Field(default_factory=list)
     replicas: ReplicaCounts = Field(default_factory=ReplicaCounts)
     restarts: int = 0
+    created_attempt: int | None = None
     last_restart_time: str | None = None
     start_time: str | None = None
     completion_time: str | None = None

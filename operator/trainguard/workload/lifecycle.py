@@ -177,7 +177,12 @@ def plan(
 
     failed = sorted((p for p in current if p.phase == "Failed"), key=lambda p: p.replica)
     present = {p.replica for p in current}
-    vanished = [] if not current else sorted(set(range(job.spec.replicas)) - present)
+    missing = sorted(set(range(job.spec.replicas)) - present)
+    if not missing:
+        st.set(created_attempt=restarts)
+    # A gang seen complete that lost a pod lost a replica; a gang never seen complete was cut
+    # short by an operator restart mid-creation and is topped up below.
+    vanished = missing if current and job.status.created_attempt == restarts else []
     if failed or vanished:
         what = (
             f"replica {failed[0].replica} failed with exit code {failed[0].exit_code}"
@@ -229,6 +234,15 @@ def plan(
             out.requeue_after = float(job.spec.max_run_seconds)
         st.condition(
             C.RUNNING, "False", "Starting", f"creating {job.spec.replicas} replicas (attempt {restarts})"
+        )
+        out.status = st.value
+        return out
+
+    if missing:
+        everything = build_pods(job, tenant, restarts, settings)
+        out.create_pods = [pod for i, pod in enumerate(everything) if i in missing]
+        st.condition(
+            C.RUNNING, "False", "Starting", f"creating {len(missing)} missing replicas (attempt {restarts})"
         )
         out.status = st.value
         return out

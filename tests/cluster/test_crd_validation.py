@@ -1,0 +1,128 @@
+"""The API server itself rejects bad TrainingJobs with the CRD's own messages (no operator needed)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from conftest import TenantSpace
+
+
+def job(**spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "tenant": "team-x",
+        "image": "registry.example.com/t:v1",
+        "replicas": 1,
+        "resources": {"gpusPerReplica": 1},
+    }
+    base.update(spec)
+    return {
+        "apiVersion": "trainguard.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": "bad"},
+        "spec": base,
+    }
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"replicas": -1},
+            "spec.replicas: Invalid value: -1: spec.replicas in body should be greater than or equal to 1",
+        ),
+        (
+            {"integrity": {"mode": "Paranoid"}},
+            'spec.integrity.mode: Unsupported value: "Paranoid": supported values: "Off", "Audit", "Enforce"',
+        ),
+        ({"resources": {"gpusPerReplica": 17}}, "spec.resources.gpusPerReplica: Invalid value: 17"),
+        (
+            {"sharedStorage": [{"name": "a", "mountPath": "/out"}], "output": {"mountPath": "/out"}},
+            "a spec.sharedStorage mountPath equals spec.output.mountPath",
+        ),
+        (
+            {"sharedStorage": [{"name": "a", "mountPath": "/d", "readOnly": False}]},
+            'unknown field "spec.sharedStorage[0].readOnly"',
+        ),
+    ],
+)
+def test_schema_violations_are_rejected_by_the_api_server(
+    tenant_space: TenantSpace, spec: dict[str, Any], message: str
+) -> None:
+    result = tenant_space.apply(job(**spec), check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_tenant_cannot_change(tenant_space: TenantSpace) -> None:
+    tenant_space.apply(job())
+    changed = tenant_space.apply(job(tenant="team-y"), check=False)
+    assert changed.returncode != 0
+    assert "spec.tenant is immutable" in changed.stderr
+
+
+def test_replicas_cannot_change_while_running(tenant_space: TenantSpace) -> None:
+    space = tenant_space
+    space.apply(job())
+    status = {
+        "status": {
+            "conditions": [
+                {
+                    "type": "Running",
+                    "status": "True",
+                    "reason": "AllReplicasRunning",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                }
+            ]
+        }
+    }
+    space.cluster.kubectl(
+        "patch",
+        "trainingjob",
+        "bad",
+        "-n",
+        space.namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(status),
+    )
+    resized = space.apply(job(replicas=4), check=False)
+    assert resized.returncode != 0
+    assert (
+        "spec.replicas and spec.resources.gpusPerReplica cannot change while the job is running"
+        in resized.stderr
+    )
+
+
+def test_image_is_immutable_once_pinned(tenant_space: TenantSpace) -> None:
+    space = tenant_space
+    space.apply(job())
+    pinned = {"status": {"image": {"reference": "registry.example.com/t:v1", "digest": "sha256:" + "a" * 64}}}
+    space.cluster.kubectl(
+        "patch",
+        "trainingjob",
+        "bad",
+        "-n",
+        space.namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(pinned),
+    )
+    swapped = space.apply(job(image="registry.example.com/t:v2"), check=False)
+    assert swapped.returncode != 0
+    assert "spec.image is immutable once pinned" in swapped.stderr
+
+
+def test_tenant_borrowing_needs_a_cohort(crds: Any) -> None:
+    body = {
+        "apiVersion": "trainguard.dev/v1alpha1",
+        "kind": "Tenant",
+        "metadata": {"name": "no-cohort"},
+        "spec": {"namespaces": ["x"], "quota": {"nominalGPUs": 8, "borrowingLimitGPUs": 8}},
+    }
+    result = crds.kubectl("apply", "-f", "-", input=json.dumps(body), check=False)
+    assert result.returncode != 0
+    assert "quota.borrowingLimitGPUs needs quota.cohort" in result.stderr

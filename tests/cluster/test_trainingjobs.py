@@ -1,0 +1,188 @@
+"""TrainingJobs end to end against the real control plane, with the operator as its own process."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import pytest
+from conftest import OperatorProcess, TenantSpace
+
+from e2e.cluster.waiting import wait_for
+
+SELECTOR = "trainguard.dev/job-name={}"
+
+
+def job(name: str, tenant: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "trainguard.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "tenant": tenant,
+            "image": "registry.example.com/team/trainer:v1",
+            "replicas": 2,
+            "resources": {"gpusPerReplica": 8},
+            **spec,
+        },
+    }
+
+
+def condition(space: TenantSpace, name: str, kind: str) -> dict[str, Any] | None:
+    status = space.get("trainingjob", name).get("status", {})
+    return next((c for c in status.get("conditions", []) if c["type"] == kind), None)
+
+
+def wait_condition(
+    space: TenantSpace, name: str, kind: str, status: str = "True", timeout: float = 30
+) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        found = condition(space, name, kind)
+        return found if found and found["status"] == status else None
+
+    return wait_for(f"{name} to have {kind}={status}", probe, timeout)
+
+
+def finish(space: TenantSpace, pod: str, code: int) -> None:
+    space.cluster.kubectl(
+        "annotate",
+        "pod",
+        pod,
+        "-n",
+        space.namespace,
+        f"trainguard.dev/simulate-exit-code={code}",
+        "--overwrite",
+    )
+
+
+def pod_names(space: TenantSpace, name: str) -> list[str]:
+    return sorted(p["metadata"]["name"] for p in space.list("pods", SELECTOR.format(name)))
+
+
+@pytest.mark.usefixtures("operator")
+def test_job_runs_on_gpu_nodes_and_succeeds(tenant_space: TenantSpace) -> None:
+    space = tenant_space
+    out = space.apply(job("train", space.tenant))
+    assert "trainingjob.trainguard.dev/train created" in out.stdout
+    wait_condition(space, "train", "Running")
+    pods = space.list("pods", SELECTOR.format("train"))
+    assert sorted(p["metadata"]["name"] for p in pods) == ["train-0-a0", "train-1-a0"]
+    for pod in pods:
+        assert pod["status"]["phase"] == "Running"
+        assert pod["spec"]["nodeName"].startswith("gpu-node-")
+    status = space.get("trainingjob", "train")["status"]
+    assert status["replicas"]["ready"] == 2
+    assert status["totalGPUs"] == 16
+    assert status["observedGeneration"] == 1
+    assert condition(space, "train", "Admitted")["status"] == "True"  # type: ignore[index]
+    # Every child exists, owned by the job.
+    for kind, child in [
+        ("service", "train"),
+        ("networkpolicy", "train-isolation"),
+        ("pvc", "train-output"),
+        ("serviceaccount", "train-runner"),
+    ]:
+        owners = space.get(kind, child)["metadata"]["ownerReferences"]
+        assert owners[0]["kind"] == "TrainingJob"
+        assert owners[0]["name"] == "train"
+    assert space.get("pvc", "train-output")["status"]["phase"] == "Bound"
+    table = space.cluster.kubectl("get", "tj", "train", "-n", space.namespace).stdout
+    assert "Running" in table.splitlines()[1]
+    assert space.tenant in table
+
+    for pod in pod_names(space, "train"):
+        finish(space, pod, 0)
+    done = wait_condition(space, "train", "Succeeded")
+    assert done["reason"] == "AllReplicasSucceeded"
+    assert space.get("trainingjob", "train")["status"]["completionTime"]
+    events = space.cluster.kubectl(
+        "get", "events", "-n", space.namespace, "--field-selector", "involvedObject.name=train"
+    ).stdout
+    assert "Succeeded" in events
+
+
+@pytest.mark.usefixtures("operator")
+def test_failed_replica_restarts_the_gang_after_back_off_then_fails(tenant_space: TenantSpace) -> None:
+    space = tenant_space
+    space.apply(job("flaky", space.tenant, failurePolicy={"maxRestarts": 1, "backoffSeconds": 3}))
+    wait_condition(space, "flaky", "Running")
+    finish(space, "flaky-1-a0", 2)
+
+    restarted = wait_for(
+        "the gang's second attempt",
+        lambda: pod_names(space, "flaky") == ["flaky-0-a1", "flaky-1-a1"],
+        timeout=30,
+    )
+    assert restarted
+    status = space.get("trainingjob", "flaky")["status"]
+    assert status["restarts"] == 1
+    restart_time = datetime.datetime.fromisoformat(status["lastRestartTime"].replace("Z", "+00:00"))
+    for pod in space.list("pods", SELECTOR.format("flaky")):
+        created = datetime.datetime.fromisoformat(pod["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+        assert (created - restart_time).total_seconds() >= 2, "the back-off of 3 s was not honoured"
+
+    wait_condition(space, "flaky", "Running")
+    finish(space, "flaky-0-a1", 137)
+    failed = wait_condition(space, "flaky", "Failed")
+    assert failed["reason"] == "BackoffLimitExceeded"
+    assert "replica 0 failed with exit code 137" in failed["message"]
+    # The failed job's remaining pod is stopped.
+    wait_for("the other replica to be stopped", lambda: pod_names(space, "flaky") == ["flaky-0-a1"])
+
+
+@pytest.mark.usefixtures("operator")
+def test_deleting_the_job_deletes_every_child(tenant_space: TenantSpace) -> None:
+    space = tenant_space
+    space.apply(job("gone", space.tenant, replicas=1))
+    wait_condition(space, "gone", "Running")
+    space.cluster.kubectl("delete", "trainingjob", "gone", "-n", space.namespace)
+
+    def children_left() -> list[str]:
+        out = space.cluster.kubectl(
+            "get",
+            "pods,svc,networkpolicy,pvc,serviceaccount",
+            "-n",
+            space.namespace,
+            "-l",
+            SELECTOR.format("gone"),
+            "-o",
+            "name",
+        ).stdout
+        return out.split()
+
+    wait_for("the garbage collector to remove every child", lambda: children_left() == [] or None, timeout=60)
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_job_in_a_namespace_its_tenant_does_not_own_is_not_run(tenant_space: TenantSpace) -> None:
+    space = tenant_space
+    space.apply(job("stray", "tenant-that-does-not-exist"))
+    refused = wait_condition(space, "stray", "Admitted", status="False")
+    assert refused["reason"] == "TenantNotFound"
+    assert pod_names(space, "stray") == []
+
+
+def test_operator_killed_mid_reconcile_converges_without_duplicates(crds: Any, tmp_path: Any) -> None:
+    from conftest import make_tenant
+
+    space = make_tenant(crds, prefix="tjr", nominal=0)
+    op = OperatorProcess(tmp_path / "operator.log", [space.namespace])
+    try:
+        op.start()
+        space.apply(job("big", space.tenant, replicas=24, resources={"gpusPerReplica": 0, "cpu": "1"}))
+        # Kill the operator while it is creating the gang.
+        wait_for("the first pods", lambda: len(pod_names(space, "big")) >= 1, timeout=30, interval=0.01)
+        op.kill()
+        partial = len(pod_names(space, "big"))
+        op.start()
+        wait_condition(space, "big", "Running", timeout=60)
+        names = pod_names(space, "big")
+        assert names == sorted(f"big-{i}-a0" for i in range(24)), names
+        assert space.get("trainingjob", "big")["status"]["restarts"] == 0
+        assert len(space.list("services", SELECTOR.format("big"))) == 1
+        assert len(space.list("pvc", SELECTOR.format("big"))) == 1
+        print(f"operator killed with {partial} of 24 pods created")
+    finally:
+        op.stop()
+        crds.kubectl("delete", "namespace", space.namespace, "--wait=false", check=False)
+        crds.kubectl("delete", "tenant", space.tenant, "--wait=false", check=False)

@@ -1,0 +1,151 @@
+"""Golden files for every manifest the operator builds, plus explicit checks of the hardening."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from trainguard.api.models import Tenant, TrainingJob
+from trainguard.workload import builders as b
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "tests" / "golden"
+SETTINGS = b.WorkloadSettings(sidecar_image="registry.example.com/trainguard/integrity-sidecar:0.1.0")
+
+
+def load(path: str, **meta: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = yaml.safe_load((ROOT / path).read_text())
+    obj["metadata"].update(meta)
+    return obj
+
+
+@pytest.fixture
+def job() -> TrainingJob:
+    return TrainingJob.model_validate(
+        load("examples/trainingjob-llm.yaml", uid="11111111-2222-3333-4444-555555555555", generation=1)
+    )
+
+
+@pytest.fixture
+def tenant() -> Tenant:
+    return Tenant.model_validate(load("examples/tenant-team-a.yaml", uid="tenant-uid"))
+
+
+def check_golden(name: str, manifest: Any) -> None:
+    path = GOLDEN / f"{name}.yaml"
+    text = yaml.safe_dump(manifest, sort_keys=True)
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.write_text(text)
+    assert path.exists(), f"{path.name} is missing: run UPDATE_GOLDEN=1 pytest tests/unit/test_builders.py"
+    assert text == path.read_text(), f"{path.name} differs; review and rerun with UPDATE_GOLDEN=1 if intended"
+
+
+def test_golden_pod(job: TrainingJob, tenant: Tenant) -> None:
+    check_golden("pod", b.build_pod(job, tenant, 1, 2, SETTINGS))
+
+
+def test_golden_children(job: TrainingJob) -> None:
+    for child in b.build_children(job, SETTINGS):
+        check_golden(child["kind"].lower(), child)
+
+
+def test_pod_is_hardened(job: TrainingJob, tenant: Tenant) -> None:
+    pod = b.build_pod(job, tenant, 0, 0, SETTINGS)
+    spec = pod["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["serviceAccountName"] == "llm-finetune-runner"
+    assert spec["hostNetwork"] is False
+    assert spec["hostPID"] is False
+    assert spec["hostIPC"] is False
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not any("hostPath" in v for v in spec["volumes"])
+    assert [c["name"] for c in spec["containers"]] == ["trainer", "integrity-sidecar"]
+    for container in spec["containers"]:
+        sc = container["securityContext"]
+        assert sc["runAsNonRoot"] is True
+        assert sc["privileged"] is False
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    trainer = spec["containers"][0]
+    assert trainer["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert trainer["resources"]["requests"]["nvidia.com/gpu"] == "8"
+
+
+def test_shared_storage_is_read_only_at_the_volume_level(job: TrainingJob, tenant: Tenant) -> None:
+    pod = b.build_pod(job, tenant, 0, 0, SETTINGS)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["shared-imagenet"]["persistentVolumeClaim"] == {"claimName": "imagenet", "readOnly": True}
+    assert volumes["shared-llama-base"]["persistentVolumeClaim"] == {
+        "claimName": "llama-base",
+        "readOnly": True,
+    }
+    # Only the job's own output claim is writable.
+    writable = [
+        v["name"]
+        for v in pod["spec"]["volumes"]
+        if "persistentVolumeClaim" in v and not v["persistentVolumeClaim"].get("readOnly")
+    ]
+    assert writable == ["output"]
+    assert volumes["output"]["persistentVolumeClaim"]["claimName"] == "llm-finetune-output"
+    for container in pod["spec"]["containers"]:
+        for mount in container["volumeMounts"]:
+            if mount["name"].startswith("shared-"):
+                assert mount["readOnly"] is True
+    sidecar_mounts = {m["name"] for m in pod["spec"]["containers"][1]["volumeMounts"]}
+    assert sidecar_mounts == {"integrity"}, "the sidecar sees neither the output nor shared storage"
+
+
+def test_unknown_shared_storage_is_never_built(job: TrainingJob, tenant: Tenant) -> None:
+    bare = tenant.model_copy(update={"spec": tenant.spec.model_copy(update={"shared_storage": []})})
+    with pytest.raises(ValueError, match="not shared storage of tenant"):
+        b.build_pod(job, bare, 0, 0, SETTINGS)
+
+
+def test_every_child_is_owned_by_the_job_and_labelled(job: TrainingJob, tenant: Tenant) -> None:
+    for child in [*b.build_children(job, SETTINGS), *b.build_pods(job, tenant, 0, SETTINGS)]:
+        meta = child["metadata"]
+        assert meta["ownerReferences"] == [b.owner_reference(job)]
+        assert meta["ownerReferences"][0]["controller"] is True
+        assert meta["labels"][b.LABEL_JOB_UID] == job.metadata.uid
+        assert meta["labels"][b.LABEL_TENANT] == "team-a"
+        assert meta["namespace"] == "team-a"
+
+
+def test_network_policy_admits_only_the_same_job(job: TrainingJob) -> None:
+    policy = b.build_network_policy(job, SETTINGS)["spec"]
+    same = {"podSelector": {"matchLabels": {b.LABEL_JOB_UID: job.metadata.uid}}}
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["ingress"] == [{"from": [same]}]
+    assert policy["egress"][0] == {"to": [same]}
+    assert {p["port"] for p in policy["egress"][1]["ports"]} == {53}
+
+
+def test_gang_has_one_pod_per_replica_with_rendezvous_env(job: TrainingJob, tenant: Tenant) -> None:
+    pods = b.build_pods(job, tenant, 3, SETTINGS)
+    assert [p["metadata"]["name"] for p in pods] == ["llm-finetune-0-a3", "llm-finetune-1-a3"]
+    env = {e["name"]: e["value"] for e in pods[1]["spec"]["containers"][0]["env"]}
+    assert env["RANK"] == "1"
+    assert env["WORLD_SIZE"] == "2"
+    assert env["MASTER_ADDR"] == "llm-finetune-0.llm-finetune"
+    assert pods[1]["spec"]["hostname"] == "llm-finetune-1"
+    assert pods[1]["spec"]["subdomain"] == "llm-finetune"
+
+
+def test_integrity_off_means_no_sidecar(job: TrainingJob, tenant: Tenant) -> None:
+    off = job.model_copy(
+        update={
+            "spec": job.spec.model_copy(
+                update={"integrity": job.spec.integrity.model_copy(update={"mode": "Off"})}
+            )
+        }
+    )
+    pod = b.build_pod(off, tenant, 0, 0, SETTINGS)
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["trainer"]

@@ -1,0 +1,219 @@
+"""The pure reconcile planner: every transition of a TrainingJob, decided without a cluster."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trainguard.api.conditions import find, is_true, set_condition
+from trainguard.api.models import Tenant, TrainingJob
+from trainguard.workload.builders import WorkloadSettings
+from trainguard.workload.lifecycle import PodView, plan
+
+NOW = datetime.datetime(2026, 11, 26, 12, 0, 0, tzinfo=datetime.UTC)
+SETTINGS = WorkloadSettings()
+
+
+def make_job(status: dict[str, Any] | None = None, **spec: Any) -> TrainingJob:
+    body: dict[str, Any] = {
+        "metadata": {"name": "j", "namespace": "team-a", "uid": "u1", "generation": 2},
+        "spec": {
+            "tenant": "team-a",
+            "image": "img",
+            "replicas": 2,
+            "resources": {"gpusPerReplica": 8},
+            **spec,
+        },
+    }
+    if status:
+        body["status"] = status
+    return TrainingJob.model_validate(body)
+
+
+TENANT = Tenant.model_validate(
+    {"metadata": {"name": "team-a"}, "spec": {"namespaces": ["team-a"], "quota": {"nominalGPUs": 16}}}
+)
+
+
+def pods(phases: list[str], attempt: int = 0, exit_code: int | None = None) -> list[PodView]:
+    return [PodView(f"j-{i}-a{attempt}", i, attempt, phase, exit_code) for i, phase in enumerate(phases)]
+
+
+def running_status(**extra: Any) -> dict[str, Any]:
+    return {"startTime": "2026-11-26T11:00:00Z", "restarts": 0, **extra}
+
+
+def test_a_new_job_is_admitted_and_its_whole_gang_created() -> None:
+    out = plan(make_job(), TENANT, [], NOW, SETTINGS)
+    assert is_true(out.status.conditions, "Admitted")
+    assert out.ensure_children
+    assert [p["metadata"]["name"] for p in out.create_pods] == ["j-0-a0", "j-1-a0"]
+    assert out.status.start_time == "2026-11-26T12:00:00Z"
+    assert out.status.observed_generation == 2
+    assert out.status.total_gpus == 16
+
+
+@pytest.mark.parametrize(
+    ("tenant", "namespace", "reason", "fragment"),
+    [
+        (None, "team-a", "TenantNotFound", "Tenant 'team-a' does not exist"),
+        (
+            TENANT,
+            "elsewhere",
+            "NamespaceNotOwned",
+            "namespace 'elsewhere' does not belong to tenant 'team-a'",
+        ),
+    ],
+)
+def test_jobs_that_cannot_run_say_why(
+    tenant: Tenant | None, namespace: str, reason: str, fragment: str
+) -> None:
+    job = make_job()
+    job = job.model_copy(update={"metadata": job.metadata.model_copy(update={"namespace": namespace})})
+    out = plan(job, tenant, [], NOW, SETTINGS)
+    admitted = find(out.status.conditions, "Admitted")
+    assert admitted is not None
+    assert admitted.status == "False"
+    assert admitted.reason == reason
+    assert fragment in admitted.message
+    assert out.create_pods == []
+    assert not out.ensure_children
+    assert [e.reason for e in out.events] == [reason]
+
+
+def test_more_gpus_than_the_tenant_can_ever_hold_is_refused_with_numbers() -> None:
+    out = plan(make_job(replicas=3), TENANT, [], NOW, SETTINGS)
+    admitted = find(out.status.conditions, "Admitted")
+    assert admitted is not None
+    assert admitted.reason == "ExceedsTenantQuota"
+    assert "= 24 GPUs exceeds" in admitted.message
+    assert "(16 nominal + 0 borrowable = 16)" in admitted.message
+
+
+def test_unknown_shared_storage_is_refused() -> None:
+    out = plan(
+        make_job(sharedStorage=[{"name": "secret-data", "mountPath": "/d"}]), TENANT, [], NOW, SETTINGS
+    )
+    admitted = find(out.status.conditions, "Admitted")
+    assert admitted is not None
+    assert admitted.reason == "UnknownSharedStorage"
+
+
+def test_all_replicas_running_sets_running() -> None:
+    out = plan(make_job(running_status()), TENANT, pods(["Running", "Running"]), NOW, SETTINGS)
+    assert is_true(out.status.conditions, "Running")
+    assert out.create_pods == []
+    assert out.delete_pods == []
+    assert out.status.replicas.ready == 2
+
+
+def test_a_failed_replica_restarts_the_gang_after_back_off() -> None:
+    job = make_job(running_status(), failurePolicy={"maxRestarts": 2, "backoffSeconds": 10})
+    out = plan(job, TENANT, pods(["Running", "Failed"], exit_code=3), NOW, SETTINGS)
+    assert out.status.restarts == 1
+    assert sorted(out.delete_pods) == ["j-0-a0", "j-1-a0"]
+    assert out.create_pods == []
+    running = find(out.status.conditions, "Running")
+    assert running is not None
+    assert running.reason == "Restarting"
+    assert "replica 1 failed with exit code 3" in running.message
+    assert out.requeue_after == 10
+
+
+def test_back_off_is_honoured_before_the_next_attempt() -> None:
+    status = running_status(restarts=2, lastRestartTime="2026-11-26T11:59:50Z")
+    job = make_job(status, failurePolicy={"maxRestarts": 5, "backoffSeconds": 10})
+    waiting = plan(job, TENANT, pods(["Failed"], attempt=1), NOW, SETTINGS)  # old attempt: stale
+    assert waiting.create_pods == []
+    assert waiting.delete_pods == ["j-0-a1"]
+    assert waiting.requeue_after == pytest.approx(10)  # 2nd restart waits 20 s, 10 s have passed
+    later = plan(job, TENANT, [], NOW + datetime.timedelta(seconds=11), SETTINGS)
+    assert [p["metadata"]["name"] for p in later.create_pods] == ["j-0-a2", "j-1-a2"]
+
+
+def test_exhausted_restarts_fail_the_job() -> None:
+    job = make_job(running_status(restarts=1), failurePolicy={"maxRestarts": 1})
+    out = plan(job, TENANT, pods(["Failed", "Running"], attempt=1, exit_code=1), NOW, SETTINGS)
+    failed = find(out.status.conditions, "Failed")
+    assert failed is not None
+    assert failed.status == "True"
+    assert failed.reason == "BackoffLimitExceeded"
+    assert out.delete_pods == ["j-1-a1"]  # the running one; the failed one stays for its logs
+
+
+def test_all_succeeded_is_success_and_stays_so() -> None:
+    out = plan(make_job(running_status()), TENANT, pods(["Succeeded", "Succeeded"]), NOW, SETTINGS)
+    assert is_true(out.status.conditions, "Succeeded")
+    assert out.status.completion_time
+    again = plan(make_job(out.status.to_api()), TENANT, pods(["Succeeded", "Succeeded"]), NOW, SETTINGS)
+    assert again.create_pods == []
+    assert again.delete_pods == []
+    assert again.events == []
+
+
+def test_run_time_limit_fails_the_job() -> None:
+    job = make_job(running_status(startTime="2026-11-26T11:00:00Z"), maxRunSeconds=600)
+    out = plan(job, TENANT, pods(["Running", "Running"]), NOW, SETTINGS)
+    failed = find(out.status.conditions, "Failed")
+    assert failed is not None
+    assert failed.reason == "DeadlineExceeded"
+    assert sorted(out.delete_pods) == ["j-0-a0", "j-1-a0"]
+
+
+def test_a_vanished_replica_counts_as_a_failure() -> None:
+    out = plan(make_job(running_status(createdAttempt=0)), TENANT, pods(["Running"]), NOW, SETTINGS)
+    assert out.status.restarts == 1
+    running = find(out.status.conditions, "Running")
+    assert running is not None
+    assert "replica 1 disappeared" in running.message
+
+
+def test_condition_transition_time_moves_only_on_status_change() -> None:
+    first = set_condition([], "Running", "True", "A", "", generation=1, now="t1")
+    same = set_condition(first, "Running", "True", "B", "m", generation=2, now="t2")
+    flipped = set_condition(same, "Running", "False", "C", "", generation=2, now="t3")
+    assert same[0].last_transition_time == "t1"
+    assert same[0].reason == "B"
+    assert flipped[0].last_transition_time == "t3"
+
+
+def test_pod_view_reads_the_trainer_exit_code() -> None:
+    pod = {
+        "metadata": {
+            "name": "p",
+            "labels": {"trainguard.dev/replica-index": "1", "trainguard.dev/attempt": "4"},
+        },
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {"name": "integrity-sidecar", "state": {"terminated": {"exitCode": 0}}},
+                {"name": "trainer", "state": {"terminated": {"exitCode": 137}}},
+            ],
+        },
+    }
+    assert PodView.from_manifest(pod) == PodView("p", 1, 4, "Failed", 137)
+
+
+@given(
+    phases=st.lists(st.sampled_from(["Pending", "Running", "Succeeded", "Failed"]), min_size=0, max_size=4),
+    restarts=st.integers(0, 4),
+)
+def test_never_more_than_one_gang_and_never_duplicate_pods(phases: list[str], restarts: int) -> None:
+    job = make_job(running_status(restarts=restarts), replicas=4, resources={"gpusPerReplica": 4})
+    observed = pods(phases, attempt=restarts)
+    out = plan(job, TENANT, observed, NOW, SETTINGS)
+    created = {p["metadata"]["name"] for p in out.create_pods}
+    assert len(created) == len(out.create_pods)
+    assert not created & {p.name for p in observed}, "an existing pod is never created twice"
+    if observed and "Failed" not in phases:
+        assert len(observed) + len(created) == 4, "a gang cut short is topped up to exactly its size"
+
+
+def test_a_gang_cut_short_by_an_operator_restart_is_topped_up() -> None:
+    out = plan(make_job(running_status()), TENANT, pods(["Running"]), NOW, SETTINGS)
+    assert [p["metadata"]["name"] for p in out.create_pods] == ["j-1-a0"]
+    assert out.status.restarts == 0
