@@ -36,11 +36,21 @@ cluster-down: ## Stop every process of the local control plane
 	@if [ -x $(PY) ]; then $(PY) -m e2e.cluster.localcluster down; fi
 
 .PHONY: lint
-lint: venv ## ruff, mypy (strict) and import-linter
+lint: venv build ## ruff, mypy (strict), import-linter and helm lint
 	$(VENV)/bin/ruff check operator tests e2e conftest.py
 	$(VENV)/bin/ruff format --check operator tests e2e conftest.py
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	helm lint --strict charts/trainguard
+
+.PHONY: chart-crds
+chart-crds: ## Copy the canonical CRDs from crds/ into the Helm chart
+	rm -f charts/trainguard/crds/*.yaml
+	cp crds/*.yaml charts/trainguard/crds/
+
+.PHONY: verify
+verify: ## Fail when generated files (the chart's CRDs) drifted from their source
+	@diff -r crds charts/trainguard/crds || { echo "charts/trainguard/crds differs from crds/: run 'make chart-crds'"; exit 1; }
 
 .PHONY: fmt
 fmt: venv ## Format and autofix the Python code
@@ -52,7 +62,7 @@ unit: venv ## Unit tests only (no cluster)
 	$(PY) -m pytest -m "not cluster and not gpu" -q
 
 .PHONY: test
-test: build venv lint ## Everything CI runs: lint, unit and cluster tests against the real local control plane
+test: build venv lint verify ## Everything CI runs: lint, unit and cluster tests against the real local control plane
 	$(PY) -m pytest -q
 
 .PHONY: demo

@@ -6,7 +6,8 @@ import json
 from typing import Any
 
 import pytest
-from conftest import TenantSpace
+
+from e2e.cluster.harness import TenantSpace
 
 
 def job(**spec: Any) -> dict[str, Any]:

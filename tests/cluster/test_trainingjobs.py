@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import OperatorProcess, TenantSpace
 
+from e2e.cluster.harness import (
+    RELEASE_NAMESPACE,
+    OperatorProcess,
+    TenantSpace,
+    make_tenant,
+    service_account_kubeconfig,
+)
+from e2e.cluster.localcluster import Cluster
 from e2e.cluster.waiting import wait_for
 
 SELECTOR = "trainguard.dev/job-name={}"
@@ -162,11 +170,13 @@ def test_a_job_in_a_namespace_its_tenant_does_not_own_is_not_run(tenant_space: T
     assert pod_names(space, "stray") == []
 
 
-def test_operator_killed_mid_reconcile_converges_without_duplicates(crds: Any, tmp_path: Any) -> None:
-    from conftest import make_tenant
-
+def test_operator_killed_mid_reconcile_converges_without_duplicates(
+    helm_release: Cluster, tmp_path: Path
+) -> None:
+    crds = helm_release
     space = make_tenant(crds, prefix="tjr", nominal=0)
-    op = OperatorProcess(tmp_path / "operator.log", [space.namespace])
+    kubeconfig = service_account_kubeconfig(crds, tmp_path, RELEASE_NAMESPACE, "trainguard")
+    op = OperatorProcess(tmp_path / "operator.log", [space.namespace], kubeconfig)
     try:
         op.start()
         space.apply(job("big", space.tenant, replicas=24, resources={"gpusPerReplica": 0, "cpu": "1"}))

@@ -1,5 +1,5 @@
 """Thin kopf handlers wiring the pure logic to the cluster. Importing this package registers them."""
 
-from trainguard.handlers import jobs
+from trainguard.handlers import jobs, tenants
 
-__all__ = ["jobs"]
+__all__ = ["jobs", "tenants"]

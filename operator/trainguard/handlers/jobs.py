@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +25,9 @@ from trainguard.workload.lifecycle import PodView, plan
 
 log = logging.getLogger("trainguard.jobs")
 
-SETTINGS = WorkloadSettings()
+SETTINGS = WorkloadSettings(
+    sidecar_image=os.environ.get("TRAINGUARD_SIDECAR_IMAGE", WorkloadSettings.sidecar_image),
+)
 _locks: dict[tuple[str, str], asyncio.Lock] = {}
 _requeues: dict[tuple[str, str], asyncio.TimerHandle] = {}
 

@@ -197,3 +197,24 @@ async def post_event(obj: Obj, type_: str, reason: str, message: str, component:
         "count": 1,
     }
     await _call("post event", _core().create_namespaced_event, namespace, event, ok=(409,))
+
+
+async def apply_role_binding(binding: Obj) -> None:
+    """Create the RoleBinding, or bring an existing one's subjects and role up to date."""
+    rbac = client.RbacAuthorizationV1Api()
+    meta = binding["metadata"]
+    created = await _call(
+        f"create RoleBinding {meta['namespace']}/{meta['name']}",
+        rbac.create_namespaced_role_binding,
+        meta["namespace"],
+        binding,
+        ok=(409,),
+    )
+    if created is None:
+        await _call(
+            f"update RoleBinding {meta['namespace']}/{meta['name']}",
+            rbac.patch_namespaced_role_binding,
+            meta["name"],
+            meta["namespace"],
+            {"subjects": binding["subjects"], "metadata": {"labels": meta["labels"]}},
+        )
