@@ -1,58 +1,131 @@
-"""`make demo`: show trainguard on the local cluster the way a researcher and a platform team see it."""
+"""`make demo`: trainguard on the local cluster, the way a platform team and researchers meet it."""
 
 from __future__ import annotations
 
 import json
 import sys
+import tempfile
+from pathlib import Path
 
+import yaml
+
+from e2e.cluster.harness import (
+    RELEASE_NAMESPACE,
+    ROOT,
+    OperatorProcess,
+    install_chart,
+    service_account_kubeconfig,
+)
 from e2e.cluster.localcluster import Cluster, LocalCluster
 from e2e.cluster.waiting import wait_for
+
+RESEARCHER = ["--as=researcher-a", "--as-group=team-a"]
+OUTSIDER = ["--as=researcher-b", "--as-group=team-b"]
+EXAMPLES = ROOT / "examples"
 
 
 def step(title: str) -> None:
     print(f"\n\033[1m== {title}\033[0m", flush=True)
 
 
-def show(cluster: Cluster, *args: str) -> str:
+def show(cluster: Cluster, *args: str, stdin: str | None = None) -> str:
     print(f"$ kubectl {' '.join(args)}", flush=True)
-    result = cluster.kubectl(*args, check=False)
+    result = cluster.kubectl(*args, check=False, input=stdin)
     print((result.stdout + result.stderr).rstrip(), flush=True)
     return result.stdout
+
+
+def job_condition(cluster: Cluster, name: str, kind: str) -> dict[str, str] | None:
+    out = cluster.kubectl("get", "tj", name, "-n", "team-a", "-o", "json", check=False).stdout
+    if not out:
+        return None
+    conditions = json.loads(out).get("status", {}).get("conditions", [])
+    return next((c for c in conditions if c["type"] == kind), None)
 
 
 def main() -> int:
     cluster = LocalCluster().up()
     print(f"export KUBECONFIG={cluster.kubeconfig}")
-    step("Simulated GPU nodes (kwok), 8 x nvidia.com/gpu each")
+    step("Simulated GPU nodes (kwok): kube-scheduler places pods on them")
     show(
         cluster,
         "get",
         "nodes",
         "-o",
-        'custom-columns=NAME:.metadata.name,GPUS:.status.allocatable.nvidia\\.com/gpu,READY:.status.conditions[?(@.type=="Ready")].status',
+        "custom-columns=NAME:.metadata.name,GPUS:.status.allocatable.nvidia\\.com/gpu,"
+        'READY:.status.conditions[?(@.type=="Ready")].status',
     )
-    step("A pod asking for 8 GPUs is placed by kube-scheduler and runs")
-    cluster.kubectl("create", "namespace", "demo", check=False)
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "eight-gpus", "namespace": "demo"},
-        "spec": {
-            "containers": [
-                {"name": "main", "image": "demo", "resources": {"limits": {"nvidia.com/gpu": "8"}}}
-            ]
-        },
-    }
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(pod))
-    wait_for(
-        "the demo pod to run",
-        lambda: (
-            cluster.kubectl("get", "pod", "eight-gpus", "-n", "demo", "-o", "jsonpath={.status.phase}").stdout
-            == "Running"
-        ),
+
+    step(
+        "Platform team: helm install trainguard (CRDs, RBAC); the operator runs as the chart's ServiceAccount"
     )
-    show(cluster, "get", "pods", "-n", "demo", "-o", "wide")
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    install_chart(cluster)
+    show(
+        cluster,
+        "get",
+        "serviceaccount,clusterrole",
+        "-n",
+        RELEASE_NAMESPACE,
+        "-l",
+        "app.kubernetes.io/name=trainguard",
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="trainguard-demo-"))
+    kubeconfig = service_account_kubeconfig(cluster, workdir, RELEASE_NAMESPACE, "trainguard")
+    operator = OperatorProcess(workdir / "operator.log", ["team-*"], kubeconfig)
+    operator.start()
+    try:
+        step("Platform team: a Tenant for team A, its namespace and its shared (read-only) volumes")
+        cluster.kubectl("delete", "namespace", "team-a", "--ignore-not-found", "--timeout=60s")
+        cluster.kubectl("create", "namespace", "team-a")
+        show(cluster, "apply", "-f", str(EXAMPLES / "tenant-team-a.yaml"))
+        show(cluster, "apply", "-f", str(EXAMPLES / "shared-storage-team-a.yaml"))
+        wait_for(
+            "team A's members to be bound",
+            lambda: (
+                cluster.kubectl(
+                    "auth", "can-i", "create", "tj", "-n", "team-a", *RESEARCHER, check=False
+                ).stdout.strip()
+                == "yes"
+            ),
+        )
+
+        step("Researcher A: a malformed job is refused by the API server, with the field and the rule")
+        bad = json.loads(json.dumps(_load(EXAMPLES / "trainingjob-llm.yaml")))
+        bad["metadata"]["name"] = "typo"
+        bad["spec"]["replicas"] = -1
+        bad["spec"]["integrity"]["mode"] = "Paranoid"
+        show(cluster, "apply", "-f", "-", *RESEARCHER, stdin=json.dumps(bad))
+
+        step("Researcher A: a job larger than the tenant can ever hold is not admitted, with the numbers")
+        big = json.loads(json.dumps(_load(EXAMPLES / "trainingjob-llm.yaml")))
+        big["metadata"]["name"] = "too-big"
+        big["spec"]["replicas"] = 4
+        show(cluster, "apply", "-f", "-", *RESEARCHER, stdin=json.dumps(big))
+        refused = wait_for("the refusal", lambda: job_condition(cluster, "too-big", "Admitted"))
+        print(f"Admitted={refused['status']} {refused['reason']}: {refused['message']}")
+
+        step("Researcher A: the example job is admitted and runs, 2 replicas x 8 GPUs")
+        show(cluster, "apply", "-f", str(EXAMPLES / "trainingjob-llm.yaml"), *RESEARCHER)
+        wait_for(
+            "the job to run",
+            lambda: (job_condition(cluster, "llm-finetune", "Running") or {}).get("status") == "True",
+        )
+        show(cluster, "get", "tj", "-n", "team-a", "-o", "wide", *RESEARCHER)
+        show(cluster, "get", "pods,pvc,svc,networkpolicy", "-n", "team-a", "-o", "wide")
+
+        step("Only the operator touches a job's pods; other teams see nothing")
+        show(cluster, "delete", "pod", "llm-finetune-0-a0", "-n", "team-a", *RESEARCHER)
+        show(cluster, "get", "tj", "-n", "team-a", *OUTSIDER)
+    finally:
+        operator.stop()
+    print(f"\nThe cluster keeps running (make cluster-down stops it). Operator log: {operator.log_path}")
     return 0
+
+
+def _load(path: Path) -> dict[str, object]:
+    data: dict[str, object] = yaml.safe_load(path.read_text())
+    return data
 
 
 if __name__ == "__main__":
