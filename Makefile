@@ -59,7 +59,7 @@ fmt: venv ## Format and autofix the Python code
 
 .PHONY: unit
 unit: venv ## Unit tests only (no cluster)
-	$(PY) -m pytest -m "not cluster and not gpu" -q
+	$(PY) -m pytest -m "not cluster and not tools and not gpu" -q
 
 .PHONY: test
 test: build venv lint verify ## Everything CI runs: lint, unit and cluster tests against the real local control plane

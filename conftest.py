@@ -39,6 +39,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         rel = Path(str(item.fspath)).resolve().relative_to(ROOT).as_posix()
         if rel.startswith(("tests/cluster/", "e2e/")):
             item.add_marker(pytest.mark.cluster)
+        elif rel.startswith("tests/tools/"):
+            item.add_marker(pytest.mark.tools)
 
 
 @pytest.fixture(scope="session")

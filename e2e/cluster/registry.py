@@ -1,0 +1,98 @@
+"""A real OCI registry on loopback, images pushed with crane and signed with the real cosign."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from e2e.cluster.localcluster import bin_dir
+from e2e.cluster.waiting import port_listening, wait_for
+
+LOOPBACK = "127.0.0.1"
+
+
+def _run(*argv: str, cwd: Path | None = None) -> str:
+    env = {**os.environ, "COSIGN_PASSWORD": "", "COSIGN_YES": "true"}
+    result = subprocess.run(argv, check=False, capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed:\n{result.stderr}")
+    return result.stdout.strip()
+
+
+@dataclass
+class Registry:
+    """`crane registry serve`: an in-memory OCI registry without the referrers API, so cosign
+    and trainguard both use the OCI 1.1 tag fallback for referrers."""
+
+    port: int
+    workdir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def start(self) -> Registry:
+        log = (self.workdir / f"registry-{self.port}.log").open("ab")
+        self.proc = subprocess.Popen(
+            [str(bin_dir() / "crane"), "registry", "serve", "--address", self.host], stdout=log, stderr=log
+        )
+        wait_for("the registry to listen", lambda: port_listening(LOOPBACK, self.port))
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def push(self, repository: str, tag: str, content: str) -> str:
+        """Push a one-layer image whose layer holds `content`; return its digest."""
+        with tempfile.TemporaryDirectory() as tmp:
+            data = Path(tmp) / "content.txt"
+            data.write_text(content)
+            layer = Path(tmp) / "layer.tar"
+            with tarfile.open(layer, "w") as tar:
+                tar.add(data, arcname="content.txt")
+            _run(
+                str(bin_dir() / "crane"), "append", "-f", str(layer), "-t", f"{self.host}/{repository}:{tag}"
+            )
+        return _run(str(bin_dir() / "crane"), "digest", f"{self.host}/{repository}:{tag}")
+
+    def crane(self, *args: str) -> str:
+        return _run(str(bin_dir() / "crane"), *args)
+
+
+@dataclass(frozen=True)
+class CosignKey:
+    private: Path
+    public: Path
+
+    @classmethod
+    def generate(cls, folder: Path, name: str) -> CosignKey:
+        folder.mkdir(parents=True, exist_ok=True)
+        _run(str(bin_dir() / "cosign"), "generate-key-pair", "--output-key-prefix", name, cwd=folder)
+        return cls(folder / f"{name}.key", folder / f"{name}.pub")
+
+    def sign_classic(self, reference: str) -> None:
+        """The classic layout: a `sha256-<hex>.sig` simple-signing manifest, no transparency log."""
+        _run(
+            str(bin_dir() / "cosign"), "sign", "--key", str(self.private), "--tlog-upload=false",
+            "--new-bundle-format=false", "--use-signing-config=false", "--allow-http-registry", reference,
+        )  # fmt: skip
+
+    def sign_bundle(self, reference: str) -> None:
+        """The Sigstore bundle layout attached as an OCI referrer, with a signing config that names
+        no transparency log and an empty trusted root, so cosign contacts nothing but the registry."""
+        folder = self.private.parent
+        config, root = folder / "signing-config.json", folder / "trusted-root.json"
+        if not config.exists():
+            _run(str(bin_dir() / "cosign"), "signing-config", "create", "--out", str(config))
+            root.write_text('{"mediaType":"application/vnd.dev.sigstore.trustedroot+json;version=0.1"}')
+        _run(
+            str(bin_dir() / "cosign"), "sign", "--key", str(self.private), "--signing-config", str(config),
+            "--trusted-root", str(root), "--allow-http-registry", reference,
+        )  # fmt: skip

@@ -1,0 +1,1 @@
+"""Image signatures: OCI distribution client, cosign verification (both layouts), result cache."""

@@ -1,0 +1,163 @@
+"""Deciding whether an image may run: resolve it to a digest and find a trusted signature.
+
+Results are cached by (digest, trusted signers) for a bounded time; tags are resolved on every
+call, because a tag can move.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives import serialization
+
+from trainguard.signing import cosign
+from trainguard.signing.reference import ImageReference, ReferenceError, parse
+from trainguard.signing.registry import RegistryClient, RegistryError
+
+
+@dataclass(frozen=True)
+class VerifiedImage:
+    reference: ImageReference
+    digest: str
+    signer: str
+
+    @property
+    def pinned(self) -> str:
+        return self.reference.pinned(self.digest)
+
+
+class VerificationFailed(Exception):
+    """Why an image may not run. `reason` is a CamelCase code for events and metrics."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class ResultCache:
+    ttl_seconds: float = 300.0
+    max_entries: int = 4096
+    _entries: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, key: tuple[str, str]) -> str | None:
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is None or hit[0] < time.monotonic():
+                self._entries.pop(key, None)
+                return None
+            return hit[1]
+
+    def put(self, key: tuple[str, str], signer: str) -> None:
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[key] = (time.monotonic() + self.ttl_seconds, signer)
+
+
+def signers_key(signers: list[cosign.Signer]) -> str:
+    der = sorted(
+        s.name.encode()
+        + s.public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        for s in signers
+    )
+    return hashlib.sha256(b"\0".join(der)).hexdigest()
+
+
+@dataclass
+class Verifier:
+    client: RegistryClient
+    cache: ResultCache = field(default_factory=ResultCache)
+
+    def verify(self, image: str, signers: list[cosign.Signer]) -> VerifiedImage:
+        try:
+            ref = parse(image)
+        except ReferenceError as exc:
+            raise VerificationFailed("InvalidImageReference", str(exc)) from exc
+        if not signers:
+            raise VerificationFailed(
+                "NoTrustedSigners", "the tenant trusts no signer, so no image can be verified"
+            )
+        trust = signers_key(signers)
+        if ref.digest and not ref.tag:  # nothing to resolve: a warm cache answers without the registry
+            cached = self.cache.get((ref.digest, trust))
+            if cached is not None:
+                return VerifiedImage(ref, ref.digest, cached)
+        try:
+            digest = self._resolve(ref)
+            key = (digest, trust)
+            cached = self.cache.get(key)
+            if cached is not None:
+                return VerifiedImage(ref, digest, cached)
+            signer = self._find_signature(ref, digest, signers)
+        except RegistryError as exc:
+            raise VerificationFailed("CannotVerify", f"cannot verify {image}: {exc}") from exc
+        self.cache.put(key, signer)
+        return VerifiedImage(ref, digest, signer)
+
+    def _resolve(self, ref: ImageReference) -> str:
+        if ref.tag and ref.digest:
+            fetched = self.client.manifest(ref.registry, ref.repository, ref.tag)
+            if fetched is None:
+                raise VerificationFailed("ImageNotFound", f"tag {ref.tag} of {ref.name} does not exist")
+            if fetched.digest != ref.digest:
+                raise VerificationFailed(
+                    "TagDigestMismatch",
+                    f"{ref.name}:{ref.tag} points to {fetched.digest}, "
+                    f"not to the {ref.digest} given after '@'",
+                )
+            return ref.digest
+        fetched = self.client.manifest(ref.registry, ref.repository, ref.digest or ref.tag or "latest")
+        if fetched is None:
+            raise VerificationFailed("ImageNotFound", f"{ref} does not exist in its registry")
+        return fetched.digest
+
+    def _find_signature(self, ref: ImageReference, digest: str, signers: list[cosign.Signer]) -> str:
+        problems: list[str] = []
+        classic = self.client.manifest(ref.registry, ref.repository, digest.replace(":", "-") + ".sig")
+        if classic is not None:
+            try:
+                layers = json.loads(classic.body).get("layers", [])[: self.client.max_descriptors]
+            except ValueError as exc:
+                raise VerificationFailed("MalformedSignature", "the .sig manifest is not JSON") from exc
+            for layer in layers:
+                annotation = (layer.get("annotations") or {}).get(cosign.SIGNATURE_ANNOTATION)
+                if not annotation or layer.get("mediaType") != cosign.SIMPLE_SIGNING_MEDIA_TYPE:
+                    continue
+                if int(layer.get("size", 0)) > cosign.MAX_PAYLOAD_BYTES:
+                    problems.append(f"a signature payload of {layer.get('size')} bytes is too large")
+                    continue
+                payload = self.client.blob(ref.registry, ref.repository, layer["digest"])
+                try:
+                    return cosign.verify_simple_signing(payload, annotation, digest, signers).name
+                except cosign.SignatureInvalid as exc:
+                    problems.append(str(exc))
+        for descriptor in self.client.referrers(
+            ref.registry, ref.repository, digest, cosign.BUNDLE_MEDIA_TYPE
+        ):
+            manifest = self.client.manifest(ref.registry, ref.repository, descriptor["digest"])
+            if manifest is None:
+                continue
+            for layer in json.loads(manifest.body).get("layers", [])[: self.client.max_descriptors]:
+                if layer.get("mediaType") != cosign.BUNDLE_MEDIA_TYPE:
+                    continue
+                if int(layer.get("size", 0)) > cosign.MAX_PAYLOAD_BYTES:
+                    problems.append(f"a signature bundle of {layer.get('size')} bytes is too large")
+                    continue
+                bundle = self.client.blob(ref.registry, ref.repository, layer["digest"])
+                try:
+                    return cosign.verify_bundle(bundle, digest, signers).name
+                except cosign.SignatureInvalid as exc:
+                    problems.append(str(exc))
+        if not problems:
+            raise VerificationFailed("Unsigned", f"{ref.name}@{digest} has no cosign signature")
+        unique = list(dict.fromkeys(problems))
+        reason = "UntrustedSigner" if all("does not trust" in p for p in unique) else "InvalidSignature"
+        raise VerificationFailed(reason, f"no trusted signature for {ref.name}@{digest}: {'; '.join(unique)}")
