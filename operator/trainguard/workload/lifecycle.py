@@ -13,6 +13,7 @@ from typing import Any
 from trainguard.api.conditions import ConditionType as C
 from trainguard.api.conditions import Status, is_true, parse_time, set_condition
 from trainguard.api.models import ReplicaCounts, Tenant, TrainingJob, TrainingJobStatus
+from trainguard.policy.trainingjob import validate_training_job
 from trainguard.workload.builders import LABEL_ATTEMPT, LABEL_REPLICA, Manifest, WorkloadSettings, build_pods
 
 
@@ -95,37 +96,15 @@ class _Status:
 
 
 def admission_problems(job: TrainingJob, tenant: Tenant | None) -> tuple[str, str] | None:
-    """Why the job cannot run at all under its tenant, as (reason, message); None when it can."""
-    spec = job.spec
-    if tenant is None:
-        return (
-            "TenantNotFound",
-            f"spec.tenant: Tenant {spec.tenant!r} does not exist; "
-            "ask the platform team to create it or use an existing tenant",
-        )
-    if job.namespace not in tenant.spec.namespaces:
-        return (
-            "NamespaceNotOwned",
-            f"metadata.namespace: namespace {job.namespace!r} does not belong to tenant {spec.tenant!r} "
-            f"(its namespaces: {', '.join(tenant.spec.namespaces)}); create the job in one of those",
-        )
-    unknown = [m.name for m in spec.shared_storage if tenant.spec.storage(m.name) is None]
-    if unknown:
-        known = ", ".join(s.name for s in tenant.spec.shared_storage) or "none"
-        return (
-            "UnknownSharedStorage",
-            f"spec.sharedStorage: {', '.join(unknown)} not shared storage of tenant {spec.tenant!r} "
-            f"(it has: {known}); use one of those names",
-        )
-    if spec.total_gpus > tenant.spec.quota.max_gpus:
-        q = tenant.spec.quota
-        return (
-            "ExceedsTenantQuota",
-            f"spec.replicas x spec.resources.gpusPerReplica = {spec.total_gpus} GPUs exceeds what tenant "
-            f"{spec.tenant!r} can ever hold ({q.nominal_gpus} nominal + {q.borrowing_limit_gpus} borrowable "
-            f"= {q.max_gpus}); ask for at most {q.max_gpus} GPUs",
-        )
-    return None
+    """Why the job cannot run at all under its tenant, as (reason, message); None when it can.
+
+    The admission webhook refuses such jobs up front; this is the operator's own check for
+    jobs that got in another way (a webhook outage with failurePolicy changed, a tenant edit).
+    """
+    errors = validate_training_job(job, tenant)
+    if not errors:
+        return None
+    return errors[0].reason, "; ".join(str(e) for e in errors)
 
 
 def plan(
