@@ -37,8 +37,8 @@ cluster-down: ## Stop every process of the local control plane
 
 .PHONY: lint
 lint: venv build ## ruff, mypy (strict), import-linter and helm lint
-	$(VENV)/bin/ruff check operator tests e2e conftest.py
-	$(VENV)/bin/ruff format --check operator tests e2e conftest.py
+	$(VENV)/bin/ruff check operator tests e2e bench conftest.py
+	$(VENV)/bin/ruff format --check operator tests e2e bench conftest.py
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	helm lint --strict charts/trainguard
@@ -54,8 +54,8 @@ verify: ## Fail when generated files (the chart's CRDs) drifted from their sourc
 
 .PHONY: fmt
 fmt: venv ## Format and autofix the Python code
-	$(VENV)/bin/ruff format operator tests e2e conftest.py
-	$(VENV)/bin/ruff check --fix operator tests e2e conftest.py
+	$(VENV)/bin/ruff format operator tests e2e bench conftest.py
+	$(VENV)/bin/ruff check --fix operator tests e2e bench conftest.py
 
 .PHONY: unit
 unit: venv ## Unit tests only (no cluster)
@@ -64,6 +64,10 @@ unit: venv ## Unit tests only (no cluster)
 .PHONY: test
 test: build venv lint verify ## Everything CI runs: lint, unit and cluster tests against the real local control plane
 	$(PY) -m pytest -q
+
+.PHONY: bench
+bench: build venv ## Benchmarks; JSON results in bench/results/
+	$(PY) -m bench.verify_bench
 
 .PHONY: demo
 demo: cluster ## Start the cluster and show simulated GPU scheduling end to end

@@ -1,0 +1,96 @@
+"""Benchmark of image verification (the heart of admission) under 100 concurrent requests.
+
+Measured against a real registry on loopback with a real cosign signature:
+  baseline  one plain manifest GET (the floor any verification pays)
+  warm      verify by tag with a warm (digest, signers) cache: one tag resolution
+  cold      verify with an empty cache: tag resolution, signature manifest, payload blob, ECDSA
+Writes bench/results/verify.json; figures are reported as ratios to the baseline of the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from e2e.cluster.registry import CosignKey, Registry
+from trainguard.signing.cosign import Signer
+from trainguard.signing.registry import RegistryClient
+from trainguard.signing.verifier import ResultCache, Verifier
+
+CONCURRENCY = 100
+REQUESTS = 1000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def measure(fn: Callable[[], object]) -> dict[str, float]:
+    def timed(_: int) -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        list(pool.map(timed, range(CONCURRENCY)))  # warm-up: connections, imports
+        start = time.perf_counter()
+        latencies = sorted(pool.map(timed, range(REQUESTS)))
+        wall = time.perf_counter() - start
+    return {
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        "requests_per_second": REQUESTS / wall,
+    }
+
+
+def main() -> int:
+    out = Path(__file__).resolve().parent / "results" / "verify.json"
+    out.parent.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        registry = Registry(free_port(), Path(tmp)).start()
+        try:
+            digest = registry.push("bench/trainer", "v1", "benchmark image")
+            key = CosignKey.generate(Path(tmp) / "keys", "release")
+            key.sign_classic(f"{registry.host}/bench/trainer@{digest}")
+            signers = [Signer.from_pem("release", key.public.read_text())]
+            client = RegistryClient(plain_http=frozenset({registry.host}))
+            image = f"{registry.host}/bench/trainer:v1"
+            warm = Verifier(client)
+            warm.verify(image, signers)
+
+            def cold_verify() -> object:
+                return Verifier(client, ResultCache(ttl_seconds=0)).verify(image, signers)
+
+            results = {
+                "baseline_manifest_get": measure(
+                    lambda: client.manifest(registry.host, "bench/trainer", "v1")
+                ),
+                "warm_cache": measure(lambda: warm.verify(image, signers)),
+                "cold_cache": measure(cold_verify),
+            }
+        finally:
+            registry.stop()
+    base = results["baseline_manifest_get"]["p99_ms"]
+    report = {
+        "concurrency": CONCURRENCY,
+        "requests": REQUESTS,
+        "results": results,
+        "p99_ratio_to_baseline": {k: v["p99_ms"] / base for k, v in results.items()},
+        "targets_ms": {"warm_p99": 50, "cold_p99": 250},
+    }
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
