@@ -56,6 +56,12 @@ def test_schema_violations_are_rejected_by_the_api_server(
     assert message in result.stderr
 
 
+def patch_status(space: TenantSpace, status: dict[str, Any]) -> None:
+    """Write status as the operator would (the status subresource)."""
+    patch = ["patch", "trainingjob", "bad", "-n", space.namespace, "--subresource=status", "--type=merge"]
+    space.cluster.kubectl(*patch, "-p", json.dumps(status))
+
+
 def test_tenant_cannot_change(tenant_space: TenantSpace) -> None:
     tenant_space.apply(job())
     changed = tenant_space.apply(job(tenant="team-y"), check=False)
@@ -78,17 +84,7 @@ def test_replicas_cannot_change_while_running(tenant_space: TenantSpace) -> None
             ]
         }
     }
-    space.cluster.kubectl(
-        "patch",
-        "trainingjob",
-        "bad",
-        "-n",
-        space.namespace,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps(status),
-    )
+    patch_status(space, status)
     resized = space.apply(job(replicas=4), check=False)
     assert resized.returncode != 0
     assert (
@@ -101,17 +97,7 @@ def test_image_is_immutable_once_pinned(tenant_space: TenantSpace) -> None:
     space = tenant_space
     space.apply(job())
     pinned = {"status": {"image": {"reference": "registry.example.com/t:v1", "digest": "sha256:" + "a" * 64}}}
-    space.cluster.kubectl(
-        "patch",
-        "trainingjob",
-        "bad",
-        "-n",
-        space.namespace,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps(pinned),
-    )
+    patch_status(space, pinned)
     swapped = space.apply(job(image="registry.example.com/t:v2"), check=False)
     assert swapped.returncode != 0
     assert "spec.image is immutable once pinned" in swapped.stderr

@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
@@ -119,39 +120,49 @@ class Verifier:
             raise VerificationFailed("ImageNotFound", f"{ref} does not exist in its registry")
         return fetched.digest
 
+    def _layers(self, body: bytes, what: str) -> list[dict[str, Any]]:
+        """The first layers of a signature manifest; a manifest that is not JSON is refused."""
+        try:
+            layers = json.loads(body).get("layers", [])
+        except (ValueError, AttributeError) as exc:
+            raise VerificationFailed(
+                "MalformedSignature", f"the {what} manifest is not a JSON manifest"
+            ) from exc
+        return [layer for layer in layers[: self.client.max_descriptors] if isinstance(layer, dict)]
+
+    def _payload(
+        self, ref: ImageReference, layer: dict[str, Any], what: str, problems: list[str]
+    ) -> bytes | None:
+        """The layer's blob, unless its declared size is over the bound (then noted in `problems`)."""
+        if int(layer.get("size", 0)) > cosign.MAX_PAYLOAD_BYTES:
+            problems.append(f"a {what} of {layer.get('size')} bytes is too large")
+            return None
+        return self.client.blob(ref.registry, ref.repository, layer["digest"])
+
     def _find_signature(self, ref: ImageReference, digest: str, signers: list[cosign.Signer]) -> str:
         problems: list[str] = []
         classic = self.client.manifest(ref.registry, ref.repository, digest.replace(":", "-") + ".sig")
-        if classic is not None:
+        for layer in self._layers(classic.body, ".sig") if classic else []:
+            annotation = (layer.get("annotations") or {}).get(cosign.SIGNATURE_ANNOTATION)
+            if not annotation or layer.get("mediaType") != cosign.SIMPLE_SIGNING_MEDIA_TYPE:
+                continue
+            payload = self._payload(ref, layer, "signature payload", problems)
+            if payload is None:
+                continue
             try:
-                layers = json.loads(classic.body).get("layers", [])[: self.client.max_descriptors]
-            except ValueError as exc:
-                raise VerificationFailed("MalformedSignature", "the .sig manifest is not JSON") from exc
-            for layer in layers:
-                annotation = (layer.get("annotations") or {}).get(cosign.SIGNATURE_ANNOTATION)
-                if not annotation or layer.get("mediaType") != cosign.SIMPLE_SIGNING_MEDIA_TYPE:
-                    continue
-                if int(layer.get("size", 0)) > cosign.MAX_PAYLOAD_BYTES:
-                    problems.append(f"a signature payload of {layer.get('size')} bytes is too large")
-                    continue
-                payload = self.client.blob(ref.registry, ref.repository, layer["digest"])
-                try:
-                    return cosign.verify_simple_signing(payload, annotation, digest, signers).name
-                except cosign.SignatureInvalid as exc:
-                    problems.append(str(exc))
+                return cosign.verify_simple_signing(payload, annotation, digest, signers).name
+            except cosign.SignatureInvalid as exc:
+                problems.append(str(exc))
         for descriptor in self.client.referrers(
             ref.registry, ref.repository, digest, cosign.BUNDLE_MEDIA_TYPE
         ):
             manifest = self.client.manifest(ref.registry, ref.repository, descriptor["digest"])
-            if manifest is None:
-                continue
-            for layer in json.loads(manifest.body).get("layers", [])[: self.client.max_descriptors]:
+            for layer in self._layers(manifest.body, "bundle") if manifest else []:
                 if layer.get("mediaType") != cosign.BUNDLE_MEDIA_TYPE:
                     continue
-                if int(layer.get("size", 0)) > cosign.MAX_PAYLOAD_BYTES:
-                    problems.append(f"a signature bundle of {layer.get('size')} bytes is too large")
+                bundle = self._payload(ref, layer, "signature bundle", problems)
+                if bundle is None:
                     continue
-                bundle = self.client.blob(ref.registry, ref.repository, layer["digest"])
                 try:
                     return cosign.verify_bundle(bundle, digest, signers).name
                 except cosign.SignatureInvalid as exc:
