@@ -10,7 +10,6 @@ Writes bench/results/verify.json; figures are reported as ratios to the baseline
 from __future__ import annotations
 
 import json
-import socket
 import statistics
 import sys
 import tempfile
@@ -20,18 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from e2e.cluster.registry import CosignKey, Registry
+from e2e.cluster.waiting import free_port
 from trainguard.signing.cosign import Signer
 from trainguard.signing.registry import RegistryClient
 from trainguard.signing.verifier import ResultCache, Verifier
 
 CONCURRENCY = 100
 REQUESTS = 1000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def measure(fn: Callable[[], object]) -> dict[str, float]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e.cluster.localcluster import Cluster, bin_dir
-from e2e.cluster.waiting import wait_for
+from e2e.cluster.waiting import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 RELEASE_NAMESPACE = "trainguard-system"
@@ -96,12 +95,6 @@ class OperatorProcess:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def service_account_kubeconfig(cluster: Cluster, folder: Path, namespace: str, account: str) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,15 +12,9 @@ import pytest
 
 from e2e.cluster import pki
 from e2e.cluster.localcluster import LOOPBACK, Cluster
-from e2e.cluster.waiting import port_listening, wait_for
+from e2e.cluster.waiting import free_port, port_listening, wait_for
 
 OPERATOR = Path(__file__).with_name("smoke_webhook_operator.py")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

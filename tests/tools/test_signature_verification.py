@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -12,15 +11,10 @@ from pathlib import Path
 import pytest
 
 from e2e.cluster.registry import CosignKey, Registry
+from e2e.cluster.waiting import free_port
 from trainguard.signing.cosign import Signer
 from trainguard.signing.registry import RegistryClient
 from trainguard.signing.verifier import VerificationFailed, Verifier
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
