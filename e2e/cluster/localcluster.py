@@ -27,8 +27,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from e2e.cluster import pki
@@ -81,7 +80,6 @@ class ClusterConfig:
     cpu_per_node: str = "96"
     memory_per_node: str = "1024Gi"
     port_base: int = 46380
-    extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> ClusterConfig:
@@ -363,7 +361,8 @@ class LocalCluster:
             if pid and _pid_alive(pid, name):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
-        _write_pids(self.state, {}) if self.state.exists() else None
+        if self.state.exists():
+            _write_pids(self.state, {})
         still = [p for p in self.ports.all() if _port_open(p)]
         if still and not quiet:
             raise ClusterError(f"ports {still} still listen after stopping the cluster")
@@ -590,12 +589,6 @@ class LocalCluster:
         )
         _wait("simulated GPU nodes (kwok)", nodes_ready, 60, logs / "kwok.log", kwok)
         _wait("the default service account", default_sa, 60, logs / "kube-controller-manager.log", kcm)
-
-
-@contextlib.contextmanager
-def running(cfg: ClusterConfig | None = None) -> Iterator[Cluster]:
-    """Start (or reuse) the cluster for the duration of a block; leaves it running."""
-    yield LocalCluster(cfg).up()
 
 
 def main(argv: list[str] | None = None) -> int:
