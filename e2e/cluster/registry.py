@@ -77,6 +77,10 @@ class CosignKey:
         _run(str(bin_dir() / "cosign"), "generate-key-pair", "--output-key-prefix", name, cwd=folder)
         return cls(folder / f"{name}.key", folder / f"{name}.pub")
 
+    def sign(self, reference: str, layout: str) -> None:
+        """Sign in one of cosign's two layouts: "classic" or "bundle"."""
+        {"classic": self.sign_classic, "bundle": self.sign_bundle}[layout](reference)
+
     def sign_classic(self, reference: str) -> None:
         """The classic layout: a `sha256-<hex>.sig` simple-signing manifest, no transparency log."""
         _run(

@@ -50,7 +50,7 @@ def test_an_image_signed_by_a_trusted_key_is_pinned_to_its_digest(
 ) -> None:
     digest = registry.push(f"team/{layout}", "v1", f"trainer {layout}")
     key = keys["release"]
-    (key.sign_classic if layout == "classic" else key.sign_bundle)(f"{registry.host}/team/{layout}@{digest}")
+    key.sign(f"{registry.host}/team/{layout}@{digest}", layout)
     verified = verifier(registry).verify(f"{registry.host}/team/{layout}:v1", [signer(key)])
     assert verified.digest == digest
     assert verified.signer == "release"
@@ -70,9 +70,7 @@ def test_a_key_the_tenant_does_not_trust_is_refused(
 ) -> None:
     digest = registry.push(f"team/stranger-{layout}", "v1", f"signed by a stranger {layout}")
     stranger = keys["stranger"]
-    (stranger.sign_classic if layout == "classic" else stranger.sign_bundle)(
-        f"{registry.host}/team/stranger-{layout}@{digest}"
-    )
+    stranger.sign(f"{registry.host}/team/stranger-{layout}@{digest}", layout)
     err = failure(registry, f"{registry.host}/team/stranger-{layout}:v1", [signer(keys["release"])])
     assert err.reason == "UntrustedSigner"
     assert "signed by a key the tenant does not trust" in str(err)
