@@ -17,10 +17,12 @@ import pytest
 from e2e.cluster.harness import (
     RELEASE_NAMESPACE,
     OperatorProcess,
+    SignedImage,
     TenantSpace,
     install_chart,
     make_tenant,
     service_account_kubeconfig,
+    signed_image,
 )
 from e2e.cluster.localcluster import Cluster, ClusterError, LocalCluster, bin_dir
 
@@ -92,16 +94,25 @@ def operator(helm_release: Cluster, tmp_path_factory: pytest.TempPathFactory) ->
     """The session's operator, with the chart's RBAC, watching test namespaces and the examples'."""
     folder = tmp_path_factory.mktemp("operator")
     kubeconfig = service_account_kubeconfig(helm_release, folder, RELEASE_NAMESPACE, "trainguard")
-    op = OperatorProcess(folder / "operator.log", ["tj-*", "team-*"], kubeconfig)
+    op = OperatorProcess(
+        folder / "operator.log", ["tj-*", "team-*"], kubeconfig, registry=helm_release.registry
+    )
     op.start()
     yield op
     op.stop()
 
 
+@pytest.fixture(scope="session")
+def signed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> SignedImage:
+    """An image in the cluster's registry, signed with cosign by a key the test tenants trust."""
+    return signed_image(cluster, tmp_path_factory.mktemp("signed"))
+
+
 @pytest.fixture
-def tenant_space(crds: Cluster) -> Iterator[TenantSpace]:
-    """A fresh namespace owned by a fresh Tenant (32 nominal GPUs, one shared dataset)."""
-    space = make_tenant(crds)
+def tenant_space(crds: Cluster, operator: OperatorProcess, signed: SignedImage) -> Iterator[TenantSpace]:
+    """A fresh namespace owned by a fresh Tenant (32 nominal GPUs, one shared dataset, trusting
+    the `signed` image's key), with the operator and its admission webhooks running."""
+    space = make_tenant(crds, signed=signed)
     yield space
     crds.kubectl("delete", "namespace", space.namespace, "--wait=false", check=False)
     crds.kubectl("delete", "tenant", space.tenant, "--wait=false", check=False)

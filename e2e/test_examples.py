@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from e2e.cluster.harness import ROOT, OperatorProcess
+from e2e.cluster.harness import ROOT, OperatorProcess, publish_example_image
 from e2e.cluster.localcluster import Cluster, bin_dir
 from e2e.cluster.waiting import wait_for
 
@@ -20,11 +20,12 @@ OUTSIDER = ["--as=researcher-b", "--as-group=team-b"]
 
 
 @pytest.fixture
-def team_a(helm_release: Cluster, operator: OperatorProcess) -> Cluster:
+def team_a(helm_release: Cluster, operator: OperatorProcess, tmp_path: Path) -> Cluster:
     cluster = helm_release
     cluster.kubectl("delete", "namespace", "team-a", "--ignore-not-found", "--wait=true", "--timeout=60s")
     cluster.kubectl("delete", "tenant", "team-a", "--ignore-not-found")
     cluster.kubectl("create", "namespace", "team-a")
+    publish_example_image(cluster, tmp_path)
     return cluster
 
 

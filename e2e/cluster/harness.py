@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from e2e.cluster.localcluster import Cluster, bin_dir
-from e2e.cluster.waiting import free_port, wait_for
+from e2e.cluster.registry import CosignKey, Registry
+from e2e.cluster.waiting import free_port, port_listening, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 RELEASE_NAMESPACE = "trainguard-system"
+OPERATOR_USER = f"system:serviceaccount:{RELEASE_NAMESPACE}:trainguard"
 
 
 def install_chart(cluster: Cluster, *values: str) -> None:
@@ -45,10 +47,20 @@ def install_chart(cluster: Cluster, *values: str) -> None:
 class OperatorProcess:
     """The operator as its own process (`trainguard run`), watching the namespaces given."""
 
-    def __init__(self, log_path: Path, namespaces: list[str], kubeconfig: Path | None = None) -> None:
+    def __init__(
+        self,
+        log_path: Path,
+        namespaces: list[str],
+        kubeconfig: Path | None = None,
+        *,
+        registry: str | None = None,
+        admission: bool = True,
+    ) -> None:
         self.log_path = log_path
         self.namespaces = namespaces
         self.kubeconfig = kubeconfig
+        self.registry = registry
+        self.admission = admission
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -65,12 +77,18 @@ class OperatorProcess:
         ]
         for ns in self.namespaces:
             argv += ["--namespace", ns]
+        webhook_port = free_port() if self.admission else 0
+        argv += ["--webhook-port", str(webhook_port), "--operator-user", OPERATOR_USER]
+        if self.registry:
+            argv += ["--plain-http-registry", self.registry]
         log = self.log_path.open("ab")
         env = dict(os.environ)
         if self.kubeconfig:
             env["KUBECONFIG"] = str(self.kubeconfig)
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         wait_for("the operator to report healthy", lambda: self._healthy(port), timeout=60)
+        if webhook_port:
+            wait_for("the admission webhooks to listen", lambda: port_listening("127.0.0.1", webhook_port))
 
     def _healthy(self, port: int) -> bool:
         assert self.proc is not None
@@ -124,6 +142,7 @@ class TenantSpace:
     tenant: str
     namespace: str
     cluster: Cluster
+    image: str = ""  # an image signed by a key the tenant trusts
 
     def apply(
         self, manifest: dict[str, Any], *extra: str, check: bool = True
@@ -143,7 +162,9 @@ class TenantSpace:
         return items
 
 
-def make_tenant(cluster: Cluster, prefix: str = "tj", **quota: int) -> TenantSpace:
+def make_tenant(
+    cluster: Cluster, prefix: str = "tj", signed: SignedImage | None = None, **quota: int
+) -> TenantSpace:
     suffix = uuid.uuid4().hex[:8]
     ns, tenant = f"{prefix}-{suffix}", f"tenant-{suffix}"
     cluster.kubectl("create", "namespace", ns)
@@ -156,7 +177,39 @@ def make_tenant(cluster: Cluster, prefix: str = "tj", **quota: int) -> TenantSpa
             "members": {"users": [f"researcher-{suffix}"], "groups": [f"group-{suffix}"]},
             "quota": {"nominalGPUs": quota.get("nominal", 32)},
             "sharedStorage": [{"name": "dataset", "kind": "Dataset", "claimName": "dataset"}],
+            "trustedSigners": [{"name": "release", "publicKey": signed.public_key}] if signed else [],
         },
     }
     cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
-    return TenantSpace(tenant, ns, cluster)
+    return TenantSpace(tenant, ns, cluster, signed.image if signed else "")
+
+
+@dataclass(frozen=True)
+class SignedImage:
+    image: str  # by tag, as a researcher writes it
+    digest: str
+    public_key: str  # PEM of the key that signed it
+    key: CosignKey
+
+
+def signed_image(
+    cluster: Cluster, folder: Path, repository: str = "tests/trainer", layout: str = "classic"
+) -> SignedImage:
+    """Push an image to the cluster's registry and sign it with a fresh key."""
+    registry = Registry(cluster.ports.registry, folder)
+    digest = registry.push(repository, "v1", f"{repository} {uuid.uuid4().hex}")
+    key = CosignKey.generate(folder / "keys", "release")
+    key.sign(f"{registry.host}/{repository}@{digest}", layout)
+    return SignedImage(f"{registry.host}/{repository}:v1", digest, key.public.read_text(), key)
+
+
+EXAMPLE_KEY = ROOT / "examples" / "signing" / "team-a-release.key"
+
+
+def publish_example_image(cluster: Cluster, folder: Path) -> str:
+    """Push the examples' trainer image to the cluster's registry, signed with the demo key."""
+    registry = Registry(cluster.ports.registry, folder)
+    digest = registry.push("team-a/trainer", "v1", "the example trainer")
+    key = CosignKey(EXAMPLE_KEY, EXAMPLE_KEY.with_suffix(".pub"))
+    key.sign(f"{registry.host}/team-a/trainer@{digest}", "bundle")
+    return digest

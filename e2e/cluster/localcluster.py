@@ -34,7 +34,15 @@ from e2e.cluster import pki
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "provisioner")
+COMPONENTS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+    "provisioner",
+    "registry",
+)
 LOOPBACK = "127.0.0.1"
 GPU_RESOURCE = "nvidia.com/gpu"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -64,10 +72,11 @@ class Ports:
     controller_manager: int
     scheduler: int
     kwok: int
+    registry: int
 
     @classmethod
     def from_base(cls, base: int) -> Ports:
-        return cls(base, base + 1, base + 2, base + 3, base + 4, base + 5)
+        return cls(*range(base, base + 7))
 
     def all(self) -> list[int]:
         return list(asdict(self).values())
@@ -103,6 +112,11 @@ class Cluster:
     server: str
     ca_file: Path
     ports: Ports
+
+    @property
+    def registry(self) -> str:
+        """host:port of the cluster's plain-HTTP image registry on loopback."""
+        return f"{LOOPBACK}:{self.ports.registry}"
 
     def kubectl(
         self, *args: str, check: bool = True, input: str | None = None
@@ -329,7 +343,7 @@ class LocalCluster:
         if busy:
             raise ClusterError(
                 f"ports {busy} on {LOOPBACK} are taken by another program; "
-                "stop it or set TRAINGUARD_CLUSTER_PORT_BASE to a free range of six ports"
+                "stop it or set TRAINGUARD_CLUSTER_PORT_BASE to a free range of seven ports"
             )
         for sub in ("logs", "etcd"):
             shutil.rmtree(self.state / sub, ignore_errors=True)
@@ -339,6 +353,7 @@ class LocalCluster:
         self._start_etcd(pids)
         self._start_apiserver(pids)
         self._start_controllers(pids)
+        self._start_registry(pids)
         self._create_nodes()
         self._wait_ready()
         (self.state / "startup-seconds").write_text(f"{time.monotonic() - started:.1f}\n")
@@ -369,7 +384,15 @@ class LocalCluster:
 
     # steps
     def _check_binaries(self) -> None:
-        needed = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl"]
+        needed = [
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kwok",
+            "kubectl",
+            "registry",
+        ]
         missing = [b for b in needed if not (self.bin / b).exists()]
         if missing:
             raise ClusterError(
@@ -541,11 +564,32 @@ class LocalCluster:
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
                 "--cidr=10.244.0.1/16",
-                "--node-ip=10.0.0.1",
+                "--node-ip=127.0.0.1",  # nodes are simulated: anything dialling a "kubelet" stays on loopback
                 f"--server-address={LOOPBACK}:{p.kwok}",
                 "--node-lease-duration-seconds=0",
             ],
             pids,
+        )
+
+    @property
+    def registry_host(self) -> str:
+        return f"{LOOPBACK}:{self.ports.registry}"
+
+    def _start_registry(self, pids: dict[str, int]) -> None:
+        """The distribution registry, plain HTTP on loopback, kept on disk across restarts."""
+        config = self.state / "registry.yml"
+        config.write_text(
+            json.dumps(
+                {
+                    "version": 0.1,
+                    "log": {"level": "warn"},
+                    "storage": {"filesystem": {"rootdirectory": str(self.state / "registry-data")}},
+                    "http": {"addr": self.registry_host, "debug": {"addr": ""}},
+                }
+            )
+        )
+        self.procs["registry"] = _spawn(
+            self.state, "registry", [str(self.bin / "registry"), "serve", str(config)], pids
         )
 
     def _create_nodes(self) -> None:
@@ -588,6 +632,13 @@ class LocalCluster:
             sched,
         )
         _wait("simulated GPU nodes (kwok)", nodes_ready, 60, logs / "kwok.log", kwok)
+        _wait(
+            "the image registry",
+            lambda: _port_open(self.ports.registry),
+            30,
+            logs / "registry.log",
+            self.procs.get("registry"),
+        )
         _wait("the default service account", default_sa, 60, logs / "kube-controller-manager.log", kcm)
 
 

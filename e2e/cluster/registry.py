@@ -91,12 +91,17 @@ class CosignKey:
     def sign_bundle(self, reference: str) -> None:
         """The Sigstore bundle layout attached as an OCI referrer, with a signing config that names
         no transparency log and an empty trusted root, so cosign contacts nothing but the registry."""
-        folder = self.private.parent
-        config, root = folder / "signing-config.json", folder / "trusted-root.json"
-        if not config.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            config, root = Path(tmp) / "signing-config.json", Path(tmp) / "trusted-root.json"
             _run(str(bin_dir() / "cosign"), "signing-config", "create", "--out", str(config))
             root.write_text('{"mediaType":"application/vnd.dev.sigstore.trustedroot+json;version=0.1"}')
-        _run(
-            str(bin_dir() / "cosign"), "sign", "--key", str(self.private), "--signing-config", str(config),
-            "--trusted-root", str(root), "--allow-http-registry", reference,
-        )  # fmt: skip
+            cosign = [str(bin_dir() / "cosign"), "sign", "--key", str(self.private)]
+            _run(
+                *cosign,
+                "--signing-config",
+                str(config),
+                "--trusted-root",
+                str(root),
+                "--allow-http-registry",
+                reference,
+            )

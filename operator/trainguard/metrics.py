@@ -36,3 +36,12 @@ def job_not_admitted(tenant: str, reason: str) -> None:
 
 def reconcile_failed(reason: str) -> None:
     RECONCILE_ERRORS.labels(reason=reason).inc()
+
+
+ADMISSION_DENIED = Counter(
+    "trainguard_admission_denied_total", "Admission requests refused, one count per reason.", ["reason"]
+)
+
+
+def admission_denied(reason: str) -> None:
+    ADMISSION_DENIED.labels(reason=reason).inc()

@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 
 from e2e.cluster.harness import TenantSpace
+from e2e.cluster.waiting import wait_for
 
 
-def job(**spec: Any) -> dict[str, Any]:
+def job(space: TenantSpace, **spec: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
-        "tenant": "team-x",
-        "image": "registry.example.com/t:v1",
+        "tenant": space.tenant,
+        "image": space.image,
         "replicas": 1,
         "resources": {"gpusPerReplica": 1},
     }
@@ -51,7 +52,7 @@ def job(**spec: Any) -> dict[str, Any]:
 def test_schema_violations_are_rejected_by_the_api_server(
     tenant_space: TenantSpace, spec: dict[str, Any], message: str
 ) -> None:
-    result = tenant_space.apply(job(**spec), check=False)
+    result = tenant_space.apply(job(tenant_space, **spec), check=False)
     assert result.returncode != 0
     assert message in result.stderr
 
@@ -63,29 +64,22 @@ def patch_status(space: TenantSpace, status: dict[str, Any]) -> None:
 
 
 def test_tenant_cannot_change(tenant_space: TenantSpace) -> None:
-    tenant_space.apply(job())
-    changed = tenant_space.apply(job(tenant="team-y"), check=False)
+    tenant_space.apply(job(tenant_space))
+    changed = tenant_space.apply(job(tenant_space, tenant="team-y"), check=False)
     assert changed.returncode != 0
     assert "spec.tenant is immutable" in changed.stderr
 
 
 def test_replicas_cannot_change_while_running(tenant_space: TenantSpace) -> None:
     space = tenant_space
-    space.apply(job())
-    status = {
-        "status": {
-            "conditions": [
-                {
-                    "type": "Running",
-                    "status": "True",
-                    "reason": "AllReplicasRunning",
-                    "lastTransitionTime": "2026-01-01T00:00:00Z",
-                }
-            ]
-        }
-    }
-    patch_status(space, status)
-    resized = space.apply(job(replicas=4), check=False)
+    space.apply(job(space))
+
+    def running() -> bool:
+        conditions = space.get("trainingjob", "bad").get("status", {}).get("conditions", [])
+        return any(c["type"] == "Running" and c["status"] == "True" for c in conditions)
+
+    wait_for("the operator to report the job Running", running)
+    resized = space.apply(job(space, replicas=4), check=False)
     assert resized.returncode != 0
     assert (
         "spec.replicas and spec.resources.gpusPerReplica cannot change while the job is running"
@@ -95,10 +89,10 @@ def test_replicas_cannot_change_while_running(tenant_space: TenantSpace) -> None
 
 def test_image_is_immutable_once_pinned(tenant_space: TenantSpace) -> None:
     space = tenant_space
-    space.apply(job())
-    pinned = {"status": {"image": {"reference": "registry.example.com/t:v1", "digest": "sha256:" + "a" * 64}}}
+    space.apply(job(space))
+    pinned = {"status": {"image": {"reference": space.image, "digest": "sha256:" + "a" * 64}}}
     patch_status(space, pinned)
-    swapped = space.apply(job(image="registry.example.com/t:v2"), check=False)
+    swapped = space.apply(job(space, image=space.image.replace(":v1", ":v2")), check=False)
     assert swapped.returncode != 0
     assert "spec.image is immutable once pinned" in swapped.stderr
 

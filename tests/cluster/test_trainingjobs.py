@@ -11,6 +11,7 @@ import pytest
 from e2e.cluster.harness import (
     RELEASE_NAMESPACE,
     OperatorProcess,
+    SignedImage,
     TenantSpace,
     make_tenant,
     service_account_kubeconfig,
@@ -21,14 +22,14 @@ from e2e.cluster.waiting import wait_for
 SELECTOR = "trainguard.dev/job-name={}"
 
 
-def job(name: str, tenant: str, **spec: Any) -> dict[str, Any]:
+def job(name: str, space: TenantSpace, **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": "trainguard.dev/v1alpha1",
         "kind": "TrainingJob",
         "metadata": {"name": name},
         "spec": {
-            "tenant": tenant,
-            "image": "registry.example.com/team/trainer:v1",
+            "tenant": space.tenant,
+            "image": space.image,
             "replicas": 2,
             "resources": {"gpusPerReplica": 8},
             **spec,
@@ -70,7 +71,7 @@ def pod_names(space: TenantSpace, name: str) -> list[str]:
 @pytest.mark.usefixtures("operator")
 def test_job_runs_on_gpu_nodes_and_succeeds(tenant_space: TenantSpace) -> None:
     space = tenant_space
-    out = space.apply(job("train", space.tenant))
+    out = space.apply(job("train", space))
     assert "trainingjob.trainguard.dev/train created" in out.stdout
     wait_condition(space, "train", "Running")
     pods = space.list("pods", SELECTOR.format("train"))
@@ -112,7 +113,7 @@ def test_job_runs_on_gpu_nodes_and_succeeds(tenant_space: TenantSpace) -> None:
 @pytest.mark.usefixtures("operator")
 def test_failed_replica_restarts_the_gang_after_back_off_then_fails(tenant_space: TenantSpace) -> None:
     space = tenant_space
-    space.apply(job("flaky", space.tenant, failurePolicy={"maxRestarts": 1, "backoffSeconds": 3}))
+    space.apply(job("flaky", space, failurePolicy={"maxRestarts": 1, "backoffSeconds": 3}))
     wait_condition(space, "flaky", "Running")
     finish(space, "flaky-1-a0", 2)
 
@@ -141,7 +142,7 @@ def test_failed_replica_restarts_the_gang_after_back_off_then_fails(tenant_space
 @pytest.mark.usefixtures("operator")
 def test_deleting_the_job_deletes_every_child(tenant_space: TenantSpace) -> None:
     space = tenant_space
-    space.apply(job("gone", space.tenant, replicas=1))
+    space.apply(job("gone", space, replicas=1))
     wait_condition(space, "gone", "Running")
     space.cluster.kubectl("delete", "trainingjob", "gone", "-n", space.namespace)
 
@@ -161,25 +162,33 @@ def test_deleting_the_job_deletes_every_child(tenant_space: TenantSpace) -> None
     wait_for("the garbage collector to remove every child", lambda: children_left() == [] or None, timeout=60)
 
 
-@pytest.mark.usefixtures("operator")
-def test_a_job_in_a_namespace_its_tenant_does_not_own_is_not_run(tenant_space: TenantSpace) -> None:
+def test_the_image_is_pinned_to_the_verified_digest(tenant_space: TenantSpace, signed: SignedImage) -> None:
     space = tenant_space
-    space.apply(job("stray", "tenant-that-does-not-exist"))
-    refused = wait_condition(space, "stray", "Admitted", status="False")
-    assert refused["reason"] == "TenantNotFound"
-    assert pod_names(space, "stray") == []
+    space.apply(job("pinned", space, replicas=1))
+    spec_image = space.get("trainingjob", "pinned")["spec"]["image"]
+    assert spec_image == f"{signed.image}@{signed.digest}"
+    status = wait_for(
+        "the pinned image in status", lambda: space.get("trainingjob", "pinned")["status"].get("image")
+    )
+    assert status == {"reference": signed.image, "digest": signed.digest, "signer": "release"}
+    wait_condition(space, "pinned", "Running")
+    pod = space.list("pods", SELECTOR.format("pinned"))[0]
+    assert pod["spec"]["containers"][0]["image"] == spec_image
 
 
+@pytest.mark.usefixtures("operator")  # admits the job; the operator under test only reconciles
 def test_operator_killed_mid_reconcile_converges_without_duplicates(
-    helm_release: Cluster, tmp_path: Path
+    helm_release: Cluster, tmp_path: Path, signed: SignedImage
 ) -> None:
     crds = helm_release
-    space = make_tenant(crds, prefix="tjr", nominal=0)
+    space = make_tenant(crds, prefix="tjr", signed=signed, nominal=0)
     kubeconfig = service_account_kubeconfig(crds, tmp_path, RELEASE_NAMESPACE, "trainguard")
-    op = OperatorProcess(tmp_path / "operator.log", [space.namespace], kubeconfig)
+    op = OperatorProcess(
+        tmp_path / "operator.log", [space.namespace], kubeconfig, registry=crds.registry, admission=False
+    )
     try:
         op.start()
-        space.apply(job("big", space.tenant, replicas=24, resources={"gpusPerReplica": 0, "cpu": "1"}))
+        space.apply(job("big", space, replicas=24, resources={"gpusPerReplica": 0, "cpu": "1"}))
         # Kill the operator while it is creating the gang.
         wait_for("the first pods", lambda: len(pod_names(space, "big")) >= 1, timeout=30, interval=0.01)
         op.kill()

@@ -10,12 +10,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trainguard.api.conditions import find, is_true, set_condition
-from trainguard.api.models import Tenant, TrainingJob
+from trainguard.api.models import PinnedImage, Tenant, TrainingJob
+from trainguard.workload import lifecycle
 from trainguard.workload.builders import WorkloadSettings
-from trainguard.workload.lifecycle import PodView, plan
+from trainguard.workload.lifecycle import ImageProblem, Plan, PodView
 
 NOW = datetime.datetime(2026, 11, 26, 12, 0, 0, tzinfo=datetime.UTC)
 SETTINGS = WorkloadSettings()
+IMAGE = PinnedImage(reference="r.io/img:v1", digest="sha256:" + "ab" * 32, signer="release")
+
+
+def plan(*args: Any, image: PinnedImage | ImageProblem | None = IMAGE) -> Plan:
+    """The planner, with the job's image verified unless a test says otherwise."""
+    return lifecycle.plan(*args, image=image)
 
 
 def make_job(status: dict[str, Any] | None = None, **spec: Any) -> TrainingJob:
@@ -217,3 +224,21 @@ def test_a_gang_cut_short_by_an_operator_restart_is_topped_up() -> None:
     out = plan(make_job(running_status()), TENANT, pods(["Running"]), NOW, SETTINGS)
     assert [p["metadata"]["name"] for p in out.create_pods] == ["j-1-a0"]
     assert out.status.restarts == 0
+
+
+def test_no_pod_runs_before_its_image_is_verified() -> None:
+    unverified = plan(make_job(), TENANT, [], NOW, SETTINGS, image=None)
+    admitted = find(unverified.status.conditions, "Admitted")
+    assert admitted is not None
+    assert admitted.reason == "ImageNotVerified"
+    assert unverified.create_pods == []
+    refused = plan(
+        make_job(), TENANT, [], NOW, SETTINGS, image=ImageProblem("Unsigned", "r.io/img has no signature")
+    )
+    admitted = find(refused.status.conditions, "Admitted")
+    assert admitted is not None
+    assert admitted.reason == "Unsigned"
+    assert "spec.image: r.io/img has no signature" in admitted.message
+    verified = plan(make_job(), TENANT, [], NOW, SETTINGS)
+    assert verified.status.image == IMAGE
+    assert len(verified.create_pods) == 2

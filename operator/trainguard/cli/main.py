@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 
 import kopf
 from prometheus_client import start_http_server
@@ -22,9 +23,46 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz"
     )
+    run.add_argument("--webhook-port", type=int, default=9443, help="admission webhook port; 0 serves none")
+    run.add_argument("--webhook-listen", default="127.0.0.1", help="address the webhook server binds")
+    run.add_argument(
+        "--webhook-host", default="127.0.0.1", help="address the API server calls the webhooks at"
+    )
+    run.add_argument("--webhook-cert-dir", type=Path, default=None, help="TLS files (made there when absent)")
+    run.add_argument("--webhook-config-name", default="trainguard", help="name of the webhook configurations")
+    run.add_argument(
+        "--plain-http-registry",
+        action="append",
+        default=[],
+        help="host:port of a registry spoken to over plain HTTP (a loopback test registry only)",
+    )
+    run.add_argument(
+        "--operator-user",
+        action="append",
+        default=[],
+        help="this operator's identity in admission requests (e.g. system:serviceaccount:ns:name)",
+    )
     args = parser.parse_args(argv)
 
-    import trainguard.handlers  # noqa: F401 - registers the kopf handlers
+    import trainguard.handlers
+    from trainguard.handlers import verification
+    from trainguard.kube import client as kube
+
+    kube.configure()
+    verification.configure(
+        verification.AdmissionConfig(
+            port=args.webhook_port,
+            listen=args.webhook_listen,
+            host=args.webhook_host,
+            cert_dir=args.webhook_cert_dir,
+            config_name=args.webhook_config_name,
+            plain_http_registries=frozenset(args.plain_http_registry),
+            operator_users=frozenset(args.operator_user),
+        )
+    )
+
+    if args.webhook_port:
+        import trainguard.handlers.admission  # noqa: F401 - registers the admission webhooks
 
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_address)

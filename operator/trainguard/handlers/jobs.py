@@ -18,10 +18,12 @@ import kopf
 
 from trainguard import metrics
 from trainguard.api.conditions import ConditionType
-from trainguard.api.models import GROUP, VERSION, Tenant, TrainingJob
+from trainguard.api.models import GROUP, VERSION, PinnedImage, Tenant, TrainingJob
+from trainguard.handlers import verification
 from trainguard.kube import client as kube
+from trainguard.signing.verifier import VerificationFailed
 from trainguard.workload.builders import LABEL_JOB, WorkloadSettings, build_children, job_selector
-from trainguard.workload.lifecycle import PodView, plan
+from trainguard.workload.lifecycle import ImageProblem, PodView, plan
 
 log = logging.getLogger("trainguard.jobs")
 
@@ -34,7 +36,6 @@ _requeues: dict[tuple[str, str], asyncio.TimerHandle] = {}
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    kube.configure()
     settings.posting.level = logging.WARNING  # our own Events are posted explicitly
     settings.watching.server_timeout = 60
     settings.persistence.finalizer = f"{GROUP}/finalizer"
@@ -85,8 +86,9 @@ async def _reconcile_once(namespace: str, name: str) -> float | None:
     tenant_raw = await kube.get_tenant(job.spec.tenant)
     tenant = Tenant.model_validate(tenant_raw) if tenant_raw else None
     pods = [PodView.from_manifest(p) for p in await kube.list_pods(namespace, job_selector(job))]
+    image = await _verify(job, tenant) if tenant is not None and job.status.image is None else None
     now = datetime.datetime.now(datetime.UTC)
-    decided = plan(job, tenant, pods, now, SETTINGS)
+    decided = plan(job, tenant, pods, now, SETTINGS, image)
 
     new_status = decided.status.to_api()
     if new_status != raw.get("status"):
@@ -102,6 +104,20 @@ async def _reconcile_once(namespace: str, name: str) -> float | None:
     if decided.create_pods:
         await _create_gang(namespace, decided.create_pods)
     return decided.requeue_after
+
+
+async def _verify(job: TrainingJob, tenant: Tenant) -> PinnedImage | ImageProblem:
+    """Verify the pinned image once more before the first pod: no way around admission."""
+    image = job.spec.image
+    if "@" not in image:
+        return ImageProblem("NotPinned", f"{image} was not pinned to a digest at admission")
+    try:
+        verified = await verification.verify_image(image, tenant)
+    except VerificationFailed as failure:
+        return ImageProblem(failure.reason, str(failure))
+    except ValueError as exc:
+        return ImageProblem("InvalidImageReference", str(exc))
+    return PinnedImage(reference=image.split("@", 1)[0], digest=verified.digest, signer=verified.signer)
 
 
 async def _create_gang(namespace: str, pods: list[dict[str, Any]]) -> None:
@@ -125,5 +141,5 @@ def _count(job: TrainingJob, reason: str) -> None:
         metrics.job_finished(tenant, ConditionType.SUCCEEDED.value)
     elif reason in ("BackoffLimitExceeded", "DeadlineExceeded"):
         metrics.job_finished(tenant, ConditionType.FAILED.value)
-    elif reason in ("TenantNotFound", "NamespaceNotOwned", "UnknownSharedStorage", "ExceedsTenantQuota"):
+    elif reason not in ("Admitted",):
         metrics.job_not_admitted(tenant, reason)

@@ -11,6 +11,7 @@ import kopf
 from trainguard.api.models import GROUP, VERSION, Tenant
 from trainguard.kube import client as kube
 from trainguard.workload.access import build_members_binding
+from trainguard.workload.webhooks import TENANT_NAMESPACE_LABEL
 
 log = logging.getLogger("trainguard.tenants")
 
@@ -25,6 +26,8 @@ async def tenant_changed(type: str, body: kopf.Body, **_: Any) -> None:
         return  # the garbage collector removes the bindings the tenant owns
     tenant = Tenant.model_validate(dict(body))
     for namespace in tenant.spec.namespaces:
+        # The label scopes the pod guard's webhooks to tenant namespaces.
+        await kube.label_namespace(namespace, {TENANT_NAMESPACE_LABEL: tenant.metadata.name})
         binding = build_members_binding(tenant, namespace, researcher_role())
         try:
             await kube.apply_role_binding(binding)

@@ -218,3 +218,71 @@ async def apply_role_binding(binding: Obj) -> None:
             meta["namespace"],
             {"subjects": binding["subjects"], "metadata": {"labels": meta["labels"]}},
         )
+
+
+async def get_namespace(name: str) -> Obj | None:
+    resp = await _call(
+        f"get namespace {name}", _core().read_namespace, name, _preload_content=False, ok=(404,)
+    )
+    return None if resp is None else _json(resp)
+
+
+async def label_namespace(name: str, labels: dict[str, str | None]) -> None:
+    await _call(
+        f"label namespace {name}", _core().patch_namespace, name, {"metadata": {"labels": labels}}, ok=(404,)
+    )
+
+
+_WEBHOOK_CONFIGS: dict[str, tuple[str, str, str]] = {
+    # kind -> (create, replace, delete) method names on AdmissionregistrationV1Api
+    "ValidatingWebhookConfiguration": (
+        "create_validating_webhook_configuration",
+        "replace_validating_webhook_configuration",
+        "delete_validating_webhook_configuration",
+    ),
+    "MutatingWebhookConfiguration": (
+        "create_mutating_webhook_configuration",
+        "replace_mutating_webhook_configuration",
+        "delete_mutating_webhook_configuration",
+    ),
+}
+
+
+async def apply_webhook_configuration(config: Obj) -> None:
+    """Create the configuration, or replace an existing one of the same name."""
+    api = client.AdmissionregistrationV1Api()
+    create, replace, _ = _WEBHOOK_CONFIGS[config["kind"]]
+    name = config["metadata"]["name"]
+    created = await _call(f"create {config['kind']} {name}", getattr(api, create), config, ok=(409,))
+    if created is None:
+        current = await _call(
+            f"read {config['kind']} {name}",
+            getattr(api, replace.replace("replace_", "read_")),
+            name,
+            _preload_content=False,
+        )
+        body = {
+            **config,
+            "metadata": {
+                **config["metadata"],
+                "resourceVersion": _json(current)["metadata"]["resourceVersion"],
+            },
+        }
+        await _call(f"replace {config['kind']} {name}", getattr(api, replace), name, body)
+
+
+async def delete_webhook_configuration(kind: str, name: str) -> None:
+    api = client.AdmissionregistrationV1Api()
+    await _call(f"delete {kind} {name}", getattr(api, _WEBHOOK_CONFIGS[kind][2]), name, ok=(404,))
+
+
+async def get_pod(namespace: str, name: str) -> Obj | None:
+    resp = await _call(
+        f"get pod {namespace}/{name}",
+        _core().read_namespaced_pod,
+        name,
+        namespace,
+        _preload_content=False,
+        ok=(404,),
+    )
+    return None if resp is None else _json(resp)

@@ -12,7 +12,7 @@ from typing import Any
 
 from trainguard.api.conditions import ConditionType as C
 from trainguard.api.conditions import Status, is_true, parse_time, set_condition
-from trainguard.api.models import ReplicaCounts, Tenant, TrainingJob, TrainingJobStatus
+from trainguard.api.models import PinnedImage, ReplicaCounts, Tenant, TrainingJob, TrainingJobStatus
 from trainguard.policy.trainingjob import validate_training_job
 from trainguard.workload.builders import LABEL_ATTEMPT, LABEL_REPLICA, Manifest, WorkloadSettings, build_pods
 
@@ -48,6 +48,14 @@ class PodView:
     @property
     def finished(self) -> bool:
         return self.phase in ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class ImageProblem:
+    """Why the job's image could not be verified (reason code, message)."""
+
+    reason: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -113,7 +121,9 @@ def plan(
     pods: list[PodView],
     now: datetime.datetime,
     settings: WorkloadSettings,
+    image: PinnedImage | ImageProblem | None = None,
 ) -> Plan:
+    """`image` is the verification of the job's image: needed (once) before any pod exists."""
     st = _Status(job, now)
     st.set(total_gpus=job.spec.total_gpus)
     conds = job.status.conditions
@@ -130,6 +140,13 @@ def plan(
         return out
 
     problem = admission_problems(job, tenant)
+    if problem is None and job.status.image is None:
+        if isinstance(image, ImageProblem):
+            problem = (image.reason, f"spec.image: {image.message}")
+        elif image is None:
+            problem = ("ImageNotVerified", "spec.image: the image has not been verified yet")
+        else:
+            st.set(image=image)
     if problem is not None:
         reason, message = problem
         st.condition(C.ADMITTED, "False", reason, message)
