@@ -61,7 +61,21 @@ class OperatorProcess:
         self.kubeconfig = kubeconfig
         self.registry = registry
         self.admission = admission
+        self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def metrics(self) -> str:
+        """The operator's Prometheus exposition text."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample's value (0 when the series does not exist yet)."""
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in self.metrics().splitlines():
+            if line.startswith(f"{name}{{{want}}} ") or (not labels and line.startswith(f"{name} ")):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
 
     def start(self) -> None:
         port = free_port()
@@ -71,7 +85,7 @@ class OperatorProcess:
             "trainguard.cli.main",
             "run",
             "--metrics-port",
-            "0",
+            str(self.metrics_port),
             "--liveness",
             f"http://127.0.0.1:{port}/healthz",
         ]

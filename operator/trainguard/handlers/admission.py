@@ -188,9 +188,9 @@ async def validate_job(body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: A
         image = job.spec.image
         unchanged = old is not None and (old.get("spec") or {}).get("image") == image
         try:
-            if "@" not in image:
-                raise VerificationFailed("NotPinned", f"{image} was not pinned to a digest at admission")
             await verify_image(_pinned_digest_only(image) if unchanged else image, tenant)
+            if "@" not in image:  # verified, yet the mutating webhook did not pin it
+                raise VerificationFailed("NotPinned", f"{image} was not pinned to a digest at admission")
         except VerificationFailed as failure:
             errors.append(image_error("spec.image", image, tenant, failure))
         except ValueError as exc:

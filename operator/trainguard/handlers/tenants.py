@@ -26,12 +26,25 @@ async def tenant_changed(type: str, body: kopf.Body, **_: Any) -> None:
         return  # the garbage collector removes the bindings the tenant owns
     tenant = Tenant.model_validate(dict(body))
     for namespace in tenant.spec.namespaces:
-        # The label scopes the pod guard's webhooks to tenant namespaces.
+        await _set_up_namespace(tenant, namespace)
+
+
+@kopf.on.event("", "v1", "namespaces")
+async def namespace_changed(type: str, name: str, **_: Any) -> None:
+    """A tenant's namespace created after the tenant gets its label and binding too."""
+    if type in (None, "ADDED"):
+        for raw in await kube.list_tenants():
+            tenant = Tenant.model_validate(raw)
+            if name in tenant.spec.namespaces:
+                await _set_up_namespace(tenant, name)
+
+
+async def _set_up_namespace(tenant: Tenant, namespace: str) -> None:
+    """Label the namespace (it scopes the pod guard's webhooks) and bind the tenant's members."""
+    try:
         await kube.label_namespace(namespace, {TENANT_NAMESPACE_LABEL: tenant.metadata.name})
-        binding = build_members_binding(tenant, namespace, researcher_role())
-        try:
-            await kube.apply_role_binding(binding)
-        except kube.KubeError as exc:
-            if exc.status != 404:
-                raise
-            log.info("namespace %s of tenant %s does not exist yet", namespace, tenant.metadata.name)
+        await kube.apply_role_binding(build_members_binding(tenant, namespace, researcher_role()))
+    except kube.KubeError as exc:
+        if exc.status != 404:
+            raise
+        log.info("namespace %s of tenant %s does not exist yet", namespace, tenant.metadata.name)

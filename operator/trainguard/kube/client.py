@@ -102,6 +102,19 @@ async def get_tenant(name: str) -> Obj | None:
     return None if resp is None else _json(resp)
 
 
+async def list_tenants() -> list[Obj]:
+    resp = await _call(
+        "list Tenants",
+        _custom().list_cluster_custom_object,
+        GROUP,
+        VERSION,
+        "tenants",
+        _preload_content=False,
+    )
+    items: list[Obj] = _json(resp)["items"]
+    return items
+
+
 async def patch_job_status(namespace: str, name: str, status: Obj) -> None:
     await _call(
         f"patch status of TrainingJob {namespace}/{name}",
