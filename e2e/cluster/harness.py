@@ -55,12 +55,14 @@ class OperatorProcess:
         *,
         registry: str | None = None,
         admission: bool = True,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.log_path = log_path
         self.namespaces = namespaces
         self.kubeconfig = kubeconfig
         self.registry = registry
         self.admission = admission
+        self.extra_args = extra_args
         self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -95,6 +97,7 @@ class OperatorProcess:
         argv += ["--webhook-port", str(webhook_port), "--operator-user", OPERATOR_USER]
         if self.registry:
             argv += ["--plain-http-registry", self.registry]
+        argv += self.extra_args
         log = self.log_path.open("ab")
         env = dict(os.environ)
         if self.kubeconfig:

@@ -34,6 +34,7 @@ from e2e.cluster import pki
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
+ROOT_CRDS = REPO / "crds"
 COMPONENTS = (
     "etcd",
     "kube-apiserver",
@@ -88,14 +89,15 @@ class ClusterConfig:
     gpus_per_node: int = 8
     cpu_per_node: str = "96"
     memory_per_node: str = "1024Gi"
-    port_base: int = 46380
+    # Below the kernel's ephemeral range (32768+), so no outgoing connection can hold one.
+    port_base: int = 26380
 
     @classmethod
     def from_env(cls) -> ClusterConfig:
         return cls(
             nodes=int(os.environ.get("TRAINGUARD_NODES", "4")),
             gpus_per_node=int(os.environ.get("TRAINGUARD_GPUS_PER_NODE", "8")),
-            port_base=int(os.environ.get("TRAINGUARD_CLUSTER_PORT_BASE", "46380")),
+            port_base=int(os.environ.get("TRAINGUARD_CLUSTER_PORT_BASE", "26380")),
         )
 
 

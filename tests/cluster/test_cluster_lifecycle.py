@@ -22,7 +22,7 @@ from e2e.cluster.localcluster import (
 
 
 def test_up_is_idempotent_and_down_leaves_nothing(cluster: Cluster, tmp_path: Path) -> None:
-    lc = LocalCluster(ClusterConfig(nodes=1, gpus_per_node=2, port_base=47380), state=tmp_path / "second")
+    lc = LocalCluster(ClusterConfig(nodes=1, gpus_per_node=2, port_base=27380), state=tmp_path / "second")
     try:
         first = lc.up()
         pids = _read_pids(lc.state)

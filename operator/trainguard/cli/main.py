@@ -42,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="this operator's identity in admission requests (e.g. system:serviceaccount:ns:name)",
     )
+    run.add_argument(
+        "--verify-cache-seconds",
+        type=float,
+        default=300.0,
+        help="reuse a verified (digest, signers) verdict this long",
+    )
     args = parser.parse_args(argv)
 
     import trainguard.handlers
@@ -58,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             config_name=args.webhook_config_name,
             plain_http_registries=frozenset(args.plain_http_registry),
             operator_users=frozenset(args.operator_user),
+            cache_seconds=args.verify_cache_seconds,
         )
     )
 

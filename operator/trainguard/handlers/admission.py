@@ -8,10 +8,12 @@ problem with its field and fix. A denial also posts an Event and counts
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import tempfile
 from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,8 @@ class GuardedWebhookServer(kopf.WebhookServer):
 async def start_admission(settings: kopf.OperatorSettings, **_: Any) -> None:
     if not verification.CONFIG.port:
         return
+    # Admission runs blocking calls (registry, API reads) in threads: size the pool for bursts.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32))
     folder = verification.CONFIG.cert_dir or Path(tempfile.mkdtemp(prefix="trainguard-webhook-"))
     ca = certs.ensure_ca(folder, "webhook-ca")
     serving = certs.ensure_leaf(

@@ -9,6 +9,7 @@ from typing import Any
 import kopf
 
 from trainguard.api.models import GROUP, VERSION, Tenant
+from trainguard.handlers import verification
 from trainguard.kube import client as kube
 from trainguard.workload.access import build_members_binding
 from trainguard.workload.webhooks import TENANT_NAMESPACE_LABEL
@@ -21,10 +22,12 @@ def researcher_role() -> str:
 
 
 @kopf.on.event(GROUP, VERSION, "tenants")
-async def tenant_changed(type: str, body: kopf.Body, **_: Any) -> None:
+async def tenant_changed(type: str, name: str, body: kopf.Body, **_: Any) -> None:
     if type == "DELETED":
+        verification.forget_tenant(name)
         return  # the garbage collector removes the bindings the tenant owns
     tenant = Tenant.model_validate(dict(body))
+    verification.remember_tenant(tenant)
     for namespace in tenant.spec.namespaces:
         await _set_up_namespace(tenant, namespace)
 

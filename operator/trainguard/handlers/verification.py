@@ -11,7 +11,7 @@ from trainguard.api.models import Tenant
 from trainguard.kube import client as kube
 from trainguard.signing.cosign import Signer
 from trainguard.signing.registry import RegistryClient
-from trainguard.signing.verifier import VerificationFailed, VerifiedImage, Verifier
+from trainguard.signing.verifier import ResultCache, VerificationFailed, VerifiedImage, Verifier
 from trainguard.workload import webhooks as hooks
 
 
@@ -27,6 +27,7 @@ class AdmissionConfig:
     plain_http_registries: frozenset[str] = frozenset()
     operator_users: frozenset[str] = frozenset()
     verify_timeout: float = 5.0  # well under the webhooks' 10 s
+    cache_seconds: float = 300.0  # how long a (digest, trusted signers) verdict is reused
     verifier: Verifier = field(default_factory=lambda: Verifier(RegistryClient()))
 
 
@@ -35,11 +36,28 @@ CONFIG = AdmissionConfig()
 
 def configure(config: AdmissionConfig) -> None:
     global CONFIG
-    config.verifier = Verifier(RegistryClient(plain_http=config.plain_http_registries, timeout=1.5))
+    client = RegistryClient(plain_http=config.plain_http_registries, timeout=1.5)
+    config.verifier = Verifier(client, ResultCache(ttl_seconds=config.cache_seconds))
     CONFIG = config
 
 
+# Tenants as last seen by the tenant watch; admission reads them here instead of calling the API
+# server on every request. A tenant not (yet) seen is read from the API server.
+TENANTS: dict[str, Tenant] = {}
+
+
+def remember_tenant(tenant: Tenant) -> None:
+    TENANTS[tenant.metadata.name] = tenant
+
+
+def forget_tenant(name: str) -> None:
+    TENANTS.pop(name, None)
+
+
 async def load_tenant(name: str) -> Tenant | None:
+    known = TENANTS.get(name)
+    if known is not None:
+        return known
     raw = await kube.get_tenant(name)
     return Tenant.model_validate(raw) if raw else None
 

@@ -1,0 +1,124 @@
+"""Benchmark of TrainingJob admission through the real API server, 100 concurrent requests.
+
+Each request is a server-side dry-run create (webhooks run, nothing is stored):
+  baseline  a ConfigMap in the same namespace (API server cost, no trainguard webhook)
+  warm      a TrainingJob by tag: mutating + validating webhook, verdict cache warm
+  cold      the same with the operator's verdict cache off (every request reads the registry)
+Writes bench/results/admission.json; figures are also reported as ratios to the baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+
+from e2e.cluster.harness import (
+    RELEASE_NAMESPACE,
+    OperatorProcess,
+    install_chart,
+    make_tenant,
+    service_account_kubeconfig,
+    signed_image,
+)
+from e2e.cluster.localcluster import ROOT_CRDS, LocalCluster
+
+CONCURRENCY = 100
+REQUESTS = 500
+
+
+def measure(fn: Callable[[int], object]) -> dict[str, float]:
+    def timed(i: int) -> float:
+        start = time.perf_counter()
+        fn(i)
+        return time.perf_counter() - start
+
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        list(pool.map(timed, range(CONCURRENCY)))  # warm-up: connections, caches
+        start = time.perf_counter()
+        latencies = sorted(pool.map(timed, range(REQUESTS)))
+        wall = time.perf_counter() - start
+    return {
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        "requests_per_second": REQUESTS / wall,
+    }
+
+
+def main() -> int:
+    out = Path(__file__).resolve().parent / "results" / "admission.json"
+    out.parent.mkdir(exist_ok=True)
+    cluster = LocalCluster().up()
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT_CRDS))
+    install_chart(cluster)
+    tmp = Path(tempfile.mkdtemp(prefix="trainguard-bench-"))
+    signed = signed_image(cluster, tmp, repository="bench/trainer")
+    space = make_tenant(cluster, prefix="tj-bench", signed=signed, nominal=1000)
+    kubeconfig = service_account_kubeconfig(cluster, tmp, RELEASE_NAMESPACE, "trainguard")
+
+    config.load_kube_config(config_file=str(cluster.kubeconfig))
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = CONCURRENCY
+    api = client.ApiClient(configuration)
+    custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
+
+    def job(i: int) -> dict[str, Any]:
+        return {
+            "apiVersion": "trainguard.dev/v1alpha1",
+            "kind": "TrainingJob",
+            "metadata": {"name": f"bench-{i}"},
+            "spec": {"tenant": space.tenant, "image": signed.image, "resources": {"gpusPerReplica": 1}},
+        }
+
+    def admit(i: int) -> None:
+        custom.create_namespaced_custom_object(
+            "trainguard.dev", "v1alpha1", space.namespace, "trainingjobs", job(i), dry_run="All"
+        )
+
+    def baseline(i: int) -> None:
+        body = {"metadata": {"name": f"bench-{i}"}, "data": {"k": "v"}}
+        core.create_namespaced_config_map(space.namespace, body, dry_run="All")
+
+    results: dict[str, dict[str, float]] = {}
+    for name, cache in (("warm_cache", "300"), ("cold_cache", "0")):
+        operator = OperatorProcess(
+            tmp / f"operator-{name}.log",
+            [space.namespace],
+            kubeconfig,
+            registry=cluster.registry,
+            extra_args=("--verify-cache-seconds", cache),
+        )
+        operator.start()
+        try:
+            results["baseline_configmap"] = measure(baseline)
+            results[name] = measure(admit)
+        finally:
+            operator.stop()
+    cluster.kubectl("delete", "namespace", space.namespace, "--wait=false")
+    cluster.kubectl("delete", "tenant", space.tenant, "--wait=false")
+
+    base = results["baseline_configmap"]["p99_ms"]
+    report = {
+        "concurrency": CONCURRENCY,
+        "requests": REQUESTS,
+        "run": uuid.uuid4().hex[:8],
+        "results": results,
+        "p99_ratio_to_baseline": {k: v["p99_ms"] / base for k, v in results.items()},
+        "targets_ms": {"warm_p99": 50, "cold_p99": 250},
+    }
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
