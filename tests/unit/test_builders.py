@@ -11,6 +11,7 @@ import yaml
 
 from trainguard.api.models import Tenant, TrainingJob
 from trainguard.workload import builders as b
+from trainguard.workload.webhooks import Endpoint, build_webhook_configurations
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden"
@@ -149,3 +150,37 @@ def test_integrity_off_means_no_sidecar(job: TrainingJob, tenant: Tenant) -> Non
     )
     pod = b.build_pod(off, tenant, 0, 0, SETTINGS)
     assert [c["name"] for c in pod["spec"]["containers"]] == ["trainer"]
+
+
+def test_webhook_configurations_fail_closed_and_scope_the_pod_guard() -> None:
+    local = build_webhook_configurations("tg", Endpoint("Q0E=", url_base="https://127.0.0.1:9443"))
+    in_cluster = build_webhook_configurations(
+        "tg",
+        Endpoint(
+            "Q0E=",
+            service_namespace="trainguard-system",
+            service_name="trainguard-webhook",
+            service_port=9443,
+        ),
+    )
+    check_golden("webhooks-local", local)
+    check_golden("webhooks-in-cluster", in_cluster)
+    mutating, validating = local
+    assert mutating["webhooks"][0]["clientConfig"]["url"] == "https://127.0.0.1:9443/pin-image"
+    for hook in mutating["webhooks"] + validating["webhooks"]:
+        assert hook["failurePolicy"] == "Fail"
+        assert hook["timeoutSeconds"] == 10
+    scoped = {h["name"]: "namespaceSelector" in h for h in validating["webhooks"]}
+    assert scoped == {
+        "validate-trainingjob.trainguard.dev": False,  # a job outside tenant namespaces must be refused
+        "pod-guard.trainguard.dev": True,
+        "pod-guard-ephemeral.trainguard.dev": True,
+        "pod-connect-guard.trainguard.dev": True,
+    }
+    service = in_cluster[1]["webhooks"][3]["clientConfig"]["service"]
+    assert service == {
+        "namespace": "trainguard-system",
+        "name": "trainguard-webhook",
+        "port": 9443,
+        "path": "/pod-connect-guard",
+    }

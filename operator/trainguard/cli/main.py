@@ -28,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--webhook-host", default="127.0.0.1", help="address the API server calls the webhooks at"
     )
+    run.add_argument(
+        "--webhook-service",
+        default="",
+        help="namespace/name of the webhooks' Service (in a cluster; else the host)",
+    )
     run.add_argument("--webhook-cert-dir", type=Path, default=None, help="TLS files (made there when absent)")
     run.add_argument("--webhook-config-name", default="trainguard", help="name of the webhook configurations")
     run.add_argument(
@@ -60,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             port=args.webhook_port,
             listen=args.webhook_listen,
             host=args.webhook_host,
+            service=args.webhook_service,
             cert_dir=args.webhook_cert_dir,
             config_name=args.webhook_config_name,
             plain_http_registries=frozenset(args.plain_http_registry),

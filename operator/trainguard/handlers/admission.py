@@ -76,10 +76,17 @@ async def start_admission(settings: kopf.OperatorSettings, **_: Any) -> None:
         cafile=str(ca.cert),
     )
     settings.admission.managed = None  # trainguard writes its own configurations (namespace selectors)
+    config = verification.CONFIG
     bundle = base64.b64encode(ca.cert.read_bytes()).decode()
-    url = f"https://{verification.CONFIG.host}:{verification.CONFIG.port}"
-    for config in hooks.build_webhook_configurations(verification.CONFIG.config_name, url, bundle):
-        await kube.apply_webhook_configuration(config)
+    if config.service:  # in a cluster: the API server reaches the operator through its Service
+        namespace, _sep, name = config.service.partition("/")
+        endpoint = hooks.Endpoint(
+            bundle, service_namespace=namespace, service_name=name, service_port=config.port
+        )
+    else:
+        endpoint = hooks.Endpoint(bundle, url_base=f"https://{config.host}:{config.port}")
+    for manifest in hooks.build_webhook_configurations(config.config_name, endpoint):
+        await kube.apply_webhook_configuration(manifest)
 
 
 @kopf.on.cleanup()

@@ -22,6 +22,7 @@ class AdmissionConfig:
     port: int = 0  # 0: this instance serves no webhooks (another one admits)
     listen: str = "127.0.0.1"
     host: str = "127.0.0.1"  # the address the API server calls
+    service: str = ""  # "namespace/name" of the Service in front of the webhooks (in a cluster)
     cert_dir: Path | None = None
     config_name: str = "trainguard"
     plain_http_registries: frozenset[str] = frozenset()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from trainguard.api.models import GROUP, VERSION
 from trainguard.workload.builders import MANAGED_BY, Manifest
 
@@ -14,12 +16,33 @@ POD_CONNECT_GUARD = "pod-connect-guard"
 TIMEOUT_SECONDS = 10
 
 
-def _webhook(
-    name: str, url: str, ca_bundle: str, rules: list[Manifest], tenant_namespaces_only: bool
-) -> Manifest:
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the API server reaches the webhooks: a URL, or (in a cluster) a Service."""
+
+    ca_bundle: str
+    url_base: str | None = None
+    service_namespace: str | None = None
+    service_name: str | None = None
+    service_port: int = 443
+
+    def client_config(self, path: str) -> Manifest:
+        if self.service_name:
+            service = {
+                "namespace": self.service_namespace,
+                "name": self.service_name,
+                "port": self.service_port,
+                "path": f"/{path}",
+            }
+            return {"service": service, "caBundle": self.ca_bundle}
+        assert self.url_base, "an endpoint needs a URL or a service"
+        return {"url": f"{self.url_base.rstrip('/')}/{path}", "caBundle": self.ca_bundle}
+
+
+def _webhook(name: str, endpoint: Endpoint, rules: list[Manifest], tenant_namespaces_only: bool) -> Manifest:
     hook: Manifest = {
         "name": f"{name}.trainguard.dev",
-        "clientConfig": {"url": url, "caBundle": ca_bundle},
+        "clientConfig": endpoint.client_config(name),
         "rules": rules,
         "admissionReviewVersions": ["v1"],
         "sideEffects": "None",
@@ -38,9 +61,8 @@ def _rule(group: str, version: str, resources: list[str], operations: list[str])
     return {"apiGroups": [group], "apiVersions": [version], "resources": resources, "operations": operations}
 
 
-def build_webhook_configurations(name: str, url_base: str, ca_bundle: str) -> list[Manifest]:
+def build_webhook_configurations(name: str, endpoint: Endpoint) -> list[Manifest]:
     """The mutating and validating configurations pointing at the operator's webhook server."""
-    url = url_base.rstrip("/")
     jobs = _rule(GROUP, VERSION, ["trainingjobs"], ["CREATE", "UPDATE"])
     labels = {"app.kubernetes.io/managed-by": MANAGED_BY}
     mutating = {
@@ -49,7 +71,7 @@ def build_webhook_configurations(name: str, url_base: str, ca_bundle: str) -> li
         "metadata": {"name": name, "labels": labels},
         "webhooks": [
             {
-                **_webhook(PIN_IMAGE, f"{url}/{PIN_IMAGE}", ca_bundle, [jobs], False),
+                **_webhook(PIN_IMAGE, endpoint, [jobs], False),
                 "reinvocationPolicy": "Never",
             }
         ],
@@ -59,25 +81,22 @@ def build_webhook_configurations(name: str, url_base: str, ca_bundle: str) -> li
         "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": name, "labels": labels},
         "webhooks": [
-            _webhook(VALIDATE_JOB, f"{url}/{VALIDATE_JOB}", ca_bundle, [jobs], False),
+            _webhook(VALIDATE_JOB, endpoint, [jobs], False),
             _webhook(
                 POD_GUARD,
-                f"{url}/{POD_GUARD}",
-                ca_bundle,
+                endpoint,
                 [_rule("", "v1", ["pods"], ["CREATE", "UPDATE", "DELETE"])],
                 True,
             ),
             _webhook(
                 POD_GUARD_EPHEMERAL,
-                f"{url}/{POD_GUARD_EPHEMERAL}",
-                ca_bundle,
+                endpoint,
                 [_rule("", "v1", ["pods/ephemeralcontainers"], ["UPDATE"])],
                 True,
             ),
             _webhook(
                 POD_CONNECT_GUARD,
-                f"{url}/{POD_CONNECT_GUARD}",
-                ca_bundle,
+                endpoint,
                 [_rule("", "v1", ["pods/exec", "pods/attach"], ["CONNECT"])],
                 True,
             ),
