@@ -1,0 +1,103 @@
+"""The keyed weight fingerprint: shared test vectors, the reference definition, and sensitivity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trainguard.integrity.fingerprint import (
+    CHUNK_BYTES,
+    FingerprintKey,
+    fingerprint,
+    reference_fingerprint,
+)
+
+VECTORS = Path(__file__).resolve().parents[1] / "data" / "fingerprint_vectors.json"
+KEY = FingerprintKey.from_secret(bytes(range(32)))
+
+
+def build(spec: dict[str, Any]) -> np.ndarray:  # type: ignore[type-arg]
+    """A tensor from its description in the vectors file (portable to the GPU implementation)."""
+    dtype, shape = np.dtype(spec["dtype"]), tuple(spec["shape"])
+    count = int(np.prod(shape))
+    if spec["fill"] == "zeros":
+        return np.zeros(shape, dtype)
+    if spec["fill"] == "arange":
+        return np.arange(count).astype(dtype).reshape(shape)
+    if spec["fill"] == "bytes":  # byte i has value (i * 131 + 7) mod 256
+        raw = ((np.arange(count * dtype.itemsize) * 131 + 7) % 256).astype(np.uint8)
+        return raw.view(dtype).reshape(shape)
+    raise ValueError(spec["fill"])
+
+
+def test_shared_vectors() -> None:
+    data = json.loads(VECTORS.read_text())
+    assert data["format"] == 1
+    for case in data["cases"]:
+        key = FingerprintKey.from_secret(bytes.fromhex(case["key"]))
+        tensors = [build(spec) for spec in case["tensors"]]
+        assert fingerprint(key, tensors) == case["fingerprint"], case["name"]
+
+
+def test_fast_path_matches_the_word_by_word_definition() -> None:
+    rng = np.random.default_rng(7)
+    for sizes in ([], [0], [1], [3, 5], [CHUNK_BYTES - 1, CHUNK_BYTES, CHUNK_BYTES + 1]):
+        tensors = [rng.integers(0, 256, size=n, dtype=np.uint8) for n in sizes]
+        assert fingerprint(KEY, tensors) == reference_fingerprint(KEY, [t.tobytes() for t in tensors]), sizes
+
+
+def test_every_single_bit_flip_changes_the_fingerprint() -> None:
+    buffer = ((np.arange(256) * 131 + 7) % 256).astype(np.uint8)
+    base = fingerprint(KEY, [buffer])
+    seen = {base}
+    for byte in range(buffer.size):
+        for bit in range(8):
+            flipped = buffer.copy()
+            flipped[byte] ^= np.uint8(1 << bit)
+            seen.add(fingerprint(KEY, [flipped]))
+    assert len(seen) == 1 + 256 * 8, "some bit flips collide"
+
+
+def test_order_boundaries_padding_and_key_all_matter() -> None:
+    a, b = np.arange(10, dtype=np.float32), np.arange(10, 20, dtype=np.float32)
+    base = fingerprint(KEY, [a, b])
+    assert fingerprint(KEY, [b, a]) != base
+    assert fingerprint(KEY, [np.concatenate([a, b])]) != base  # same bytes, other boundaries
+    assert fingerprint(KEY, [a, b, np.zeros(0, np.uint8)]) != base
+    assert fingerprint(KEY, [np.zeros(3, np.uint8)]) != fingerprint(KEY, [np.zeros(4, np.uint8)])
+    other = FingerprintKey.from_secret(bytes(31) + b"\x01")
+    assert fingerprint(other, [a, b]) != base
+
+
+def test_any_dtype_shape_and_non_contiguous_views_hash_their_logical_bytes() -> None:
+    matrix = np.arange(64, dtype=np.float64).reshape(8, 8)
+    view = matrix.T[::2]  # non-contiguous
+    assert fingerprint(KEY, [view]) == fingerprint(KEY, [np.ascontiguousarray(view)])
+    for dtype in (np.float16, np.float32, np.int8, np.uint64, np.bool_):
+        tensor = np.ones((3, 5), dtype)
+        assert fingerprint(KEY, [tensor]) == reference_fingerprint(KEY, [tensor.tobytes()])
+
+
+def test_keys_must_be_32_bytes() -> None:
+    with pytest.raises(ValueError, match="must be 32 bytes"):
+        FingerprintKey.from_secret(b"short")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.binary(min_size=0, max_size=600), min_size=1, max_size=3), st.data())
+def test_changing_any_byte_changes_the_fingerprint(chunks: list[bytes], data: st.DataObject) -> None:
+    tensors = [np.frombuffer(c, dtype=np.uint8) for c in chunks]
+    target = data.draw(st.integers(0, len(tensors) - 1))
+    if not len(tensors[target]):
+        return
+    position = data.draw(st.integers(0, len(tensors[target]) - 1))
+    delta = data.draw(st.integers(1, 255))
+    changed = [t.copy() for t in tensors]
+    changed[target][position] = (int(changed[target][position]) + delta) % 256
+    assert fingerprint(KEY, changed) != fingerprint(KEY, tensors)
