@@ -1,0 +1,37 @@
+"""Checkpoint manifests: per-file SHA-256 hashes, signed with the job's integrity key. Pure."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Any
+
+MANIFEST_SUFFIX = ".trainguard.json"
+
+
+def _mac(key: bytes, files: dict[str, str], step: int | None) -> str:
+    body = json.dumps({"files": files, "step": step}, sort_keys=True).encode()
+    return hmac.new(key, b"trainguard-checkpoint-v1" + body, hashlib.sha256).hexdigest()
+
+
+def build_manifest(key: bytes, files: dict[str, str], step: int | None = None) -> dict[str, Any]:
+    """`files` maps a file name to its SHA-256 hex digest."""
+    return {"format": 1, "step": step, "files": dict(sorted(files.items())), "mac": _mac(key, files, step)}
+
+
+def verify_manifest(key: bytes, manifest: dict[str, Any], actual: dict[str, str]) -> list[str]:
+    """Every reason the files on disk are not the ones the sidecar signed; empty when they are."""
+    try:
+        files = {str(k): str(v) for k, v in manifest["files"].items()}
+        step = manifest.get("step")
+        mac = str(manifest["mac"])
+    except (KeyError, AttributeError, TypeError):
+        return ["the manifest is malformed"]
+    if not hmac.compare_digest(mac, _mac(key, files, step)):
+        return ["the manifest's signature is not valid: it was not written by this job's sidecar"]
+    problems = [
+        f"{name} changed after it was saved" for name, digest in files.items() if actual.get(name) != digest
+    ]
+    problems += [f"{name} is not in the manifest" for name in sorted(set(actual) - set(files))]
+    return problems

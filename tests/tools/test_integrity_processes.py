@@ -1,0 +1,166 @@
+"""The sidecar and a real PyTorch training loop as separate processes, wired as a pod wires them."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from e2e.cluster.harness import ROOT
+from e2e.cluster.integrity import SidecarProcess
+from trainguard.integrity.hook import IntegrityGuard, IntegrityViolation
+from trainguard.integrity.replicas import diverging_replicas
+
+
+@pytest.fixture
+def sidecar(tmp_path: Path) -> Iterator[SidecarProcess]:
+    proc = SidecarProcess(tmp_path / "shared").start()
+    yield proc
+    proc.stop()
+
+
+def model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+
+
+def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, data: torch.Generator) -> None:
+    x, y = torch.randn(8, 16, generator=data), torch.randint(0, 4, (8,), generator=data)
+    optimizer.zero_grad()
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    optimizer.step()
+
+
+def kinds(sidecar: SidecarProcess, kind: str) -> list[dict[str, object]]:
+    return [r for r in sidecar.reports() if r["kind"] == kind]
+
+
+def test_a_thousand_clean_steps_give_no_false_alarm(sidecar: SidecarProcess) -> None:
+    script = ROOT / "examples" / "train_with_integrity.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--steps", "1000", "--socket", str(sidecar.socket)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "trained 1000 steps" in result.stdout
+    assert kinds(sidecar, "Violation") == []
+    assert len(kinds(sidecar, "StepEnd")) == 1000
+    assert [r["step"] for r in kinds(sidecar, "Verified")] == list(range(999))
+
+
+def test_a_weight_altered_between_steps_by_another_process_is_reported_for_that_step(
+    sidecar: SidecarProcess,
+) -> None:
+    net = model()
+    guard = IntegrityGuard(net, sidecar.socket)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    data = torch.Generator().manual_seed(1)
+    for step in range(3):
+        guard.begin(step)
+        train_step(net, optimizer, data)
+        guard.end(step)
+    # A third process flips one bit of one weight in the shared buffer, between steps 2 and 3.
+    tamper = (
+        "import mmap, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR); m = mmap.mmap(fd, 0); m[100] ^= 0x01; m.flush()\n"
+    )
+    subprocess.run([sys.executable, "-c", tamper, str(guard.buffer_path)], check=True, timeout=30)
+    with pytest.raises(
+        IntegrityViolation, match="the weights changed between the end of step 2 and the start of step 3"
+    ):
+        guard.begin(3)
+    violation = kinds(sidecar, "Violation")
+    assert [(v["step"], v["violation"], v["replica"]) for v in violation] == [(3, "ModifiedBetweenSteps", 0)]
+    guard.close()
+
+
+def test_the_sidecar_reads_the_memory_the_trainer_trains(sidecar: SidecarProcess) -> None:
+    net = model()
+    guard = IntegrityGuard(net, sidecar.socket)
+    first = net[0].weight
+    fd = os.open(guard.buffer_path, os.O_RDONLY)
+    try:
+        shared = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    with torch.no_grad():
+        first[0, 0] = 42.0
+    assert torch.frombuffer(bytearray(shared[: first.numel() * 4]), dtype=torch.float32)[0].item() == 42.0
+    guard.close()
+
+
+def test_one_replica_of_two_diverges_and_is_named(tmp_path: Path) -> None:
+    job_key = os.urandom(32)  # one key per job, shared by its replicas' sidecars
+    sidecars = [SidecarProcess(tmp_path / f"replica-{r}", key=job_key, replica=r).start() for r in (0, 1)]
+    try:
+        guards, nets, optimizers = [], [], []
+        for r in (0, 1):
+            nets.append(model(seed=0))
+            guards.append(IntegrityGuard(nets[r], sidecars[r].socket))
+            optimizers.append(torch.optim.SGD(nets[r].parameters(), lr=0.1))
+        streams = [torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)]
+        for step in range(4):
+            for r in (0, 1):
+                guards[r].begin(step)
+                if r == 1 and step == 2:
+                    streams[1] = torch.Generator().manual_seed(99)  # replica 1 trains on other data from here
+                train_step(nets[r], optimizers[r], streams[r])
+                guards[r].end(step)
+        by_step: dict[int, dict[int, str]] = {}
+        for r in (0, 1):
+            for report in kinds(sidecars[r], "StepEnd"):
+                by_step.setdefault(int(report["step"]), {})[r] = str(report["fingerprint"])  # type: ignore[call-overload]
+        assert [diverging_replicas(by_step[s]) for s in range(4)] == [[], [], [1], [1]]
+    finally:
+        for s in sidecars:
+            s.stop()
+
+
+def test_a_checkpoint_altered_on_disk_is_refused_at_load(sidecar: SidecarProcess, tmp_path: Path) -> None:
+    net = model()
+    guard = IntegrityGuard(net, sidecar.socket)
+    path = tmp_path / "checkpoint.pt"
+    guard.save(net.state_dict(), path, step=7)
+    assert set(guard.load(path)) == set(net.state_dict())
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityViolation, match=r"checkpoint\.pt changed after it was saved"):
+        guard.load(path)
+    assert kinds(sidecar, "Violation")[-1]["violation"] == "CheckpointModified"
+    guard.close()
+
+
+class Payload:
+    """An object whose unpickling runs code: what a sabotaged checkpoint carries."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.mkdir, (self.marker,))
+
+
+def test_a_pickle_checkpoint_with_code_is_refused_in_enforce_mode(
+    sidecar: SidecarProcess, tmp_path: Path
+) -> None:
+    net = model()
+    guard = IntegrityGuard(net, sidecar.socket)
+    marker = tmp_path / "code-ran"
+    unsigned = tmp_path / "unsigned.pt"
+    torch.save({"weights": net.state_dict(), "payload": Payload(str(marker))}, unsigned)
+    with pytest.raises(IntegrityViolation, match=r"unsigned\.pt has no signed manifest"):
+        guard.load(unsigned)
+    # Even signed by the job's own sidecar, code inside a checkpoint is never unpickled.
+    signed = tmp_path / "signed.pt"
+    guard.save({"payload": Payload(str(marker))}, signed)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        guard.load(signed)
+    assert not marker.exists()
+    guard.close()
