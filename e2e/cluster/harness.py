@@ -64,7 +64,13 @@ class OperatorProcess:
         self.admission = admission
         self.extra_args = extra_args
         self.metrics_port = free_port()
+        self.integrity_port = free_port() if admission else 0
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def integrity_url(self) -> str:
+        """Base URL of the operator's integrity endpoint; a job's reports go to <url>/<ns>/<job>."""
+        return f"http://127.0.0.1:{self.integrity_port}"
 
     def metrics(self) -> str:
         """The operator's Prometheus exposition text."""
@@ -95,11 +101,13 @@ class OperatorProcess:
             argv += ["--namespace", ns]
         webhook_port = free_port() if self.admission else 0
         argv += ["--webhook-port", str(webhook_port), "--operator-user", OPERATOR_USER]
+        argv += ["--integrity-port", str(self.integrity_port)]
         if self.registry:
             argv += ["--plain-http-registry", self.registry]
         argv += self.extra_args
         log = self.log_path.open("ab")
         env = dict(os.environ)
+        env["TRAINGUARD_INTEGRITY_URL"] = self.integrity_url
         if self.kubeconfig:
             env["KUBECONFIG"] = str(self.kubeconfig)
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)

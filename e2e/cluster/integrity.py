@@ -19,6 +19,7 @@ class SidecarProcess:
     key: bytes = field(default_factory=lambda: os.urandom(32))
     replica: int = 0
     mode: str = "Enforce"
+    report_url: str | None = None  # the operator's endpoint for this job, as the pod spec sets it
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -39,6 +40,8 @@ class SidecarProcess:
         argv = [sys.executable, "-m", "trainguard.integrity.sidecar", "--socket", str(self.socket),
                 "--key-file", str(key_file), "--replica", str(self.replica), "--mode", self.mode,
                 "--report", str(self.reports_path)]  # fmt: skip
+        if self.report_url:
+            argv += ["--report-url", self.report_url]
         log = (self.folder.parent / f"sidecar-{self.replica}.log").open("ab")
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         wait_for("the sidecar socket", lambda: self.socket.exists() or self._died())

@@ -45,3 +45,21 @@ ADMISSION_DENIED = Counter(
 
 def admission_denied(reason: str) -> None:
     ADMISSION_DENIED.labels(reason=reason).inc()
+
+
+INTEGRITY_VIOLATIONS = Counter(
+    "trainguard_integrity_violations_total", "Integrity violations reported by sidecars.", ["tenant", "kind"]
+)
+INTEGRITY_VERIFIED_STEPS = Counter(
+    "trainguard_integrity_verified_steps_total",
+    "Training steps whose weights all replicas agreed on.",
+    ["tenant"],
+)
+
+
+def integrity_violation(tenant: str, kind: str) -> None:
+    INTEGRITY_VIOLATIONS.labels(tenant=tenant, kind=kind).inc()
+
+
+def integrity_verified(tenant: str) -> None:
+    INTEGRITY_VERIFIED_STEPS.labels(tenant=tenant).inc()

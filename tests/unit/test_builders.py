@@ -52,6 +52,7 @@ def test_golden_pod(job: TrainingJob, tenant: Tenant) -> None:
 def test_golden_children(job: TrainingJob) -> None:
     for child in b.build_children(job, SETTINGS):
         check_golden(child["kind"].lower(), child)
+    check_golden("secret", b.build_integrity_secret(job, bytes(32)))
 
 
 def test_pod_is_hardened(job: TrainingJob, tenant: Tenant) -> None:
@@ -101,7 +102,13 @@ def test_shared_storage_is_read_only_at_the_volume_level(job: TrainingJob, tenan
             if mount["name"].startswith("shared-"):
                 assert mount["readOnly"] is True
     sidecar_mounts = {m["name"] for m in pod["spec"]["containers"][1]["volumeMounts"]}
-    assert sidecar_mounts == {"integrity"}, "the sidecar sees neither the output nor shared storage"
+    assert sidecar_mounts == {"integrity", "integrity-key"}, (
+        "the sidecar sees neither the output nor shared storage"
+    )
+    trainer_mounts = {m["name"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
+    assert "integrity-key" not in trainer_mounts, "the trainer never sees the integrity key"
+    key_volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "integrity-key")
+    assert key_volume["secret"]["secretName"] == "llm-finetune-integrity"
 
 
 def test_unknown_shared_storage_is_never_built(job: TrainingJob, tenant: Tenant) -> None:

@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         default=300.0,
         help="reuse a verified (digest, signers) verdict this long",
     )
+    run.add_argument(
+        "--integrity-port", type=int, default=8082, help="port of the integrity report endpoint; 0: none"
+    )
+    run.add_argument("--integrity-listen", default="127.0.0.1", help="address the integrity endpoint binds")
     args = parser.parse_args(argv)
 
     import trainguard.handlers
@@ -74,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
 
+    from trainguard.handlers import integrity
+
+    integrity.configure(integrity.IntegrityConfig(port=args.integrity_port, listen=args.integrity_listen))
     if args.webhook_port:
         import trainguard.handlers.admission  # noqa: F401 - registers the admission webhooks
 

@@ -2,6 +2,6 @@
 reconcilers; `trainguard.handlers.admission` registers the webhooks when imported (by `trainguard
 run` when it serves webhooks)."""
 
-from trainguard.handlers import jobs, tenants
+from trainguard.handlers import integrity, jobs, tenants
 
-__all__ = ["jobs", "tenants"]
+__all__ = ["integrity", "jobs", "tenants"]

@@ -18,17 +18,24 @@ import kopf
 
 from trainguard import metrics
 from trainguard.api.conditions import ConditionType
-from trainguard.api.models import GROUP, VERSION, PinnedImage, Tenant, TrainingJob
+from trainguard.api.models import GROUP, VERSION, IntegrityMode, PinnedImage, Tenant, TrainingJob
 from trainguard.handlers import verification
 from trainguard.kube import client as kube
 from trainguard.signing.verifier import VerificationFailed
-from trainguard.workload.builders import LABEL_JOB, WorkloadSettings, build_children, job_selector
+from trainguard.workload.builders import (
+    LABEL_JOB,
+    WorkloadSettings,
+    build_children,
+    build_integrity_secret,
+    job_selector,
+)
 from trainguard.workload.lifecycle import ImageProblem, PodView, plan
 
 log = logging.getLogger("trainguard.jobs")
 
 SETTINGS = WorkloadSettings(
     sidecar_image=os.environ.get("TRAINGUARD_SIDECAR_IMAGE", WorkloadSettings.sidecar_image),
+    report_url=os.environ.get("TRAINGUARD_INTEGRITY_URL", WorkloadSettings.report_url),
 )
 _locks: dict[tuple[str, str], asyncio.Lock] = {}
 _requeues: dict[tuple[str, str], asyncio.TimerHandle] = {}
@@ -63,10 +70,14 @@ def _schedule(key: tuple[str, str], delay: float | None) -> None:
     _requeues[key] = loop.call_later(delay, lambda: asyncio.ensure_future(reconcile(*key)))
 
 
+def job_lock(namespace: str, name: str) -> asyncio.Lock:
+    """Serialises everything that writes one job's status (reconcile passes, integrity reports)."""
+    return _locks.setdefault((namespace, name), asyncio.Lock())
+
+
 async def reconcile(namespace: str, name: str) -> None:
     key = (namespace, name)
-    lock = _locks.setdefault(key, asyncio.Lock())
-    async with lock:
+    async with job_lock(namespace, name):
         with metrics.RECONCILE_SECONDS.time():
             try:
                 delay = await _reconcile_once(namespace, name)
@@ -101,6 +112,9 @@ async def _reconcile_once(namespace: str, name: str) -> float | None:
     if decided.ensure_children:
         for child in build_children(job, SETTINGS):
             await kube.create(child)
+        if job.spec.integrity.mode != IntegrityMode.OFF:
+            # A fresh random key; an existing Secret (409) keeps its key.
+            await kube.create(build_integrity_secret(job, os.urandom(32)))
     if decided.create_pods:
         await _create_gang(namespace, decided.create_pods)
     return decided.requeue_after

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import hmac
 import json
 import mmap
 import os
 import socket
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -31,27 +31,14 @@ import numpy as np
 from trainguard.integrity.fingerprint import FingerprintKey, fingerprint
 from trainguard.integrity.manifest import MANIFEST_SUFFIX, build_manifest, verify_manifest
 from trainguard.integrity.protocol import LineReader, Slot, send, slots_from_json
+from trainguard.integrity.reports import open_report, sign_report
 
 MODES = ("Off", "Audit", "Enforce")
 
 
-def sign_report(key: bytes, report: dict[str, Any]) -> str:
-    body = json.dumps(report, sort_keys=True)
-    mac = hmac.new(key, b"trainguard-report-v1" + body.encode(), hashlib.sha256).hexdigest()
-    return json.dumps({"report": report, "mac": mac}, sort_keys=True)
-
-
 def read_reports(key: bytes, path: Path) -> list[dict[str, Any]]:
-    """Reports whose signature verifies; a forged or altered line raises ValueError."""
-    out = []
-    for line in path.read_text().splitlines():
-        doc = json.loads(line)
-        body = json.dumps(doc["report"], sort_keys=True).encode()
-        expected = hmac.new(key, b"trainguard-report-v1" + body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, doc["mac"]):
-            raise ValueError("a report line is not signed with the job's key")
-        out.append(doc["report"])
-    return out
+    """Reports whose signature verifies; a forged or altered line raises ForgedReport."""
+    return [open_report(key, json.loads(line)) for line in path.read_text().splitlines()]
 
 
 def file_sha256(path: Path) -> str:
@@ -64,8 +51,17 @@ def file_sha256(path: Path) -> str:
 
 class Sidecar:
     def __init__(
-        self, key: bytes, replica: int, mode: str, every_steps: int, report_path: Path | None
+        self,
+        key: bytes,
+        replica: int,
+        mode: str,
+        every_steps: int,
+        report_path: Path | None,
+        report_url: str | None = None,
     ) -> None:
+        if report_url and not report_url.startswith(("http://", "https://")):
+            raise ValueError(f"--report-url must be http(s), got {report_url!r}")
+        self.report_url = report_url
         self.key = key
         self.fp_key = FingerprintKey.from_secret(key)
         self.replica = replica
@@ -78,11 +74,22 @@ class Sidecar:
 
     # ----------------------------------------------------------------- results
     def report(self, kind: str, step: int | None, **details: Any) -> None:
-        if self.report_path is None:
-            return
         entry = {"replica": self.replica, "kind": kind, "step": step, "time": time.time(), **details}
-        with self.report_path.open("a") as f:
-            f.write(sign_report(self.key, entry) + "\n")
+        line = sign_report(self.key, entry)
+        if self.report_path is not None:
+            with self.report_path.open("a") as f:
+                f.write(line + "\n")
+        if self.report_url:
+            request = urllib.request.Request(  # noqa: S310 - scheme checked in __init__
+                self.report_url,
+                data=line.encode(),
+                method="POST",
+                headers={"Content-Type": "application/json"},
+            )
+            try:
+                urllib.request.urlopen(request, timeout=2).close()  # noqa: S310 - the operator's endpoint
+            except OSError as exc:  # the operator is down: the local report stream still has it
+                print(f"sidecar: report not delivered: {exc}", file=sys.stderr, flush=True)
 
     def violation(self, kind: str, step: int | None, message: str) -> dict[str, Any]:
         self.report("Violation", step, violation=kind, message=message)
@@ -167,9 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=MODES, default="Audit")
     parser.add_argument("--every-steps", type=int, default=1)
     parser.add_argument("--report", type=Path, default=None, help="append signed reports here")
+    parser.add_argument("--report-url", default=None, help="POST signed reports to the operator here")
     args = parser.parse_args(argv)
     key = args.key_file.read_bytes()
-    Sidecar(key, args.replica, args.mode, args.every_steps, args.report).serve(args.socket)
+    Sidecar(key, args.replica, args.mode, args.every_steps, args.report, args.report_url).serve(args.socket)
     return 0
 
 

@@ -8,6 +8,7 @@ them; parsing into models happens in the handlers, once.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import json
 import uuid
@@ -151,6 +152,7 @@ _CREATORS: dict[str, Callable[[], Callable[..., Any]]] = {
     "ServiceAccount": lambda: _core().create_namespaced_service_account,
     "PersistentVolumeClaim": lambda: _core().create_namespaced_persistent_volume_claim,
     "NetworkPolicy": lambda: client.NetworkingV1Api().create_namespaced_network_policy,
+    "Secret": lambda: _core().create_namespaced_secret,
 }
 
 
@@ -299,3 +301,19 @@ async def get_pod(namespace: str, name: str) -> Obj | None:
         ok=(404,),
     )
     return None if resp is None else _json(resp)
+
+
+async def get_secret_data(namespace: str, name: str, key: str) -> bytes | None:
+    """One value of a Secret, decoded; None when the Secret or the value is absent."""
+    resp = await _call(
+        f"get secret {namespace}/{name}",
+        _core().read_namespaced_secret,
+        name,
+        namespace,
+        _preload_content=False,
+        ok=(404,),
+    )
+    if resp is None:
+        return None
+    value = (_json(resp).get("data") or {}).get(key)
+    return base64.b64decode(value) if value else None

@@ -6,6 +6,7 @@ for the API server. Nothing here talks to Kubernetes; golden-file tests pin the 
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 RENDEZVOUS_PORT = 29500
 RUN_AS = 65532  # the conventional "nonroot" user of distroless images
 INTEGRITY_DIR = "/run/trainguard"
+INTEGRITY_KEY_DIR = "/var/run/trainguard-key"
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class WorkloadSettings:
     """Operator-wide settings the builders need (from the Helm values)."""
 
     sidecar_image: str = "ghcr.io/trainguard/integrity-sidecar:0.1.0"
+    # Where sidecars post their signed reports (the operator's integrity endpoint).
+    report_url: str = "http://trainguard-integrity.trainguard-system.svc:8082"
     dns_namespace: str = "kube-system"
 
 
@@ -52,6 +56,10 @@ def output_claim_name(job: TrainingJob) -> str:
 
 def network_policy_name(job: TrainingJob) -> str:
     return f"{job.name}-isolation"
+
+
+def integrity_secret_name(job_name: str) -> str:
+    return f"{job_name}-integrity"
 
 
 def pod_name(job: TrainingJob, replica: int, attempt: int) -> str:
@@ -228,7 +236,15 @@ def build_pod(
 
     integrity = spec.integrity.mode != IntegrityMode.OFF
     if integrity:
-        volumes.append({"name": "integrity", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}})
+        # Socket and the shared weight buffer: node-local disk, served from the page cache.
+        volumes.append({"name": "integrity", "emptyDir": {}})
+        # The job's integrity key: mounted into the sidecar only, never into the trainer.
+        volumes.append(
+            {
+                "name": "integrity-key",
+                "secret": {"secretName": integrity_secret_name(job.name), "defaultMode": 0o400},
+            }
+        )
         mounts.append({"name": "integrity", "mountPath": INTEGRITY_DIR})
 
     env: list[Manifest] = [
@@ -271,11 +287,24 @@ def build_pod(
                     {"name": "TRAINGUARD_INTEGRITY_EVERY_STEPS", "value": str(spec.integrity.every_steps)},
                     {"name": "TRAINGUARD_INTEGRITY_SOCKET", "value": f"{INTEGRITY_DIR}/sidecar.sock"},
                 ],
+                "command": ["python", "-m", "trainguard.integrity.sidecar"],
+                "args": [
+                    f"--socket={INTEGRITY_DIR}/sidecar.sock",
+                    f"--key-file={INTEGRITY_KEY_DIR}/key",
+                    f"--replica={replica}",
+                    f"--mode={spec.integrity.mode.value}",
+                    f"--every-steps={spec.integrity.every_steps}",
+                    f"--report={INTEGRITY_DIR}/reports.jsonl",
+                    f"--report-url={settings.report_url}/{job.namespace}/{job.name}",
+                ],
                 "resources": {
                     "requests": {"cpu": "100m", "memory": "128Mi"},
                     "limits": {"cpu": "1", "memory": "512Mi"},
                 },
-                "volumeMounts": [{"name": "integrity", "mountPath": INTEGRITY_DIR}],
+                "volumeMounts": [
+                    {"name": "integrity", "mountPath": INTEGRITY_DIR},
+                    {"name": "integrity-key", "mountPath": INTEGRITY_KEY_DIR, "readOnly": True},
+                ],
                 "securityContext": hardened_container_security(),
             }
         )
@@ -317,6 +346,18 @@ def build_pod(
 def build_pods(job: TrainingJob, tenant: Tenant, attempt: int, settings: WorkloadSettings) -> list[Manifest]:
     """Every pod of one attempt: the gang is created together or not at all."""
     return [build_pod(job, tenant, i, attempt, settings) for i in range(job.spec.replicas)]
+
+
+def build_integrity_secret(job: TrainingJob, key: bytes) -> Manifest:
+    """The job's integrity key (random, made by the operator): sidecars sign with it, the operator
+    checks their reports with it. Researchers cannot read Secrets; the trainer never mounts it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": metadata(job, integrity_secret_name(job.name), "integrity-key"),
+        "data": {"key": base64.b64encode(key).decode()},
+    }
 
 
 def build_children(job: TrainingJob, settings: WorkloadSettings) -> list[Manifest]:

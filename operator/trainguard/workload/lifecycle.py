@@ -11,8 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainguard.api.conditions import ConditionType as C
-from trainguard.api.conditions import Status, is_true, parse_time, set_condition
-from trainguard.api.models import PinnedImage, ReplicaCounts, Tenant, TrainingJob, TrainingJobStatus
+from trainguard.api.conditions import Status, find, is_true, parse_time, set_condition
+from trainguard.api.models import (
+    IntegrityMode,
+    PinnedImage,
+    ReplicaCounts,
+    Tenant,
+    TrainingJob,
+    TrainingJobStatus,
+)
 from trainguard.policy.trainingjob import validate_training_job
 from trainguard.workload.builders import LABEL_ATTEMPT, LABEL_REPLICA, Manifest, WorkloadSettings, build_pods
 
@@ -161,6 +168,15 @@ def plan(
     st.condition(C.ADMITTED, "True", "Admitted", f"admitted under tenant {tenant.metadata.name}")
     st.condition(C.QUEUED, "False", "Admitted", "the job is not waiting for quota")
     out.ensure_children = True
+
+    violation = find(conds, C.INTEGRITY_VIOLATION.value)
+    if (
+        violation is not None
+        and violation.status == "True"
+        and job.spec.integrity.mode == IntegrityMode.ENFORCE
+    ):
+        _fail(st, out, current, "IntegrityViolation", f"stopped in Enforce mode: {violation.message}", now)
+        return out
 
     # Wall-clock limit from the first start.
     if job.status.start_time:

@@ -1,0 +1,139 @@
+"""Sidecars and a real PyTorch loop as local processes, reporting to the operator on the real
+control plane: verified steps and violations reach the TrainingJob's status; Enforce stops it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from e2e.cluster.harness import OperatorProcess, TenantSpace
+from e2e.cluster.integrity import SidecarProcess
+from e2e.cluster.waiting import wait_for
+from trainguard.integrity.hook import IntegrityGuard, IntegrityViolation
+from trainguard.integrity.reports import sign_report
+
+
+def job(space: TenantSpace, name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "trainguard.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "tenant": space.tenant,
+            "image": space.image,
+            "replicas": 2,
+            "resources": {"gpusPerReplica": 1},
+            "integrity": {"mode": "Enforce"},
+        },
+    }
+
+
+def conditions(space: TenantSpace, name: str) -> dict[str, dict[str, Any]]:
+    status = space.get("trainingjob", name).get("status", {})
+    return {c["type"]: c for c in status.get("conditions", [])}
+
+
+def integrity_key(space: TenantSpace, name: str) -> bytes | None:
+    """The job's key, as only the sidecar (and the operator) may read it; None until it exists."""
+    args = ["get", "secret", f"{name}-integrity", "-n", space.namespace, "-o", "json"]
+    got = space.cluster.kubectl(*args, check=False)
+    return base64.b64decode(json.loads(got.stdout)["data"]["key"]) if got.returncode == 0 else None
+
+
+def test_verified_steps_and_a_violation_reach_the_job_and_enforce_stops_it(
+    tenant_space: TenantSpace, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    space = tenant_space
+    space.apply(job(space, "guarded"))
+    wait_for(
+        "the job to run", lambda: conditions(space, "guarded").get("Running", {}).get("status") == "True"
+    )
+    key = wait_for("the integrity key", lambda: integrity_key(space, "guarded"))
+    url = f"{operator.integrity_url}/{space.namespace}/guarded"
+    sidecars = [
+        SidecarProcess(tmp_path / f"r{r}", key=key, replica=r, report_url=url).start() for r in (0, 1)
+    ]
+    try:
+        torch.manual_seed(0)
+        nets = [torch.nn.Linear(8, 8) for _ in (0, 1)]
+        nets[1].load_state_dict(nets[0].state_dict())
+        guards = [IntegrityGuard(nets[r], sidecars[r].socket) for r in (0, 1)]
+        optimizers = [torch.optim.SGD(n.parameters(), lr=0.1) for n in nets]
+        for step in range(3):
+            for r in (0, 1):
+                guards[r].begin(step)
+                optimizers[r].zero_grad()
+                nets[r](torch.ones(2, 8)).sum().backward()
+                optimizers[r].step()
+                guards[r].end(step)
+        verified = wait_for(
+            "a verified step in status",
+            lambda: (
+                (space.get("trainingjob", "guarded")["status"].get("integrity") or {}).get("lastVerifiedStep")
+                is not None
+            ),
+        )
+        assert verified
+        assert conditions(space, "guarded")["IntegrityVerified"]["status"] == "True"
+
+        # A third process changes replica 1's weights between steps 2 and 3.
+        tamper = (
+            "import mmap, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR); m = mmap.mmap(fd, 0); m[8] ^= 0x80\n"
+        )
+        subprocess.run([sys.executable, "-c", tamper, str(guards[1].buffer_path)], check=True, timeout=30)
+        guards[0].begin(3)
+        with pytest.raises(IntegrityViolation):
+            guards[1].begin(3)
+
+        violation = wait_for(
+            "IntegrityViolation in status", lambda: conditions(space, "guarded").get("IntegrityViolation")
+        )
+        assert violation["status"] == "True"
+        assert violation["reason"] == "ModifiedBetweenSteps"
+        assert "step 3, replica 1: ModifiedBetweenSteps" in violation["message"]
+        failed = wait_for("Enforce to stop the job", lambda: conditions(space, "guarded").get("Failed"))
+        assert failed["reason"] == "IntegrityViolation"
+        wait_for(
+            "the job's pods to be stopped",
+            lambda: space.list("pods", "trainguard.dev/job-name=guarded") == [] or None,
+        )
+        events = space.cluster.kubectl(
+            "get", "events", "-n", space.namespace, "--field-selector", "reason=IntegrityViolation"
+        ).stdout
+        assert "replica 1" in events
+        assert (
+            operator.metric(
+                "trainguard_integrity_violations_total", kind="ModifiedBetweenSteps", tenant=space.tenant
+            )
+            >= 1
+        )
+    finally:
+        for sidecar in sidecars:
+            sidecar.stop()
+
+
+def test_a_report_not_signed_with_the_jobs_key_is_refused(
+    tenant_space: TenantSpace, operator: OperatorProcess
+) -> None:
+    space = tenant_space
+    space.apply(job(space, "forged"))
+    wait_for("the integrity key", lambda: integrity_key(space, "forged"))
+    forged = sign_report(
+        b"\x00" * 32, {"replica": 0, "kind": "Violation", "step": 1, "violation": "X", "message": "x"}
+    )
+    request = urllib.request.Request(  # noqa: S310 - the operator on loopback
+        f"{operator.integrity_url}/{space.namespace}/forged", data=forged.encode(), method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=5)  # noqa: S310 - the operator on loopback
+    assert caught.value.code == 403
+    assert "IntegrityViolation" not in conditions(space, "forged")
