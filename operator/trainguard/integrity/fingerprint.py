@@ -97,9 +97,13 @@ def chunk_multipliers(seed: int, first: int, count: int) -> U64:
 
 
 def as_bytes(tensor: object) -> memoryview:
-    """Raw bytes of an array in C order: numpy arrays, or anything with `.numpy()` (CPU tensors)."""
-    array = tensor.numpy() if hasattr(tensor, "numpy") and not isinstance(tensor, np.ndarray) else tensor
-    array = np.ascontiguousarray(array)
+    """Raw bytes of an array in C order: numpy arrays, or PyTorch tensors of any dtype (bf16 too)."""
+    if hasattr(tensor, "detach"):  # a torch.Tensor; imported only when one is passed
+        import torch
+
+        raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        return memoryview(raw.numpy())
+    array = np.ascontiguousarray(tensor)
     return array.reshape(-1).view(np.uint8).data
 
 
