@@ -137,3 +137,40 @@ def test_a_report_not_signed_with_the_jobs_key_is_refused(
         urllib.request.urlopen(request, timeout=5)  # noqa: S310 - the operator on loopback
     assert caught.value.code == 403
     assert "IntegrityViolation" not in conditions(space, "forged")
+
+
+def test_replicas_that_disagree_are_named_in_the_jobs_status(
+    tenant_space: TenantSpace, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    space = tenant_space
+    space.apply(job(space, "split"))
+    key = wait_for("the integrity key", lambda: integrity_key(space, "split"))
+    url = f"{operator.integrity_url}/{space.namespace}/split"
+    sidecars = [
+        SidecarProcess(tmp_path / f"r{r}", key=key, replica=r, report_url=url).start() for r in (0, 1)
+    ]
+    try:
+        torch.manual_seed(0)
+        nets = [torch.nn.Linear(8, 8) for _ in (0, 1)]
+        nets[1].load_state_dict(nets[0].state_dict())
+        guards = [IntegrityGuard(nets[r], sidecars[r].socket) for r in (0, 1)]
+        optimizers = [torch.optim.SGD(n.parameters(), lr=0.1) for n in nets]
+        for step in range(2):
+            for r in (0, 1):
+                guards[r].begin(step)
+                optimizers[r].zero_grad()
+                batch = torch.ones(2, 8) * (
+                    2.0 if (r == 1 and step == 1) else 1.0
+                )  # replica 1 drifts at step 1
+                nets[r](batch).sum().backward()
+                optimizers[r].step()
+                guards[r].end(step)
+        violation = wait_for(
+            "the divergence in status", lambda: conditions(space, "split").get("IntegrityViolation")
+        )
+        assert violation["reason"] == "ReplicaDivergence"
+        assert "step 1, replica 1: ReplicaDivergence" in violation["message"]
+        assert (space.get("trainingjob", "split")["status"]["integrity"]).get("lastVerifiedStep") == 0
+    finally:
+        for sidecar in sidecars:
+            sidecar.stop()

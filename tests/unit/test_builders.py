@@ -102,9 +102,9 @@ def test_shared_storage_is_read_only_at_the_volume_level(job: TrainingJob, tenan
             if mount["name"].startswith("shared-"):
                 assert mount["readOnly"] is True
     sidecar_mounts = {m["name"] for m in pod["spec"]["containers"][1]["volumeMounts"]}
-    assert sidecar_mounts == {"integrity", "integrity-key"}, (
-        "the sidecar sees neither the output nor shared storage"
-    )
+    assert sidecar_mounts == {"integrity", "integrity-key", "output"}, "the sidecar never sees shared storage"
+    sidecar_output = next(m for m in pod["spec"]["containers"][1]["volumeMounts"] if m["name"] == "output")
+    assert sidecar_output["readOnly"] is True, "the sidecar reads checkpoints, it never writes them"
     trainer_mounts = {m["name"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
     assert "integrity-key" not in trainer_mounts, "the trainer never sees the integrity key"
     key_volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "integrity-key")

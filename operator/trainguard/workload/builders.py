@@ -304,6 +304,8 @@ def build_pod(
                 "volumeMounts": [
                     {"name": "integrity", "mountPath": INTEGRITY_DIR},
                     {"name": "integrity-key", "mountPath": INTEGRITY_KEY_DIR, "readOnly": True},
+                    # To hash the checkpoints the trainer saves there; it never writes them.
+                    {"name": "output", "mountPath": spec.output.mount_path, "readOnly": True},
                 ],
                 "securityContext": hardened_container_security(),
             }
