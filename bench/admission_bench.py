@@ -10,18 +10,15 @@ Writes bench/results/admission.json; figures are also reported as ratios to the 
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import tempfile
-import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
 
+from bench.load import measure
 from e2e.cluster.harness import (
     RELEASE_NAMESPACE,
     OperatorProcess,
@@ -34,24 +31,6 @@ from e2e.cluster.localcluster import ROOT_CRDS, LocalCluster
 
 CONCURRENCY = 100
 REQUESTS = 500
-
-
-def measure(fn: Callable[[int], object]) -> dict[str, float]:
-    def timed(i: int) -> float:
-        start = time.perf_counter()
-        fn(i)
-        return time.perf_counter() - start
-
-    with ThreadPoolExecutor(CONCURRENCY) as pool:
-        list(pool.map(timed, range(CONCURRENCY)))  # warm-up: connections, caches
-        start = time.perf_counter()
-        latencies = sorted(pool.map(timed, range(REQUESTS)))
-        wall = time.perf_counter() - start
-    return {
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
-        "requests_per_second": REQUESTS / wall,
-    }
 
 
 def main() -> int:
@@ -99,8 +78,8 @@ def main() -> int:
         )
         operator.start()
         try:
-            results["baseline_configmap"] = measure(baseline)
-            results[name] = measure(admit)
+            results["baseline_configmap"] = measure(baseline, CONCURRENCY, REQUESTS)
+            results[name] = measure(admit, CONCURRENCY, REQUESTS)
         finally:
             operator.stop()
     cluster.kubectl("delete", "namespace", space.namespace, "--wait=false")

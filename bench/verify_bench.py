@@ -10,14 +10,11 @@ Writes bench/results/verify.json; figures are reported as ratios to the baseline
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench.load import measure
 from e2e.cluster.registry import CosignKey, Registry
 from e2e.cluster.waiting import free_port
 from trainguard.signing.cosign import Signer
@@ -26,24 +23,6 @@ from trainguard.signing.verifier import ResultCache, Verifier
 
 CONCURRENCY = 100
 REQUESTS = 1000
-
-
-def measure(fn: Callable[[], object]) -> dict[str, float]:
-    def timed(_: int) -> float:
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
-
-    with ThreadPoolExecutor(CONCURRENCY) as pool:
-        list(pool.map(timed, range(CONCURRENCY)))  # warm-up: connections, imports
-        start = time.perf_counter()
-        latencies = sorted(pool.map(timed, range(REQUESTS)))
-        wall = time.perf_counter() - start
-    return {
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
-        "requests_per_second": REQUESTS / wall,
-    }
 
 
 def main() -> int:
@@ -61,15 +40,15 @@ def main() -> int:
             warm = Verifier(client)
             warm.verify(image, signers)
 
-            def cold_verify() -> object:
+            def cold_verify(_: int) -> object:
                 return Verifier(client, ResultCache(ttl_seconds=0)).verify(image, signers)
 
             results = {
                 "baseline_manifest_get": measure(
-                    lambda: client.manifest(registry.host, "bench/trainer", "v1")
+                    lambda _: client.manifest(registry.host, "bench/trainer", "v1"), CONCURRENCY, REQUESTS
                 ),
-                "warm_cache": measure(lambda: warm.verify(image, signers)),
-                "cold_cache": measure(cold_verify),
+                "warm_cache": measure(lambda _: warm.verify(image, signers), CONCURRENCY, REQUESTS),
+                "cold_cache": measure(cold_verify, CONCURRENCY, REQUESTS),
             }
         finally:
             registry.stop()

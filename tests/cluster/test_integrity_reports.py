@@ -49,6 +49,36 @@ def integrity_key(space: TenantSpace, name: str) -> bytes | None:
     return base64.b64decode(json.loads(got.stdout)["data"]["key"]) if got.returncode == 0 else None
 
 
+class TwoReplicas:
+    """Two data-parallel replicas of one job: a sidecar process each (sharing the job's key and
+    reporting to the operator) and identical tiny models trained in this process."""
+
+    def __init__(self, folder: Path, key: bytes, url: str) -> None:
+        self.sidecars = [
+            SidecarProcess(folder / f"r{r}", key=key, replica=r, report_url=url).start() for r in (0, 1)
+        ]
+        torch.manual_seed(0)
+        self.nets = [torch.nn.Linear(8, 8) for _ in (0, 1)]
+        self.nets[1].load_state_dict(self.nets[0].state_dict())
+        self.guards = [IntegrityGuard(self.nets[r], self.sidecars[r].socket) for r in (0, 1)]
+        self.optimizers = [torch.optim.SGD(n.parameters(), lr=0.1) for n in self.nets]
+
+    def train(self, steps: range, drift: tuple[int, int] | None = None) -> None:
+        """Train both replicas; with `drift` = (replica, step), that replica gets other data from then on."""
+        for step in steps:
+            for r in (0, 1):
+                self.guards[r].begin(step)
+                self.optimizers[r].zero_grad()
+                scale = 2.0 if drift is not None and r == drift[0] and step >= drift[1] else 1.0
+                self.nets[r](torch.ones(2, 8) * scale).sum().backward()
+                self.optimizers[r].step()
+                self.guards[r].end(step)
+
+    def stop(self) -> None:
+        for sidecar in self.sidecars:
+            sidecar.stop()
+
+
 def test_verified_steps_and_a_violation_reach_the_job_and_enforce_stops_it(
     tenant_space: TenantSpace, operator: OperatorProcess, tmp_path: Path
 ) -> None:
@@ -59,22 +89,9 @@ def test_verified_steps_and_a_violation_reach_the_job_and_enforce_stops_it(
     )
     key = wait_for("the integrity key", lambda: integrity_key(space, "guarded"))
     url = f"{operator.integrity_url}/{space.namespace}/guarded"
-    sidecars = [
-        SidecarProcess(tmp_path / f"r{r}", key=key, replica=r, report_url=url).start() for r in (0, 1)
-    ]
+    replicas = TwoReplicas(tmp_path, key, url)
     try:
-        torch.manual_seed(0)
-        nets = [torch.nn.Linear(8, 8) for _ in (0, 1)]
-        nets[1].load_state_dict(nets[0].state_dict())
-        guards = [IntegrityGuard(nets[r], sidecars[r].socket) for r in (0, 1)]
-        optimizers = [torch.optim.SGD(n.parameters(), lr=0.1) for n in nets]
-        for step in range(3):
-            for r in (0, 1):
-                guards[r].begin(step)
-                optimizers[r].zero_grad()
-                nets[r](torch.ones(2, 8)).sum().backward()
-                optimizers[r].step()
-                guards[r].end(step)
+        replicas.train(range(3))
         verified = wait_for(
             "a verified step in status",
             lambda: (
@@ -89,10 +106,12 @@ def test_verified_steps_and_a_violation_reach_the_job_and_enforce_stops_it(
         tamper = (
             "import mmap, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR); m = mmap.mmap(fd, 0); m[8] ^= 0x80\n"
         )
-        subprocess.run([sys.executable, "-c", tamper, str(guards[1].buffer_path)], check=True, timeout=30)
-        guards[0].begin(3)
+        subprocess.run(
+            [sys.executable, "-c", tamper, str(replicas.guards[1].buffer_path)], check=True, timeout=30
+        )
+        replicas.guards[0].begin(3)
         with pytest.raises(IntegrityViolation):
-            guards[1].begin(3)
+            replicas.guards[1].begin(3)
 
         violation = wait_for(
             "IntegrityViolation in status", lambda: conditions(space, "guarded").get("IntegrityViolation")
@@ -117,8 +136,7 @@ def test_verified_steps_and_a_violation_reach_the_job_and_enforce_stops_it(
             >= 1
         )
     finally:
-        for sidecar in sidecars:
-            sidecar.stop()
+        replicas.stop()
 
 
 def test_a_report_not_signed_with_the_jobs_key_is_refused(
@@ -146,25 +164,9 @@ def test_replicas_that_disagree_are_named_in_the_jobs_status(
     space.apply(job(space, "split"))
     key = wait_for("the integrity key", lambda: integrity_key(space, "split"))
     url = f"{operator.integrity_url}/{space.namespace}/split"
-    sidecars = [
-        SidecarProcess(tmp_path / f"r{r}", key=key, replica=r, report_url=url).start() for r in (0, 1)
-    ]
+    replicas = TwoReplicas(tmp_path, key, url)
     try:
-        torch.manual_seed(0)
-        nets = [torch.nn.Linear(8, 8) for _ in (0, 1)]
-        nets[1].load_state_dict(nets[0].state_dict())
-        guards = [IntegrityGuard(nets[r], sidecars[r].socket) for r in (0, 1)]
-        optimizers = [torch.optim.SGD(n.parameters(), lr=0.1) for n in nets]
-        for step in range(2):
-            for r in (0, 1):
-                guards[r].begin(step)
-                optimizers[r].zero_grad()
-                batch = torch.ones(2, 8) * (
-                    2.0 if (r == 1 and step == 1) else 1.0
-                )  # replica 1 drifts at step 1
-                nets[r](batch).sum().backward()
-                optimizers[r].step()
-                guards[r].end(step)
+        replicas.train(range(2), drift=(1, 1))
         violation = wait_for(
             "the divergence in status", lambda: conditions(space, "split").get("IntegrityViolation")
         )
@@ -172,5 +174,4 @@ def test_replicas_that_disagree_are_named_in_the_jobs_status(
         assert "step 1, replica 1: ReplicaDivergence" in violation["message"]
         assert (space.get("trainingjob", "split")["status"]["integrity"]).get("lastVerifiedStep") == 0
     finally:
-        for sidecar in sidecars:
-            sidecar.stop()
+        replicas.stop()
