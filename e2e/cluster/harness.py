@@ -17,7 +17,7 @@ from typing import Any
 
 from e2e.cluster.localcluster import Cluster, bin_dir
 from e2e.cluster.registry import CosignKey, Registry
-from e2e.cluster.waiting import free_port, port_listening, wait_for
+from e2e.cluster.waiting import die_with_parent, free_port, port_listening, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 RELEASE_NAMESPACE = "trainguard-system"
@@ -110,7 +110,9 @@ class OperatorProcess:
         env["TRAINGUARD_INTEGRITY_URL"] = self.integrity_url
         if self.kubeconfig:
             env["KUBECONFIG"] = str(self.kubeconfig)
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        self.proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env, preexec_fn=die_with_parent
+        )
         wait_for("the operator to report healthy", lambda: self._healthy(port), timeout=60)
         if webhook_port:
             wait_for("the admission webhooks to listen", lambda: port_listening("127.0.0.1", webhook_port))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from e2e.cluster.waiting import wait_for
+from e2e.cluster.waiting import die_with_parent, wait_for
 from trainguard.integrity.sidecar import read_reports
 
 
@@ -43,7 +43,7 @@ class SidecarProcess:
         if self.report_url:
             argv += ["--report-url", self.report_url]
         log = (self.folder.parent / f"sidecar-{self.replica}.log").open("ab")
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         wait_for("the sidecar socket", lambda: self.socket.exists() or self._died())
         return self
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from e2e.cluster.localcluster import bin_dir
-from e2e.cluster.waiting import port_listening, wait_for
+from e2e.cluster.waiting import die_with_parent, port_listening, wait_for
 
 LOOPBACK = "127.0.0.1"
 
@@ -39,7 +39,10 @@ class Registry:
     def start(self) -> Registry:
         log = (self.workdir / f"registry-{self.port}.log").open("ab")
         self.proc = subprocess.Popen(
-            [str(bin_dir() / "crane"), "registry", "serve", "--address", self.host], stdout=log, stderr=log
+            [str(bin_dir() / "crane"), "registry", "serve", "--address", self.host],
+            stdout=log,
+            stderr=log,
+            preexec_fn=die_with_parent,
         )
         wait_for("the registry to listen", lambda: port_listening(LOOPBACK, self.port))
         return self
