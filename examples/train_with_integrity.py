@@ -25,8 +25,8 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
-    guard = IntegrityGuard(model, args.socket)  # trainguard: share the weights with the sidecar
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    guard = IntegrityGuard(model, optimizer, args.socket)  # trainguard: share weights and optimizer state
     data = torch.Generator().manual_seed(1234)
     for step in range(args.steps):
         guard.begin(step)  # trainguard: weights still as the last step left them?

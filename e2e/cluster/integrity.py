@@ -32,9 +32,10 @@ class SidecarProcess:
 
     def start(self) -> SidecarProcess:
         self.folder.mkdir(parents=True, exist_ok=True)
-        key_file = (
-            self.folder.parent / f"key-{self.replica}"
-        )  # outside the shared folder: the trainer never sees it
+        # Its own folder outside the shared one, as the pod mounts the key Secret: the trainer never sees it.
+        key_dir = self.folder.parent / f"key-{self.replica}"
+        key_dir.mkdir(exist_ok=True)
+        key_file = key_dir / "key"
         key_file.write_bytes(self.key)
         key_file.chmod(0o600)
         argv = [sys.executable, "-m", "trainguard.integrity.sidecar", "--socket", str(self.socket),

@@ -60,7 +60,7 @@ class TwoReplicas:
         torch.manual_seed(0)
         self.nets = [torch.nn.Linear(8, 8) for _ in (0, 1)]
         self.nets[1].load_state_dict(self.nets[0].state_dict())
-        self.guards = [IntegrityGuard(self.nets[r], self.sidecars[r].socket) for r in (0, 1)]
+        self.guards = [IntegrityGuard(self.nets[r], socket_path=self.sidecars[r].socket) for r in (0, 1)]
         self.optimizers = [torch.optim.SGD(n.parameters(), lr=0.1) for n in self.nets]
 
     def train(self, steps: range, drift: tuple[int, int] | None = None) -> None:

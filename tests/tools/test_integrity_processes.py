@@ -58,7 +58,7 @@ def test_a_weight_altered_between_steps_by_another_process_is_reported_for_that_
     sidecar: SidecarProcess,
 ) -> None:
     net = model()
-    guard = IntegrityGuard(net, sidecar.socket)
+    guard = IntegrityGuard(net, socket_path=sidecar.socket)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
     data = torch.Generator().manual_seed(1)
     for step in range(3):
@@ -72,7 +72,8 @@ def test_a_weight_altered_between_steps_by_another_process_is_reported_for_that_
     )
     subprocess.run([sys.executable, "-c", tamper, str(guard.buffer_path)], check=True, timeout=30)
     with pytest.raises(
-        IntegrityViolation, match="the weights changed between the end of step 2 and the start of step 3"
+        IntegrityViolation,
+        match=r"the weights \(cpu\) changed between the end of step 2 and the start of step 3",
     ):
         guard.begin(3)
     violation = kinds(sidecar, "Violation")
@@ -82,7 +83,7 @@ def test_a_weight_altered_between_steps_by_another_process_is_reported_for_that_
 
 def test_the_sidecar_reads_the_memory_the_trainer_trains(sidecar: SidecarProcess) -> None:
     net = model()
-    guard = IntegrityGuard(net, sidecar.socket)
+    guard = IntegrityGuard(net, socket_path=sidecar.socket)
     first = net[0].weight
     fd = os.open(guard.buffer_path, os.O_RDONLY)
     try:
@@ -102,7 +103,7 @@ def test_one_replica_of_two_diverges_and_is_named(tmp_path: Path) -> None:
         guards, nets, optimizers = [], [], []
         for r in (0, 1):
             nets.append(model(seed=0))
-            guards.append(IntegrityGuard(nets[r], sidecars[r].socket))
+            guards.append(IntegrityGuard(nets[r], socket_path=sidecars[r].socket))
             optimizers.append(torch.optim.SGD(nets[r].parameters(), lr=0.1))
         streams = [torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)]
         for step in range(4):
@@ -124,7 +125,7 @@ def test_one_replica_of_two_diverges_and_is_named(tmp_path: Path) -> None:
 
 def test_a_checkpoint_altered_on_disk_is_refused_at_load(sidecar: SidecarProcess, tmp_path: Path) -> None:
     net = model()
-    guard = IntegrityGuard(net, sidecar.socket)
+    guard = IntegrityGuard(net, socket_path=sidecar.socket)
     path = tmp_path / "checkpoint.pt"
     guard.save(net.state_dict(), path, step=7)
     assert set(guard.load(path)) == set(net.state_dict())
@@ -151,7 +152,7 @@ def test_a_pickle_checkpoint_with_code_is_refused_in_enforce_mode(
     sidecar: SidecarProcess, tmp_path: Path
 ) -> None:
     net = model()
-    guard = IntegrityGuard(net, sidecar.socket)
+    guard = IntegrityGuard(net, socket_path=sidecar.socket)
     marker = tmp_path / "code-ran"
     unsigned = tmp_path / "unsigned.pt"
     torch.save({"weights": net.state_dict(), "payload": Payload(str(marker))}, unsigned)
@@ -163,4 +164,93 @@ def test_a_pickle_checkpoint_with_code_is_refused_in_enforce_mode(
     with pytest.raises(Exception, match="Weights only load failed"):
         guard.load(signed)
     assert not marker.exists()
+    guard.close()
+
+
+def tamper_with(path: Path, offset: int) -> None:
+    """Another process flips one bit of a shared file (what a saboteur on the node would do)."""
+    tamper = (
+        "import mmap, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR); m = mmap.mmap(fd, 0); m[int(sys.argv[2])] ^= 1\n"
+    )
+    subprocess.run([sys.executable, "-c", tamper, str(path), str(offset)], check=True, timeout=30)
+
+
+def batchnorm_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.BatchNorm1d(32), torch.nn.Linear(32, 4))
+
+
+def test_optimizer_state_and_buffers_are_watched_too(sidecar: SidecarProcess) -> None:
+    net = batchnorm_model()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    guard = IntegrityGuard(net, optimizer, socket_path=sidecar.socket)
+    data = torch.Generator().manual_seed(3)
+    for step in range(3):
+        guard.begin(step)
+        train_step(net, optimizer, data)
+        guard.end(step)
+    # The optimizer's moments moved into their own region at the first end(): AdamW trains on them there.
+    region = guard.regions["optimizer@cpu"]
+    assert region.path is not None
+    assert optimizer.state[net[0].weight]["exp_avg"].data_ptr() == region.views[0].data_ptr()
+    registered = {r["region"] for r in kinds(sidecar, "Registered")}
+    assert registered == {"parameters@cpu", "buffers@cpu", "optimizer@cpu"}
+    assert set(kinds(sidecar, "StepEnd")[-1]["regions"]) == registered  # type: ignore[arg-type]
+
+    tamper_with(region.path, region.region.slots[1].offset + 5)  # net[0].weight's exp_avg_sq
+    with pytest.raises(
+        IntegrityViolation, match=r"the optimizer state \(cpu\) changed between the end of step 2"
+    ):
+        guard.begin(3)
+
+    buffers = guard.regions["buffers@cpu"]
+    assert buffers.path is not None
+    guard.end(3)  # a new baseline (Enforce stopped step 3 above; the trainer goes on only to test buffers)
+    tamper_with(buffers.path, 0)  # the batch-norm running mean
+    with pytest.raises(IntegrityViolation, match=r"the model buffers \(cpu\) changed"):
+        guard.begin(4)
+    guard.close()
+
+
+def test_tensors_that_training_code_replaces_are_shared_again(sidecar: SidecarProcess) -> None:
+    net = model()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    guard = IntegrityGuard(net, optimizer, socket_path=sidecar.socket)
+    data = torch.Generator().manual_seed(4)
+    guard.begin(0)
+    train_step(net, optimizer, data)
+    guard.end(0)
+    old_file = guard.buffer_path
+    # Resuming from a state dict with assign=True rebinds every parameter to new memory.
+    net.load_state_dict({k: v.clone() for k, v in net.state_dict().items()}, assign=True)
+    for step in (1, 2):
+        guard.begin(step)
+        train_step(net, optimizer, data)
+        guard.end(step)
+    assert guard.buffer_path != old_file
+    assert not old_file.exists()
+    assert net[0].weight.data_ptr() == guard.regions["parameters@cpu"].views[0].data_ptr()
+    assert kinds(sidecar, "Violation") == []
+    tamper_with(guard.buffer_path, 3)
+    with pytest.raises(IntegrityViolation, match=r"the weights \(cpu\) changed between the end of step 2"):
+        guard.begin(3)
+    guard.close()
+
+
+def test_the_trainer_cannot_make_the_sidecar_read_its_key(sidecar: SidecarProcess) -> None:
+    """What the trainer sends is checked: the key is neither a region nor a checkpoint."""
+    net = model()
+    guard = IntegrityGuard(net, socket_path=sidecar.socket)
+    key_file = sidecar.folder.parent / "key-0" / "key"
+    with pytest.raises(IntegrityViolation, match="is not a checkpoint"):
+        guard._call({"op": "checkpoint", "path": str(key_file)})
+    region = {"name": "parameters@cpu", "nbytes": 32, "slots": [], "path": str(key_file)}
+    with pytest.raises(IntegrityViolation, match="is not a file of the shared folder"):
+        guard._call({"op": "register", "region": region})
+    linked = sidecar.folder / "innocent.bin"
+    linked.symlink_to(key_file)
+    with pytest.raises(IntegrityViolation, match="is not a file of the shared folder"):
+        guard._call({"op": "register", "region": {**region, "path": str(linked)}})
+    assert [r["kind"] for r in sidecar.reports()] == ["Registered"]  # nothing about the key was reported
     guard.close()

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
+
 from trainguard.integrity.manifest import build_manifest, verify_manifest
-from trainguard.integrity.protocol import ALIGN, layout
+from trainguard.integrity.protocol import ALIGN, CudaHandle, ProtocolError, layout, parse_region
 from trainguard.integrity.replicas import diverging_replicas
 
 KEY = b"k" * 32
@@ -39,3 +44,36 @@ def test_slots_are_aligned_and_disjoint() -> None:
     assert [s.offset for s in slots] == [0, ALIGN, 2 * ALIGN]
     assert total == 3 * ALIGN
     assert all(s.offset % ALIGN == 0 for s in slots)
+
+
+def test_a_region_is_checked_before_the_sidecar_opens_it(tmp_path: Path) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    good = {"name": "parameters@cpu", "nbytes": 128, "slots": [{"name": "w", "offset": 64, "nbytes": 64}],
+            "path": str(folder / "parameters-cpu-0.bin")}  # fmt: skip
+    region = parse_region(good, folder)
+    assert (region.kind, region.nbytes, region.slots[0].offset) == ("parameters", 128, 64)
+    cases = {
+        "must be <kind>@<device>": {**good, "name": "weights@cpu"},
+        "outside the 128-byte buffer": {**good, "slots": [{"name": "w", "offset": 100, "nbytes": 64}]},
+        "positive integer": {**good, "nbytes": 0},
+        "not a file of the shared folder": {**good, "path": str(tmp_path / "elsewhere.bin")},
+        "region.slots must be a list": {**good, "slots": "w"},
+        "region.cuda must be an object": {**good, "name": "parameters@cuda:0"},
+    }
+    for message, data in cases.items():
+        with pytest.raises(ProtocolError, match=message):
+            parse_region(data, folder)
+
+
+def test_cuda_handles_travel_as_json_and_are_checked(tmp_path: Path) -> None:
+    handle = CudaHandle("GPU-1234", b"\x01\x02", 1 << 20, 512, b"/torch_ref", 3, None, True)
+    assert CudaHandle.from_json(json.loads(json.dumps(handle.to_json()))) == handle
+    region = {"name": "optimizer@cuda:1", "nbytes": 4096, "slots": [], "cuda": handle.to_json()}
+    assert parse_region(region, tmp_path).cuda == handle
+    with pytest.raises(ProtocolError, match="smaller than the region"):
+        parse_region({**region, "nbytes": 2 << 20}, tmp_path)
+    with pytest.raises(ProtocolError, match=r"region\.cuda\.uuid"):
+        CudaHandle.from_json({**handle.to_json(), "uuid": ""})
+    with pytest.raises(ProtocolError, match=r"region\.cuda\.offset_bytes must be a non-negative integer"):
+        CudaHandle.from_json({**handle.to_json(), "offset_bytes": -1})

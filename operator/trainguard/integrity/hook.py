@@ -1,56 +1,245 @@
-"""What a training script imports (PyTorch): share the weights with the sidecar, mark steps.
+"""What a training script imports (PyTorch): share the training state with the sidecar, mark steps.
 
-    guard = IntegrityGuard(model)              # once, after building the model
+    guard = IntegrityGuard(model, optimizer)   # once, after building the model and its optimizer
     for step in range(steps):
         guard.begin(step)                      # before the forward pass
         ...loss.backward(); optimizer.step()
         guard.end(step)                        # after optimizer.step()
 
-The parameters are moved once into one flat buffer backed by a file on the shared emptyDir
-(mapped by the sidecar too), so the sidecar reads the very memory the trainer trains.
+What the sidecar sees: the parameters, the buffers (batch-norm statistics and the like) and, from
+the first `optimizer.step()` on, the optimizer's state (moments, step counts). Each kind is moved
+once into one flat buffer per device, a *region*, and trains there: `param.data`, the modules'
+buffers and `optimizer.state` point into it, so the sidecar reads the very memory that trains.
+
+- CPU tensors: the region is a file on the shared emptyDir, mapped by both processes.
+- CUDA tensors: the region is one device allocation, shared once through its CUDA IPC handle; the
+  sidecar opens it on the same GPU (found by UUID) and fingerprints it there, at memory bandwidth.
+
+If training code replaces a shared tensor (`load_state_dict(assign=True)`, an optimizer that
+rebuilds its state), `end()` notices and shares that region again.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import mmap
 import os
 import socket
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from trainguard.integrity.protocol import LineReader, layout, send, slots_to_json
+from trainguard.integrity.manifest import MANIFEST_SUFFIX
+from trainguard.integrity.protocol import (
+    CudaHandle,
+    LineReader,
+    Region,
+    layout,
+    region_name,
+    send,
+)
 
 
 class IntegrityViolation(RuntimeError):
     """The sidecar found a violation and the job runs in Enforce mode."""
 
 
-class IntegrityGuard:
-    def __init__(self, model: torch.nn.Module, socket_path: str | os.PathLike[str] | None = None) -> None:
-        path = Path(socket_path or os.environ["TRAINGUARD_INTEGRITY_SOCKET"])
-        params = [(name, p) for name, p in model.named_parameters()]
-        slots, total = layout([(name, p.numel() * p.element_size()) for name, p in params])
-        self.buffer_path = path.parent / "weights.bin"
-        with self.buffer_path.open("wb") as f:
-            f.truncate(total)
-        fd = os.open(self.buffer_path, os.O_RDWR)
-        try:
-            self._mmap = mmap.mmap(fd, total)
-        finally:
-            os.close(fd)
-        flat = torch.frombuffer(self._mmap, dtype=torch.uint8)
+@dataclass(frozen=True)
+class _Entry:
+    """One tensor of the training state, and how to point its owner at a new place."""
+
+    name: str
+    get: Callable[[], torch.Tensor | None]
+    put: Callable[[torch.Tensor], None]
+
+
+def _parameters(model: torch.nn.Module) -> list[_Entry]:
+    def entry(name: str, param: torch.nn.Parameter) -> _Entry:
+        return _Entry(name, lambda: param.data, lambda view: setattr(param, "data", view))
+
+    return [entry(name, param) for name, param in model.named_parameters()]
+
+
+def _buffers(model: torch.nn.Module) -> list[_Entry]:
+    def entry(name: str, module: torch.nn.Module, attr: str) -> _Entry:
+        table = module._buffers
+        return _Entry(name, lambda: table.get(attr), lambda view: table.__setitem__(attr, view))
+
+    seen: set[int] = set()
+    entries = []
+    for prefix, module in model.named_modules():
+        for attr, buffer in module._buffers.items():
+            if buffer is None or id(buffer) in seen:
+                continue
+            seen.add(id(buffer))
+            entries.append(entry(f"{prefix}.{attr}" if prefix else attr, module, attr))
+    return entries
+
+
+def _optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[_Entry]:
+    names = {id(p): name for name, p in model.named_parameters()}
+
+    def entry(name: str, state: dict[str, Any], key: str) -> _Entry:
+        return _Entry(name, lambda: state.get(key), lambda view: state.__setitem__(key, view))
+
+    entries = []
+    for g, group in enumerate(optimizer.param_groups):
+        for i, param in enumerate(group["params"]):
+            state = optimizer.state.get(param)
+            if not state:
+                continue
+            owner = names.get(id(param), f"group{g}.{i}")
+            entries += [
+                entry(f"{owner}.{key}", state, key)
+                for key in sorted(state)
+                if isinstance(state[key], torch.Tensor)
+            ]
+    return entries
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
+    if device.type == "cpu":
+        return "cpu"
+    raise TypeError(f"trainguard integrity shares CPU and CUDA tensors, not {device.type} tensors")
+
+
+def _share_cuda(flat: torch.Tensor) -> CudaHandle:
+    """torch's CUDA IPC fields for the storage of `flat` (what torch.multiprocessing sends)."""
+    storage = flat.untyped_storage()
+    # torch.multiprocessing's own entry point for CUDA IPC (reductions.reduce_tensor calls it).
+    fields = storage._share_cuda_()  # type: ignore[no-untyped-call]
+    device, handle, size, offset, ref_handle, ref_offset, event, sync = fields
+    del device  # indexes differ between containers: the sidecar finds the GPU by UUID
+    uuid = str(torch.cuda.get_device_properties(flat.device).uuid)
+    return CudaHandle(uuid, handle, size, offset, ref_handle, ref_offset, event or None, bool(sync))
+
+
+_generation = itertools.count()
+
+
+class _SharedRegion:
+    """One kind of state on one device, moved into one flat buffer the sidecar can read."""
+
+    def __init__(self, name: str, entries: list[_Entry], folder: Path) -> None:
+        tensors = [e.get() for e in entries]
+        present = [(e, t) for e, t in zip(entries, tensors, strict=True) if t is not None]
+        for entry, tensor in present:
+            if tensor.layout != torch.strided:
+                raise TypeError(
+                    f"{entry.name}: trainguard integrity shares dense tensors, not {tensor.layout}"
+                )
+        self.name = name
+        self.entries = [e for e, _ in present]
+        slots, total = layout([(e.name, t.numel() * t.element_size()) for e, t in present])
+        device = present[0][1].device if present else torch.device("cpu")
+        self.path: Path | None = None
+        self.cuda: CudaHandle | None = None
+        self._mmap: mmap.mmap | None = None
+        if device.type == "cuda":
+            self.flat = torch.zeros(total, dtype=torch.uint8, device=device)
+        else:
+            # A new file per sharing: tensors still mapped from an older one keep valid memory.
+            self.path = folder / f"{name.replace('@', '-').replace(':', '-')}-{next(_generation)}.bin"
+            with self.path.open("wb") as f:
+                f.truncate(total)
+            fd = os.open(self.path, os.O_RDWR)
+            try:
+                self._mmap = mmap.mmap(fd, total)
+            finally:
+                os.close(fd)
+            self.flat = torch.frombuffer(self._mmap, dtype=torch.uint8)
+        self.views = []
         with torch.no_grad():
-            for (_, param), slot in zip(params, slots, strict=True):
-                view = flat[slot.offset : slot.offset + slot.nbytes].view(param.dtype).view(param.shape)
-                view.copy_(param.data)
-                param.data = view
+            for (entry, tensor), slot in zip(present, slots, strict=True):
+                view = (
+                    self.flat[slot.offset : slot.offset + slot.nbytes].view(tensor.dtype).view(tensor.shape)
+                )
+                view.copy_(tensor)
+                entry.put(view)
+                self.views.append(view)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            self.cuda = _share_cuda(self.flat)
+        self.region = Region(name, total, slots, str(self.path) if self.path else None, self.cuda)
+        self.device = device
+
+    def intact(self, entries: list[_Entry]) -> bool:
+        """Do `entries` (the state now) still live exactly where this region put them?"""
+        if [e.name for e in entries] != [e.name for e in self.entries]:
+            return False
+        for entry, view in zip(entries, self.views, strict=True):
+            now = entry.get()
+            if (
+                now is None
+                or now.data_ptr() != view.data_ptr()
+                or now.shape != view.shape
+                or now.dtype != view.dtype
+            ):
+                return False
+        return True
+
+
+class IntegrityGuard:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        socket_path: str | os.PathLike[str] | None = None,
+        *,
+        buffers: bool = True,
+    ) -> None:
+        path = Path(socket_path or os.environ["TRAINGUARD_INTEGRITY_SOCKET"])
+        self.folder = path.parent
+        self.model = model
+        self.optimizer = optimizer
+        self.include_buffers = buffers
+        self.regions: dict[str, _SharedRegion] = {}
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.connect(str(path))
         self._reader = LineReader(self._sock)
-        self._call({"op": "register", "path": str(self.buffer_path), "slots": slots_to_json(slots)})
+        self._sync_regions()
 
+    # ----------------------------------------------------------------- sharing
+    def _state(self) -> dict[str, list[_Entry]]:
+        """The training state now, grouped into regions (kind @ device), in a fixed order."""
+        kinds = [("parameters", _parameters(self.model))]
+        if self.include_buffers:
+            kinds.append(("buffers", _buffers(self.model)))
+        if self.optimizer is not None:
+            kinds.append(("optimizer", _optimizer_state(self.model, self.optimizer)))
+        grouped: dict[str, list[_Entry]] = {}
+        for kind, entries in kinds:
+            for entry in entries:
+                tensor = entry.get()
+                if tensor is not None:
+                    grouped.setdefault(region_name(kind, _device_name(tensor.device)), []).append(entry)
+        return grouped
+
+    def _sync_regions(self) -> None:
+        """Share every region that is new or no longer where it was shared (before fingerprinting)."""
+        for name, entries in self._state().items():
+            region = self.regions.get(name)
+            if region is None or not region.intact(entries):
+                fresh = _SharedRegion(name, entries, self.folder)
+                self.regions[name] = fresh
+                self._call({"op": "register", "region": fresh.region.to_json()})
+                if region is not None and region.path is not None:
+                    region.path.unlink(missing_ok=True)  # mapped memory outlives the name
+
+    @property
+    def buffer_path(self) -> Path:
+        """The file that holds the CPU parameters (what another process would have to alter)."""
+        path = self.regions[region_name("parameters", "cpu")].path
+        assert path is not None
+        return path
+
+    # ----------------------------------------------------------------- calls
     def _call(self, message: dict[str, Any]) -> dict[str, Any]:
         send(self._sock, message)
         reply = self._reader.read()
@@ -61,16 +250,29 @@ class IntegrityGuard:
             raise IntegrityViolation(violation.get("message") or reply.get("error", "integrity check failed"))
         return reply
 
+    def _settle(self) -> None:
+        """Let queued GPU work on the shared regions finish before the sidecar reads them."""
+        for region in self.regions.values():
+            if region.device.type == "cuda":
+                torch.cuda.synchronize(region.device)
+
     def begin(self, step: int) -> None:
+        self._settle()
         self._call({"op": "begin", "step": step})
 
     def end(self, step: int) -> None:
+        self._sync_regions()
+        self._settle()
         self._call({"op": "end", "step": step})
 
     def save(self, state: dict[str, Any], path: str | os.PathLike[str], step: int | None = None) -> None:
-        """Save tensors only (loadable with weights_only=True) and have the sidecar sign them."""
-        torch.save(state, path)
-        self._call({"op": "checkpoint", "path": str(Path(path).resolve()), "step": step})
+        """Save tensors only (loadable with weights_only=True) with a manifest the sidecar signs."""
+        target = Path(path).resolve()
+        torch.save(state, target)
+        reply = self._call({"op": "checkpoint", "path": str(target), "step": step})
+        # The sidecar cannot write next to the checkpoint (it mounts the output read-only); the
+        # manifest is signed with the job's key, so carrying it over changes nothing it vouches for.
+        Path(str(target) + MANIFEST_SUFFIX).write_text(json.dumps(reply["manifest"], indent=1))
 
     def load(self, path: str | os.PathLike[str]) -> Any:
         """Verify the signed manifest first; never unpickle code (weights_only=True)."""

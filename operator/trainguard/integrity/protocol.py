@@ -1,17 +1,35 @@
 """The trainer <-> sidecar protocol: newline-delimited JSON over a Unix socket on the shared emptyDir.
 
-Pure helpers only: the layout of the shared weight buffer and message framing.
+Pure helpers only: the layout of the shared buffers, the checks the sidecar applies to what the
+trainer tells it about them, and message framing.
+
+The trainer shares its memory as a few *regions*: one flat buffer per kind of state (parameters,
+buffers, optimizer state) and device. A CPU region is a file in the shared folder that both
+processes map; a CUDA region is one device allocation that the sidecar opens through its CUDA IPC
+handle. The fingerprint of a region covers its whole buffer, so one region is one kernel launch.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 ALIGN = 64  # tensor offsets in the shared buffer are 64-byte aligned
-MAX_MESSAGE = 1 << 20
+MAX_MESSAGE = 16 << 20  # a register message names every tensor of a region
+MAX_REGION_BYTES = 1 << 42
+KINDS = ("parameters", "buffers", "optimizer")
+# Replicas of a data-parallel job must agree on these; buffers (batch-norm statistics) may differ.
+REPLICATED_KINDS = ("parameters",)
+_REGION_NAME = re.compile(r"^(parameters|buffers|optimizer)@(cpu|cuda:[0-9]{1,2})$")
+
+
+class ProtocolError(ValueError):
+    """A message the sidecar refuses; the text says what was wrong."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +56,135 @@ def slots_to_json(slots: list[Slot]) -> list[dict[str, Any]]:
 
 def slots_from_json(data: list[dict[str, Any]]) -> list[Slot]:
     return [Slot(str(d["name"]), int(d["offset"]), int(d["nbytes"])) for d in data]
+
+
+def region_name(kind: str, device: str) -> str:
+    return f"{kind}@{device}"
+
+
+def region_kind(name: str) -> str:
+    return name.split("@", 1)[0]
+
+
+@dataclass(frozen=True)
+class CudaHandle:
+    """What the sidecar needs to open a CUDA allocation of the trainer (torch's IPC fields)."""
+
+    uuid: str  # the GPU's UUID: device indexes differ between containers
+    handle: bytes
+    size_bytes: int
+    offset_bytes: int
+    ref_counter_handle: bytes
+    ref_counter_offset: int
+    event_handle: bytes | None
+    event_sync_required: bool
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for name in ("handle", "ref_counter_handle", "event_handle"):
+            data[name] = None if data[name] is None else base64.b64encode(data[name]).decode()
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> CudaHandle:
+        if not isinstance(data, dict):
+            raise ProtocolError("region.cuda must be an object")
+
+        def raw(name: str, optional: bool = False) -> bytes | None:
+            value = data.get(name)
+            if value is None and optional:
+                return None
+            if not isinstance(value, str):
+                raise ProtocolError(f"region.cuda.{name} must be base64 text")
+            return base64.b64decode(value, validate=True)
+
+        def number(name: str) -> int:
+            value = data.get(name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ProtocolError(f"region.cuda.{name} must be a non-negative integer")
+            return value
+
+        uuid = data.get("uuid")
+        if not isinstance(uuid, str) or not uuid:
+            raise ProtocolError("region.cuda.uuid must name the trainer's GPU")
+        handle, ref = raw("handle"), raw("ref_counter_handle")
+        assert handle is not None
+        assert ref is not None
+        return cls(
+            uuid=uuid,
+            handle=handle,
+            size_bytes=number("size_bytes"),
+            offset_bytes=number("offset_bytes"),
+            ref_counter_handle=ref,
+            ref_counter_offset=number("ref_counter_offset"),
+            event_handle=raw("event_handle", optional=True),
+            event_sync_required=bool(data.get("event_sync_required")),
+        )
+
+
+@dataclass(frozen=True)
+class Region:
+    """One shared flat buffer: a file in the shared folder (CPU) or a CUDA allocation."""
+
+    name: str
+    nbytes: int
+    slots: list[Slot] = field(default_factory=list)
+    path: str | None = None
+    cuda: CudaHandle | None = None
+
+    @property
+    def kind(self) -> str:
+        return region_kind(self.name)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "nbytes": self.nbytes,
+            "slots": slots_to_json(self.slots),
+            "path": self.path,
+            "cuda": self.cuda.to_json() if self.cuda else None,
+        }
+
+
+def parse_region(data: Any, folder: Path) -> Region:
+    """The region a register message describes, checked; `folder` is the shared emptyDir.
+
+    The trainer chooses these values, so nothing is taken on trust: a CPU region must be a file
+    inside the shared folder (never, say, the key), and every slot must lie inside the buffer.
+    """
+    if not isinstance(data, dict):
+        raise ProtocolError("region must be an object")
+    name = data.get("name")
+    if not isinstance(name, str) or not _REGION_NAME.match(name):
+        raise ProtocolError(f"region.name {name!r} must be <kind>@<device>, kind one of {', '.join(KINDS)}")
+    nbytes = data.get("nbytes")
+    if not isinstance(nbytes, int) or isinstance(nbytes, bool) or not 0 < nbytes <= MAX_REGION_BYTES:
+        raise ProtocolError(f"region.nbytes must be a positive integer up to {MAX_REGION_BYTES}")
+    raw_slots = data.get("slots")
+    if not isinstance(raw_slots, list):
+        raise ProtocolError("region.slots must be a list")
+    try:
+        slots = slots_from_json(raw_slots)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"region.slots: {exc}") from exc
+    for i, slot in enumerate(slots):
+        if slot.offset < 0 or slot.nbytes < 0 or slot.offset + slot.nbytes > nbytes:
+            raise ProtocolError(f"region.slots[{i}] ({slot.name}) lies outside the {nbytes}-byte buffer")
+    device = name.split("@", 1)[1]
+    path, cuda = None, None
+    if device == "cpu":
+        raw_path = data.get("path")
+        if not isinstance(raw_path, str):
+            raise ProtocolError("region.path must name the region's file in the shared folder")
+        resolved = Path(raw_path).resolve()
+        if resolved.parent != folder.resolve():
+            raise ProtocolError(f"region.path {raw_path!r} is not a file of the shared folder")
+        path = str(resolved)
+    else:
+        cuda = CudaHandle.from_json(data.get("cuda"))
+        if cuda.size_bytes < nbytes:
+            raise ProtocolError("region.cuda.size_bytes is smaller than the region")
+    return Region(name, nbytes, slots, path, cuda)
 
 
 def send(sock: socket.socket, message: dict[str, Any]) -> None:

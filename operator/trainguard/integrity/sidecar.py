@@ -4,12 +4,17 @@
         --key-file /var/run/trainguard-key/key --replica 0 --mode Enforce \\
         --report /run/trainguard/reports.jsonl
 
-The trainer shares its weights once (one flat buffer in a file on the shared emptyDir, mapped by
-both processes) and signals step boundaries. At the end of step t and at the start of step t+1 the
-sidecar fingerprints the weights; a difference means something changed them between steps.
+The trainer shares its training state once (see `hook.py`: parameters, buffers and optimizer
+state, one flat buffer per kind and device: a file on the shared emptyDir mapped by both
+processes, or a GPU allocation opened through its CUDA IPC handle) and signals step boundaries.
+At the end of step t and at the start of step t+1 the sidecar fingerprints every region (on the
+GPU for GPU regions); a difference names the kind of state that something changed between steps.
 Checkpoints get a manifest of file hashes signed with the key; loading verifies it first.
 Every result is appended to the report stream as a line signed with the key, which the trainer
 cannot forge (it never sees the key).
+
+In a pod the sidecar runs as its own user: with the pod's process namespace shared (CUDA IPC
+needs it), the trainer still cannot read the sidecar's memory, signal it or reach its key.
 """
 
 from __future__ import annotations
@@ -30,7 +35,15 @@ import numpy as np
 
 from trainguard.integrity.fingerprint import FingerprintKey, fingerprint
 from trainguard.integrity.manifest import MANIFEST_SUFFIX, build_manifest, verify_manifest
-from trainguard.integrity.protocol import LineReader, Slot, send, slots_from_json
+from trainguard.integrity.protocol import (
+    REPLICATED_KINDS,
+    LineReader,
+    ProtocolError,
+    Region,
+    parse_region,
+    region_kind,
+    send,
+)
 from trainguard.integrity.reports import open_report, sign_report
 
 MODES = ("Off", "Audit", "Enforce")
@@ -49,6 +62,66 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+class _OpenRegion:
+    """A region of the trainer's state as the sidecar reads it: mapped file or CUDA allocation."""
+
+    def __init__(self, region: Region) -> None:
+        self.region = region
+        self._mmap: mmap.mmap | None = None
+        self._cuda: Any = None  # torch.Tensor, only when the trainer shares GPU memory
+        self._device: Any = None
+        if region.cuda is None:
+            assert region.path is not None
+            fd = os.open(region.path, os.O_RDONLY)
+            try:
+                if os.fstat(fd).st_size < region.nbytes:
+                    raise ProtocolError(f"region {region.name}: the file is smaller than nbytes")
+                self._mmap = mmap.mmap(fd, region.nbytes, prot=mmap.PROT_READ)
+            finally:
+                os.close(fd)
+        else:
+            self._cuda, self._device = open_cuda_region(region)
+
+    def fingerprint(self, key: FingerprintKey) -> str:
+        """The keyed fingerprint of the whole buffer: on the GPU for CUDA regions (same result)."""
+        if self._mmap is not None:
+            return fingerprint(key, [np.frombuffer(self._mmap, dtype=np.uint8)])
+        from trainguard.integrity.gpu import fingerprint_tensors
+
+        return fingerprint_tensors(key, [self._cuda], self._device)
+
+
+def open_cuda_region(region: Region) -> tuple[Any, Any]:
+    """Open the trainer's CUDA allocation through its IPC handle, on the GPU with the same UUID."""
+    import torch
+    from torch.multiprocessing.reductions import rebuild_cuda_tensor
+
+    cuda = region.cuda
+    assert cuda is not None
+    if not torch.cuda.is_available():
+        raise ProtocolError("the trainer shares GPU memory but the sidecar sees no GPU")
+    uuids = [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
+    if cuda.uuid not in uuids:
+        raise ProtocolError(
+            f"the sidecar cannot see the trainer's GPU {cuda.uuid} (it sees {', '.join(uuids)}): "
+            "give the sidecar container access to the pod's GPUs"
+        )
+    index = uuids.index(cuda.uuid)
+    flat = rebuild_cuda_tensor(  # type: ignore[no-untyped-call]
+        torch.Tensor, (region.nbytes,), (1,), 0, torch.UntypedStorage, torch.uint8, index,
+        cuda.handle, cuda.size_bytes, cuda.offset_bytes, False,
+        cuda.ref_counter_handle, cuda.ref_counter_offset, cuda.event_handle, cuda.event_sync_required,
+    )  # fmt: skip
+    return flat, torch.device("cuda", index)
+
+
+def describe(region: str) -> str:
+    """'weights (cuda:0)' for 'parameters@cuda:0': what a researcher reads in the violation."""
+    kind, device = region.split("@", 1)
+    words = {"parameters": "weights", "buffers": "model buffers", "optimizer": "optimizer state"}
+    return f"{words.get(kind, kind)} ({device})"
+
+
 class Sidecar:
     def __init__(
         self,
@@ -58,6 +131,8 @@ class Sidecar:
         every_steps: int,
         report_path: Path | None,
         report_url: str | None = None,
+        folder: Path | None = None,
+        key_dir: Path | None = None,
     ) -> None:
         if report_url and not report_url.startswith(("http://", "https://")):
             raise ValueError(f"--report-url must be http(s), got {report_url!r}")
@@ -68,9 +143,10 @@ class Sidecar:
         self.mode = mode
         self.every = every_steps
         self.report_path = report_path
-        self.buffer: mmap.mmap | None = None
-        self.slots: list[Slot] = []
-        self.at_end: dict[int, str] = {}
+        self.folder = folder or Path.cwd()  # the shared emptyDir: CPU regions must be files in it
+        self.key_dir = key_dir.resolve() if key_dir else None
+        self.regions: dict[str, _OpenRegion] = {}
+        self.at_end: dict[int, dict[str, str]] = {}
 
     # ----------------------------------------------------------------- results
     def report(self, kind: str, step: int | None, **details: Any) -> None:
@@ -95,68 +171,102 @@ class Sidecar:
         self.report("Violation", step, violation=kind, message=message)
         return {"ok": self.mode != "Enforce", "violation": {"kind": kind, "step": step, "message": message}}
 
-    # ----------------------------------------------------------------- weights
-    def weights_fingerprint(self) -> str:
-        assert self.buffer is not None, "the trainer has not registered its weights"
-        data = np.frombuffer(self.buffer, dtype=np.uint8)
-        return fingerprint(self.fp_key, (data[s.offset : s.offset + s.nbytes] for s in self.slots))
+    # ----------------------------------------------------------------- state
+    def fingerprints(self) -> dict[str, str]:
+        """One fingerprint per region, in name order."""
+        if not self.regions:
+            raise ProtocolError("the trainer has not registered its weights")
+        return {name: self.regions[name].fingerprint(self.fp_key) for name in sorted(self.regions)}
+
+    @staticmethod
+    def replicated(fingerprints: dict[str, str]) -> str:
+        """What data-parallel replicas must agree on: the parameters (one fingerprint per device)."""
+        parts = [f"{name}={fp}" for name, fp in fingerprints.items() if region_kind(name) in REPLICATED_KINDS]
+        return (
+            parts[0].split("=", 1)[1]
+            if len(parts) == 1
+            else hashlib.sha256(",".join(parts).encode()).hexdigest()
+        )
+
+    def checked_path(self, raw: Any) -> Path:
+        """A checkpoint path from the trainer: a regular file, never the key."""
+        if not isinstance(raw, str):
+            raise ProtocolError("path must be a string")
+        path = Path(raw).resolve()
+        if self.key_dir is not None and path.is_relative_to(self.key_dir):
+            raise ProtocolError(f"{raw!r} is not a checkpoint")
+        if not path.is_file():
+            raise ProtocolError(f"{raw!r} is not a file")
+        return path
 
     def handle(self, message: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self._handle(message)
+        except ProtocolError as exc:
+            return {"ok": False, "error": str(exc)}
+
+    def _handle(self, message: dict[str, Any]) -> dict[str, Any]:
         op = message.get("op")
         raw_step = message.get("step")
-        step = int(raw_step) if raw_step is not None else -1
+        if raw_step is not None and (not isinstance(raw_step, int) or isinstance(raw_step, bool)):
+            raise ProtocolError("step must be an integer")
+        step = raw_step if raw_step is not None else -1
         if op == "register":
-            fd = os.open(message["path"], os.O_RDONLY)
-            try:
-                self.buffer = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
-            finally:
-                os.close(fd)
-            self.slots = slots_from_json(message["slots"])
-            self.report("Registered", None, tensors=len(self.slots), bytes=sum(s.nbytes for s in self.slots))
+            region = parse_region(message.get("region"), self.folder)
+            self.regions[region.name] = _OpenRegion(region)
+            self.report(
+                "Registered", None, region=region.name, tensors=len(region.slots), bytes=region.nbytes
+            )
             return {"ok": True}
         if op == "end":
             if step % self.every == 0:
-                fp = self.weights_fingerprint()
-                self.at_end = {step: fp}  # only the latest step is compared
-                self.report("StepEnd", step, fingerprint=fp)
+                fps = self.fingerprints()
+                self.at_end = {step: fps}  # only the latest step is compared
+                self.report("StepEnd", step, fingerprint=self.replicated(fps), regions=fps)
             return {"ok": True}
         if op == "begin":
             previous = self.at_end.get(step - 1)
             if previous is None:
                 return {"ok": True}
-            fp = self.weights_fingerprint()
-            if fp != previous:
+            now = self.fingerprints()
+            changed = [
+                name for name in sorted(set(previous) | set(now)) if previous.get(name) != now.get(name)
+            ]
+            if changed:
                 return self.violation(
                     "ModifiedBetweenSteps",
                     step,
-                    f"replica {self.replica}: the weights changed between the end of step {step - 1} "
-                    f"and the start of step {step}",
+                    f"replica {self.replica}: the {' and '.join(describe(n) for n in changed)} changed "
+                    f"between the end of step {step - 1} and the start of step {step}",
                 )
             self.report("Verified", step - 1)
             return {"ok": True}
         if op == "checkpoint":
-            path = Path(message["path"])
+            path = self.checked_path(message.get("path"))
             manifest = build_manifest(self.key, {path.name: file_sha256(path)}, raw_step)
-            Path(str(path) + MANIFEST_SUFFIX).write_text(json.dumps(manifest, indent=1))
             self.report("CheckpointSigned", raw_step, file=path.name)
-            return {"ok": True}
+            return {"ok": True, "manifest": manifest}
         if op == "verify":
-            path = Path(message["path"])
+            path = self.checked_path(message.get("path"))
             manifest_path = Path(str(path) + MANIFEST_SUFFIX)
             if not manifest_path.exists():
                 return self.violation("CheckpointUnsigned", raw_step, f"{path.name} has no signed manifest")
-            problems = verify_manifest(
-                self.key, json.loads(manifest_path.read_text()), {path.name: file_sha256(path)}
-            )
+            try:
+                manifest = json.loads(manifest_path.read_text())
+            except ValueError:
+                manifest = {}
+            problems = verify_manifest(self.key, manifest, {path.name: file_sha256(path)})
             if problems:
                 return self.violation("CheckpointModified", raw_step, f"{path.name}: {'; '.join(problems)}")
             return {"ok": True}
-        return {"ok": False, "error": f"unknown op {op!r}"}
+        raise ProtocolError(f"unknown op {op!r}")
 
     def serve(self, socket_path: Path) -> None:
         socket_path.unlink(missing_ok=True)
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         server.bind(str(socket_path))
+        # The trainer runs as another user of the pod's group: it may connect, nothing more.
+        socket_path.chmod(0o660)
         server.listen(1)
         while True:
             conn, _ = server.accept()
@@ -177,7 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-url", default=None, help="POST signed reports to the operator here")
     args = parser.parse_args(argv)
     key = args.key_file.read_bytes()
-    Sidecar(key, args.replica, args.mode, args.every_steps, args.report, args.report_url).serve(args.socket)
+    sidecar = Sidecar(
+        key, args.replica, args.mode, args.every_steps, args.report, args.report_url,
+        folder=args.socket.parent, key_dir=args.key_file.parent,
+    )  # fmt: skip
+    sidecar.serve(args.socket)
     return 0
 
 
