@@ -68,6 +68,7 @@ test: build venv lint verify ## Everything CI runs: lint, unit and cluster tests
 .PHONY: bench
 bench: build venv ## Benchmarks; JSON results in bench/results/
 	$(PY) -m bench.fingerprint_bench
+	$(PY) -m bench.guard_bench
 	$(PY) -m bench.verify_bench
 	$(PY) -m bench.admission_bench
 

@@ -21,17 +21,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--socket", default=os.environ.get("TRAINGUARD_INTEGRITY_SOCKET"))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    device = torch.device(args.device)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)).to(
+        device
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     guard = IntegrityGuard(model, optimizer, args.socket)  # trainguard: share weights and optimizer state
     data = torch.Generator().manual_seed(1234)
     for step in range(args.steps):
         guard.begin(step)  # trainguard: weights still as the last step left them?
-        x = torch.randn(32, 64, generator=data)
-        y = torch.randint(0, 10, (32,), generator=data)
+        x = torch.randn(32, 64, generator=data).to(device)
+        y = torch.randint(0, 10, (32,), generator=data).to(device)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()

@@ -252,6 +252,11 @@ def test_plain_pods_may_not_take_gpus_or_shared_storage_or_run_unsigned_code(
     err = refused(space, shared, *ns_admin)
     assert "claim 'dataset' is the tenant's shared storage 'dataset'" in err
 
+    every_gpu = pod("all-gpus", image, containers=[{"name": "m", "image": image, "env": [
+        {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]}])  # fmt: skip
+    err = refused(space, every_gpu, *ns_admin)
+    assert "spec.containers[0].env[0]: NVIDIA_VISIBLE_DEVICES asks the NVIDIA runtime for GPUs" in err
+
     host = pod("host", image, hostPID=True, volumes=[{"name": "h", "hostPath": {"path": "/"}}])
     err = refused(space, host, *ns_admin)
     assert "spec.hostPID: host namespaces are not allowed" in err

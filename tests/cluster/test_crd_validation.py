@@ -47,6 +47,15 @@ def job(space: TenantSpace, **spec: Any) -> dict[str, Any]:
             {"sharedStorage": [{"name": "a", "mountPath": "/d", "readOnly": False}]},
             'unknown field "spec.sharedStorage[0].readOnly"',
         ),
+        (  # a job that pointed its hook at a socket of its own would fool its own integrity checks
+            {"env": [{"name": "TRAINGUARD_INTEGRITY_SOCKET", "value": "/tmp/fake.sock"}]},
+            'spec.env[0]: Invalid value: "object": '
+            "env names starting with TRAINGUARD_ or NVIDIA_ are reserved",
+        ),
+        (
+            {"env": [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]},
+            "env names starting with TRAINGUARD_ or NVIDIA_ are reserved",
+        ),
     ],
 )
 def test_schema_violations_are_rejected_by_the_api_server(

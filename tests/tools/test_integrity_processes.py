@@ -52,6 +52,8 @@ def test_a_thousand_clean_steps_give_no_false_alarm(sidecar: SidecarProcess) -> 
     assert kinds(sidecar, "Violation") == []
     assert len(kinds(sidecar, "StepEnd")) == 1000
     assert [r["step"] for r in kinds(sidecar, "Verified")] == list(range(999))
+    # AdamW's state joined at the first end(); shared once, never again (nothing replaced it).
+    assert [r["region"] for r in kinds(sidecar, "Registered")] == ["parameters@cpu", "optimizer@cpu"]
 
 
 def test_a_weight_altered_between_steps_by_another_process_is_reported_for_that_step(

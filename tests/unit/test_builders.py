@@ -102,7 +102,9 @@ def test_shared_storage_is_read_only_at_the_volume_level(job: TrainingJob, tenan
             if mount["name"].startswith("shared-"):
                 assert mount["readOnly"] is True
     sidecar_mounts = {m["name"] for m in pod["spec"]["containers"][1]["volumeMounts"]}
-    assert sidecar_mounts == {"integrity", "integrity-key", "output"}, "the sidecar never sees shared storage"
+    assert sidecar_mounts == {"integrity", "integrity-key", "output", "sidecar-tmp"}, (
+        "the sidecar never sees shared storage"
+    )
     sidecar_output = next(m for m in pod["spec"]["containers"][1]["volumeMounts"] if m["name"] == "output")
     assert sidecar_output["readOnly"] is True, "the sidecar reads checkpoints, it never writes them"
     trainer_mounts = {m["name"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
@@ -157,6 +159,33 @@ def test_integrity_off_means_no_sidecar(job: TrainingJob, tenant: Tenant) -> Non
     )
     pod = b.build_pod(off, tenant, 0, 0, SETTINGS)
     assert [c["name"] for c in pod["spec"]["containers"]] == ["trainer"]
+
+
+def with_gpus(job: TrainingJob, gpus: int) -> TrainingJob:
+    resources = job.spec.resources.model_copy(update={"gpus_per_replica": gpus})
+    return job.model_copy(update={"spec": job.spec.model_copy(update={"resources": resources})})
+
+
+def test_the_sidecar_is_out_of_the_trainers_reach(job: TrainingJob, tenant: Tenant) -> None:
+    pod = b.build_pod(job, tenant, 0, 0, SETTINGS)
+    trainer, sidecar = pod["spec"]["containers"]
+    # GPU job: CUDA IPC needs one process namespace, so the sidecar runs as its own user (no
+    # ptrace, no /proc/<pid>/mem, no signals from the trainer) in the same group (the socket).
+    assert pod["spec"]["shareProcessNamespace"] is True
+    assert sidecar["securityContext"]["runAsUser"] != trainer["securityContext"]["runAsUser"]
+    assert sidecar["securityContext"]["runAsGroup"] == trainer["securityContext"]["runAsGroup"]
+    assert "integrity-key" not in {m["name"] for m in trainer["volumeMounts"]}
+    env = {e["name"]: e["value"] for e in sidecar["env"]}
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "all"  # sees the GPUs, requests none
+    assert b.GPU_RESOURCE not in sidecar["resources"]["limits"]
+    assert not any(e["name"].startswith("NVIDIA_") for e in trainer["env"])
+
+    cpu_pod = b.build_pod(with_gpus(job, 0), tenant, 0, 0, SETTINGS)
+    cpu_sidecar = cpu_pod["spec"]["containers"][1]
+    assert "shareProcessNamespace" not in cpu_pod["spec"]  # shared files are enough on the CPU
+    assert not any(e["name"].startswith("NVIDIA_") for e in cpu_sidecar["env"])
+    assert "sidecar-tmp" not in {v["name"] for v in cpu_pod["spec"]["volumes"]}
+    assert cpu_sidecar["securityContext"]["runAsUser"] == b.SIDECAR_RUN_AS
 
 
 def test_webhook_configurations_fail_closed_and_scope_the_pod_guard() -> None:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
+
 from trainguard.api.models import Tenant, TrainingJob
 from trainguard.policy.errors import format_errors
+from trainguard.policy.pods import validate_foreign_pod
 from trainguard.policy.trainingjob import validate_training_job
 
 TENANT = Tenant.model_validate(
@@ -72,3 +76,23 @@ def test_a_missing_tenant_is_the_only_error() -> None:
     errors = validate_training_job(job(), None)
     assert [e.reason for e in errors] == ["TenantNotFound"]
     assert "ask the platform team to create it" in str(errors[0])
+
+
+def test_env_names_that_trainguard_sets_are_reserved() -> None:
+    with pytest.raises(ValidationError, match="TRAINGUARD_INTEGRITY_SOCKET: env names starting with"):
+        job(env=[{"name": "TRAINGUARD_INTEGRITY_SOCKET", "value": "/tmp/mine.sock"}])
+    with pytest.raises(ValidationError, match="NVIDIA_VISIBLE_DEVICES: env names"):
+        job(env=[{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}])
+    assert job(env=[{"name": "NCCL_DEBUG", "value": "INFO"}]).spec.env[0].name == "NCCL_DEBUG"
+
+
+def test_plain_pods_may_not_ask_the_nvidia_runtime_for_gpus() -> None:
+    pod = {
+        "spec": {
+            "containers": [
+                {"name": "m", "image": "x", "env": [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]}
+            ]
+        }
+    }
+    errors = validate_foreign_pod(pod, {})
+    assert [(e.path, e.reason) for e in errors] == [("spec.containers[0].env[0]", "GPUOutsideJob")]

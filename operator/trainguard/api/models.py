@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic.alias_generators import to_camel
 
 from trainguard.api.conditions import Condition
@@ -111,9 +111,24 @@ class Tenant(Model):
 # --------------------------------------------------------------------------- TrainingJob
 
 
+# trainguard sets these itself: the integrity socket (a job that redirected it would talk to a
+# sidecar of its own making) and which GPUs a container sees (the NVIDIA runtime reads NVIDIA_*).
+RESERVED_ENV_PREFIXES = ("TRAINGUARD_", "NVIDIA_")
+
+
 class EnvVar(Model):
     name: Annotated[str, StringConstraints(pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", max_length=128)]
     value: Annotated[str, StringConstraints(max_length=4096)] = ""
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name.startswith(RESERVED_ENV_PREFIXES):
+            raise ValueError(
+                f"{name}: env names starting with {' or '.join(RESERVED_ENV_PREFIXES)} are reserved: "
+                "trainguard sets them; rename the variable"
+            )
+        return name
 
 
 class Resources(Model):

@@ -89,6 +89,16 @@ def validate_foreign_pod(pod: dict[str, Any], shared_claims: dict[str, str]) -> 
                     "run the workload as a TrainingJob so that quota, signing and integrity apply",
                 )
             )
+        for j, env in enumerate(container.get("env") or []):
+            if str(env.get("name", "")).startswith("NVIDIA_"):
+                errors.append(
+                    FieldError(
+                        f"{path}.env[{j}]",
+                        "GPUOutsideJob",
+                        f"{env.get('name')} asks the NVIDIA runtime for GPUs outside the device plugin",
+                        "remove the variable; run GPU work as a TrainingJob",
+                    )
+                )
         security = container.get("securityContext") or {}
         if security.get("privileged"):
             errors.append(

@@ -25,6 +25,9 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 GPU_RESOURCE = "nvidia.com/gpu"
 RENDEZVOUS_PORT = 29500
 RUN_AS = 65532  # the conventional "nonroot" user of distroless images
+# The integrity sidecar's own user (same group as the trainer, for the socket): the trainer can
+# neither read its memory nor signal it, even in a pod whose process namespace is shared.
+SIDECAR_RUN_AS = 65531
 INTEGRITY_DIR = "/run/trainguard"
 INTEGRITY_KEY_DIR = "/var/run/trainguard-key"
 
@@ -182,10 +185,10 @@ def build_network_policy(job: TrainingJob, settings: WorkloadSettings) -> Manife
     }
 
 
-def hardened_container_security() -> Manifest:
+def hardened_container_security(user: int = RUN_AS) -> Manifest:
     return {
         "runAsNonRoot": True,
-        "runAsUser": RUN_AS,
+        "runAsUser": user,
         "runAsGroup": RUN_AS,
         "privileged": False,
         "allowPrivilegeEscalation": False,
@@ -242,7 +245,8 @@ def build_pod(
         volumes.append(
             {
                 "name": "integrity-key",
-                "secret": {"secretName": integrity_secret_name(job.name), "defaultMode": 0o400},
+                # Owner and group read: the sidecar reads it through the pod's group.
+                "secret": {"secretName": integrity_secret_name(job.name), "defaultMode": 0o440},
             }
         )
         mounts.append({"name": "integrity", "mountPath": INTEGRITY_DIR})
@@ -274,43 +278,38 @@ def build_pod(
     if spec.args:
         trainer["args"] = list(spec.args)
     containers = [trainer]
+    gpu_integrity = integrity and spec.resources.gpus_per_replica > 0
     if integrity:
-        containers.append(
-            {
-                "name": "integrity-sidecar",
-                "image": settings.sidecar_image,
-                "imagePullPolicy": "IfNotPresent",
-                "env": [
-                    {"name": "TRAINGUARD_JOB", "value": job.name},
-                    {"name": "TRAINGUARD_REPLICA", "value": str(replica)},
-                    {"name": "TRAINGUARD_INTEGRITY_MODE", "value": spec.integrity.mode.value},
-                    {"name": "TRAINGUARD_INTEGRITY_EVERY_STEPS", "value": str(spec.integrity.every_steps)},
-                    {"name": "TRAINGUARD_INTEGRITY_SOCKET", "value": f"{INTEGRITY_DIR}/sidecar.sock"},
-                ],
-                "command": ["python", "-m", "trainguard.integrity.sidecar"],
-                "args": [
-                    f"--socket={INTEGRITY_DIR}/sidecar.sock",
-                    f"--key-file={INTEGRITY_KEY_DIR}/key",
-                    f"--replica={replica}",
-                    f"--mode={spec.integrity.mode.value}",
-                    f"--every-steps={spec.integrity.every_steps}",
-                    f"--report={INTEGRITY_DIR}/reports.jsonl",
-                    f"--report-url={settings.report_url}/{job.namespace}/{job.name}",
-                ],
-                "resources": {
-                    "requests": {"cpu": "100m", "memory": "128Mi"},
-                    "limits": {"cpu": "1", "memory": "512Mi"},
-                },
-                "volumeMounts": [
-                    {"name": "integrity", "mountPath": INTEGRITY_DIR},
-                    {"name": "integrity-key", "mountPath": INTEGRITY_KEY_DIR, "readOnly": True},
-                    # To hash the checkpoints the trainer saves there; it never writes them.
-                    {"name": "output", "mountPath": spec.output.mount_path, "readOnly": True},
-                ],
-                "securityContext": hardened_container_security(),
-            }
-        )
+        containers.append(build_sidecar(job, replica, settings, gpu=gpu_integrity))
+        if gpu_integrity:
+            volumes.append({"name": "sidecar-tmp", "emptyDir": {"sizeLimit": "1Gi"}})
 
+    pod_spec: Manifest = {
+        "restartPolicy": "Never",  # the operator restarts the whole gang within the failure policy
+        "hostname": pod_hostname(job, replica),
+        "subdomain": service_name(job),
+        "serviceAccountName": service_account_name(job),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "hostNetwork": False,
+        "hostPID": False,
+        "hostIPC": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+        "terminationGracePeriodSeconds": 30,
+        "containers": containers,
+        "volumes": volumes,
+    }
+    if gpu_integrity:
+        # CUDA IPC checks process ids: the sidecar opens the trainer's GPU memory only when both
+        # see the same process namespace. The sidecar's own user keeps it out of the trainer's reach.
+        pod_spec["shareProcessNamespace"] = True
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -320,28 +319,63 @@ def build_pod(
             "worker",
             {LABEL_REPLICA: str(replica), LABEL_ATTEMPT: str(attempt)},
         ),
-        "spec": {
-            "restartPolicy": "Never",  # the operator restarts the whole gang within the failure policy
-            "hostname": pod_hostname(job, replica),
-            "subdomain": service_name(job),
-            "serviceAccountName": service_account_name(job),
-            "automountServiceAccountToken": False,
-            "enableServiceLinks": False,
-            "hostNetwork": False,
-            "hostPID": False,
-            "hostIPC": False,
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": RUN_AS,
-                "runAsGroup": RUN_AS,
-                "fsGroup": RUN_AS,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
-            "terminationGracePeriodSeconds": 30,
-            "containers": containers,
-            "volumes": volumes,
-        },
+        "spec": pod_spec,
+    }
+
+
+def build_sidecar(job: TrainingJob, replica: int, settings: WorkloadSettings, gpu: bool) -> Manifest:
+    """The weight-verification sidecar: the only container that mounts the job's integrity key."""
+    spec = job.spec
+    env: list[Manifest] = [
+        {"name": "TRAINGUARD_JOB", "value": job.name},
+        {"name": "TRAINGUARD_REPLICA", "value": str(replica)},
+        {"name": "TRAINGUARD_INTEGRITY_MODE", "value": spec.integrity.mode.value},
+        {"name": "TRAINGUARD_INTEGRITY_EVERY_STEPS", "value": str(spec.integrity.every_steps)},
+        {"name": "TRAINGUARD_INTEGRITY_SOCKET", "value": f"{INTEGRITY_DIR}/sidecar.sock"},
+    ]
+    mounts: list[Manifest] = [
+        {"name": "integrity", "mountPath": INTEGRITY_DIR},
+        {"name": "integrity-key", "mountPath": INTEGRITY_KEY_DIR, "readOnly": True},
+        # To hash the checkpoints the trainer saves there; it never writes them.
+        {"name": "output", "mountPath": spec.output.mount_path, "readOnly": True},
+    ]
+    resources: Manifest = {
+        "requests": {"cpu": "100m", "memory": "128Mi"},
+        "limits": {"cpu": "1", "memory": "512Mi"},
+    }
+    if gpu:
+        # It reads the trainer's GPU memory on that GPU, so it must see the pod's GPUs without
+        # taking any: the NVIDIA runtime's device list. It opens only the GPU whose UUID the
+        # trainer names. Triton compiles the fingerprint kernel once into its scratch folder.
+        env += [
+            {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"},
+            {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"},
+            {"name": "HOME", "value": "/tmp"},  # noqa: S108 - the sidecar's own emptyDir
+            {"name": "TRITON_CACHE_DIR", "value": "/tmp/triton"},  # noqa: S108
+        ]
+        mounts.append({"name": "sidecar-tmp", "mountPath": "/tmp"})  # noqa: S108
+        resources = {
+            "requests": {"cpu": "500m", "memory": "2Gi"},
+            "limits": {"cpu": "2", "memory": "4Gi"},  # a CUDA context and PyTorch
+        }
+    return {
+        "name": "integrity-sidecar",
+        "image": settings.sidecar_image,
+        "imagePullPolicy": "IfNotPresent",
+        "env": env,
+        "command": ["python", "-m", "trainguard.integrity.sidecar"],
+        "args": [
+            f"--socket={INTEGRITY_DIR}/sidecar.sock",
+            f"--key-file={INTEGRITY_KEY_DIR}/key",
+            f"--replica={replica}",
+            f"--mode={spec.integrity.mode.value}",
+            f"--every-steps={spec.integrity.every_steps}",
+            f"--report={INTEGRITY_DIR}/reports.jsonl",
+            f"--report-url={settings.report_url}/{job.namespace}/{job.name}",
+        ],
+        "resources": resources,
+        "volumeMounts": mounts,
+        "securityContext": hardened_container_security(SIDECAR_RUN_AS),
     }
 
 

@@ -1,0 +1,91 @@
+"""On a CUDA GPU: the trainer shares GPU-resident state through CUDA IPC; the sidecar, its own
+process, fingerprints it on the GPU, and a third process that alters it between steps is caught.
+Skips without CUDA (run on a GPU machine with bench/gpu_check.sh)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from e2e.cluster.integrity import SidecarProcess
+from trainguard.integrity.fingerprint import FingerprintKey, fingerprint
+from trainguard.integrity.hook import IntegrityGuard, IntegrityViolation
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+# Opens the trainer's allocation from the region's IPC fields, as a saboteur holding them would.
+TAMPER = """
+import json, sys, torch
+from trainguard.integrity.protocol import parse_region
+from trainguard.integrity.sidecar import open_cuda_region
+from pathlib import Path
+region = parse_region(json.loads(sys.argv[1]), Path(sys.argv[2]))
+flat, _ = open_cuda_region(region)
+flat[int(sys.argv[3])] ^= 1
+torch.cuda.synchronize()
+"""
+
+
+@pytest.fixture
+def sidecar(tmp_path: Path) -> Iterator[SidecarProcess]:
+    proc = SidecarProcess(tmp_path / "shared").start()
+    yield proc
+    proc.stop()
+
+
+def train(
+    steps: range, guard: IntegrityGuard, net: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> None:
+    data = torch.Generator(device="cuda").manual_seed(7)
+    for step in steps:
+        guard.begin(step)
+        x = torch.randn(64, 256, device="cuda", generator=data)
+        loss = net(x).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        guard.end(step)
+
+
+def test_gpu_state_is_shared_through_cuda_ipc_and_tampering_is_caught(
+    sidecar: SidecarProcess, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.GELU(), torch.nn.Linear(1024, 256)).cuda()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    guard = IntegrityGuard(net, optimizer, socket_path=sidecar.socket)
+    train(range(20), guard, net, optimizer)
+
+    params = guard.regions["parameters@cuda:0"]
+    assert params.cuda is not None  # GPU memory shared by its IPC handle
+    assert params.path is None  # no file
+    assert net[0].weight.data_ptr() == params.views[0].data_ptr()
+    assert "optimizer@cuda:0" in guard.regions  # AdamW's moments, on the GPU
+    assert [r for r in sidecar.reports() if r["kind"] == "Violation"] == []
+
+    # The sidecar fingerprinted the GPU memory on the GPU: the same value the CPU reference
+    # gives for the same bytes, copied to the host here.
+    key = FingerprintKey.from_secret(sidecar.key)
+    last = [r for r in sidecar.reports() if r["kind"] == "StepEnd"][-1]
+    assert last["step"] == 19
+    assert last["regions"]["parameters@cuda:0"] == fingerprint(key, [params.flat.cpu().numpy()])  # type: ignore[index]
+
+    region = json.dumps(params.region.to_json())
+    offset = params.region.slots[2].offset + 10  # a byte of the second layer's weight
+    subprocess.run(
+        [sys.executable, "-c", TAMPER, region, str(sidecar.folder), str(offset)], check=True, timeout=120
+    )
+    with pytest.raises(
+        IntegrityViolation, match=r"the weights \(cuda:0\) changed between the end of step 19"
+    ):
+        guard.begin(20)
+    guard.close()
