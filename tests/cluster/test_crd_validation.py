@@ -49,8 +49,7 @@ def job(space: TenantSpace, **spec: Any) -> dict[str, Any]:
         ),
         (  # a job that pointed its hook at a socket of its own would fool its own integrity checks
             {"env": [{"name": "TRAINGUARD_INTEGRITY_SOCKET", "value": "/tmp/fake.sock"}]},
-            'spec.env[0]: Invalid value: "object": '
-            "env names starting with TRAINGUARD_ or NVIDIA_ are reserved",
+            "spec.env[0].name: Invalid value: env names starting with TRAINGUARD_ or NVIDIA_ are reserved",
         ),
         (
             {"env": [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]},

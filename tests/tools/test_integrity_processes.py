@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from e2e.cluster.harness import ROOT
 from e2e.cluster.integrity import SidecarProcess
 from trainguard.integrity.hook import IntegrityGuard, IntegrityViolation
 from trainguard.integrity.replicas import diverging_replicas
+from trainguard.integrity.sidecar import probe
 
 
 @pytest.fixture
@@ -256,3 +258,24 @@ def test_the_trainer_cannot_make_the_sidecar_read_its_key(sidecar: SidecarProces
         guard._call({"op": "register", "region": {**region, "path": str(linked)}})
     assert [r["kind"] for r in sidecar.reports()] == ["Registered"]  # nothing about the key was reported
     guard.close()
+
+
+def test_the_sidecar_survives_garbage_and_answers_its_startup_probe(
+    sidecar: SidecarProcess, tmp_path: Path
+) -> None:
+    assert probe(sidecar.socket) == 0
+    assert probe(tmp_path / "nobody.sock") == 1
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        raw.connect(str(sidecar.socket))
+        raw.sendall(b"this is not json\n")
+        assert raw.recv(100) == b""  # that connection is dropped, the sidecar lives on
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        raw.connect(str(sidecar.socket))
+        raw.sendall(b"[1, 2]\n")
+        assert b"a message must be a JSON object" in raw.recv(1000)
+    guard = IntegrityGuard(model(), socket_path=sidecar.socket)
+    guard.end(0)
+    guard.begin(1)
+    guard.close()
+    with pytest.raises(IntegrityViolation, match=r"no integrity sidecar listens on .* after 1 s"):
+        IntegrityGuard(model(), socket_path=tmp_path / "nobody.sock", connect_timeout=1)

@@ -66,8 +66,13 @@ def test_pod_is_hardened(job: TrainingJob, tenant: Tenant) -> None:
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert not any("hostPath" in v for v in spec["volumes"])
-    assert [c["name"] for c in spec["containers"]] == ["trainer", "integrity-sidecar"]
-    for container in spec["containers"]:
+    assert [c["name"] for c in spec["containers"]] == ["trainer"]
+    # The sidecar is a native sidecar: started (socket ready) before the trainer, stopped after it.
+    assert [(c["name"], c["restartPolicy"]) for c in spec["initContainers"]] == [
+        ("integrity-sidecar", "Always")
+    ]
+    assert "startupProbe" in spec["initContainers"][0]
+    for container in spec["containers"] + spec["initContainers"]:
         sc = container["securityContext"]
         assert sc["runAsNonRoot"] is True
         assert sc["privileged"] is False
@@ -101,11 +106,13 @@ def test_shared_storage_is_read_only_at_the_volume_level(job: TrainingJob, tenan
         for mount in container["volumeMounts"]:
             if mount["name"].startswith("shared-"):
                 assert mount["readOnly"] is True
-    sidecar_mounts = {m["name"] for m in pod["spec"]["containers"][1]["volumeMounts"]}
+    sidecar_mounts = {m["name"] for m in pod["spec"]["initContainers"][0]["volumeMounts"]}
     assert sidecar_mounts == {"integrity", "integrity-key", "output", "sidecar-tmp"}, (
         "the sidecar never sees shared storage"
     )
-    sidecar_output = next(m for m in pod["spec"]["containers"][1]["volumeMounts"] if m["name"] == "output")
+    sidecar_output = next(
+        m for m in pod["spec"]["initContainers"][0]["volumeMounts"] if m["name"] == "output"
+    )
     assert sidecar_output["readOnly"] is True, "the sidecar reads checkpoints, it never writes them"
     trainer_mounts = {m["name"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
     assert "integrity-key" not in trainer_mounts, "the trainer never sees the integrity key"
@@ -159,6 +166,7 @@ def test_integrity_off_means_no_sidecar(job: TrainingJob, tenant: Tenant) -> Non
     )
     pod = b.build_pod(off, tenant, 0, 0, SETTINGS)
     assert [c["name"] for c in pod["spec"]["containers"]] == ["trainer"]
+    assert "initContainers" not in pod["spec"]
 
 
 def with_gpus(job: TrainingJob, gpus: int) -> TrainingJob:
@@ -168,7 +176,7 @@ def with_gpus(job: TrainingJob, gpus: int) -> TrainingJob:
 
 def test_the_sidecar_is_out_of_the_trainers_reach(job: TrainingJob, tenant: Tenant) -> None:
     pod = b.build_pod(job, tenant, 0, 0, SETTINGS)
-    trainer, sidecar = pod["spec"]["containers"]
+    [trainer], [sidecar] = pod["spec"]["containers"], pod["spec"]["initContainers"]
     # GPU job: CUDA IPC needs one process namespace, so the sidecar runs as its own user (no
     # ptrace, no /proc/<pid>/mem, no signals from the trainer) in the same group (the socket).
     assert pod["spec"]["shareProcessNamespace"] is True
@@ -181,7 +189,7 @@ def test_the_sidecar_is_out_of_the_trainers_reach(job: TrainingJob, tenant: Tena
     assert not any(e["name"].startswith("NVIDIA_") for e in trainer["env"])
 
     cpu_pod = b.build_pod(with_gpus(job, 0), tenant, 0, 0, SETTINGS)
-    cpu_sidecar = cpu_pod["spec"]["containers"][1]
+    cpu_sidecar = cpu_pod["spec"]["initContainers"][0]
     assert "shareProcessNamespace" not in cpu_pod["spec"]  # shared files are enough on the CPU
     assert not any(e["name"].startswith("NVIDIA_") for e in cpu_sidecar["env"])
     assert "sidecar-tmp" not in {v["name"] for v in cpu_pod["spec"]["volumes"]}

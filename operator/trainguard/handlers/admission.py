@@ -31,7 +31,7 @@ from trainguard.policy.trainingjob import validate_training_job
 from trainguard.signing.reference import parse
 from trainguard.signing.verifier import VerificationFailed
 from trainguard.workload import webhooks as hooks
-from trainguard.workload.builders import LABEL_TENANT
+from trainguard.workload.builders import LABEL_TENANT, SIDECAR_CONTAINER
 
 log = logging.getLogger("trainguard.admission")
 load_tenant = verification.load_tenant
@@ -278,7 +278,19 @@ async def review_connect(review: Mapping[str, Any]) -> dict[str, Any]:
     allowed, message = True, ""
     if not is_exempt(user, groups, verification.CONFIG.operator_users):
         pod = await kube.get_pod(namespace, name)
-        if pod is not None and is_job_pod(pod):
+        options = request.get("object") or {}  # PodExecOptions / PodAttachOptions
+        if pod is not None and is_job_pod(pod) and options.get("container") == SIDECAR_CONTAINER:
+            allowed = False
+            action = request.get("subResource", "exec")
+            message = (
+                f"pods/{action} into {name} -c {SIDECAR_CONTAINER}: the integrity sidecar holds the job's "
+                "key, and nobody may run commands in it; read its findings in the job's status and events"
+            )
+            metrics.admission_denied("SidecarExec")
+            await kube.post_event(
+                pod, "Warning", "AdmissionDenied", f"{user}: {message}", component="trainguard-admission"
+            )
+        elif pod is not None and is_job_pod(pod):
             tenant_name = (pod["metadata"].get("labels") or {}).get(LABEL_TENANT, "")
             tenant = await load_tenant(tenant_name)
             if tenant is None or not tenant.spec.members.includes(user, groups):

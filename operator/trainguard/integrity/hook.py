@@ -26,6 +26,7 @@ import json
 import mmap
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,6 +186,25 @@ class _SharedRegion:
         return True
 
 
+def connect(path: Path, timeout: float) -> socket.socket:
+    """Connect to the sidecar, waiting up to `timeout` seconds for it to listen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            sock.close()
+            if time.monotonic() >= deadline:
+                raise IntegrityViolation(
+                    f"no integrity sidecar listens on {path} after {timeout:.0f} s: the pod's "
+                    "integrity-sidecar container did not start (see its logs)"
+                ) from exc
+            time.sleep(0.2)
+        else:
+            return sock
+
+
 class IntegrityGuard:
     def __init__(
         self,
@@ -193,6 +213,7 @@ class IntegrityGuard:
         socket_path: str | os.PathLike[str] | None = None,
         *,
         buffers: bool = True,
+        connect_timeout: float = 60.0,
     ) -> None:
         path = Path(socket_path or os.environ["TRAINGUARD_INTEGRITY_SOCKET"])
         self.folder = path.parent
@@ -200,8 +221,7 @@ class IntegrityGuard:
         self.optimizer = optimizer
         self.include_buffers = buffers
         self.regions: dict[str, _SharedRegion] = {}
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.connect(str(path))
+        self._sock = connect(path, connect_timeout)
         self._reader = LineReader(self._sock)
         self._sync_regions()
 

@@ -206,6 +206,8 @@ class Sidecar:
             return {"ok": False, "error": str(exc)}
 
     def _handle(self, message: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(message, dict):
+            raise ProtocolError("a message must be a JSON object")
         op = message.get("op")
         raw_step = message.get("step")
         if raw_step is not None and (not isinstance(raw_step, int) or isinstance(raw_step, bool)):
@@ -272,11 +274,31 @@ class Sidecar:
             conn, _ = server.accept()
             with conn:
                 reader = LineReader(conn)
-                while (message := reader.read()) is not None:
-                    send(conn, self.handle(message))
+                try:
+                    while (message := reader.read()) is not None:
+                        send(conn, self.handle(message))
+                except (ValueError, OSError) as exc:  # garbage or a dropped peer: this connection only
+                    print(f"sidecar: connection closed: {exc}", file=sys.stderr, flush=True)
+
+
+def probe(socket_path: Path) -> int:
+    """0 once the sidecar accepts connections on its socket (the pod's startup probe)."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(1)
+    try:
+        client.connect(str(socket_path))
+    except OSError:
+        return 1
+    finally:
+        client.close()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--probe"] and len(argv) == 2:
+        return probe(Path(argv[1]))
     parser = argparse.ArgumentParser(prog="trainguard-sidecar")
     parser.add_argument("--socket", type=Path, required=True)
     parser.add_argument("--key-file", type=Path, required=True, help="the job's 32-byte integrity key")

@@ -29,6 +29,7 @@ RUN_AS = 65532  # the conventional "nonroot" user of distroless images
 # neither read its memory nor signal it, even in a pod whose process namespace is shared.
 SIDECAR_RUN_AS = 65531
 INTEGRITY_DIR = "/run/trainguard"
+SIDECAR_CONTAINER = "integrity-sidecar"
 INTEGRITY_KEY_DIR = "/var/run/trainguard-key"
 
 
@@ -279,10 +280,8 @@ def build_pod(
         trainer["args"] = list(spec.args)
     containers = [trainer]
     gpu_integrity = integrity and spec.resources.gpus_per_replica > 0
-    if integrity:
-        containers.append(build_sidecar(job, replica, settings, gpu=gpu_integrity))
-        if gpu_integrity:
-            volumes.append({"name": "sidecar-tmp", "emptyDir": {"sizeLimit": "1Gi"}})
+    if gpu_integrity:
+        volumes.append({"name": "sidecar-tmp", "emptyDir": {"sizeLimit": "1Gi"}})
 
     pod_spec: Manifest = {
         "restartPolicy": "Never",  # the operator restarts the whole gang within the failure policy
@@ -306,6 +305,10 @@ def build_pod(
         "containers": containers,
         "volumes": volumes,
     }
+    if integrity:
+        # A native sidecar (an init container that keeps running): it is up, its socket ready,
+        # before the trainer starts, and it stops when the trainer is done, so the pod completes.
+        pod_spec["initContainers"] = [build_sidecar(job, replica, settings, gpu=gpu_integrity)]
     if gpu_integrity:
         # CUDA IPC checks process ids: the sidecar opens the trainer's GPU memory only when both
         # see the same process namespace. The sidecar's own user keeps it out of the trainer's reach.
@@ -359,9 +362,23 @@ def build_sidecar(job: TrainingJob, replica: int, settings: WorkloadSettings, gp
             "limits": {"cpu": "2", "memory": "4Gi"},  # a CUDA context and PyTorch
         }
     return {
-        "name": "integrity-sidecar",
+        "name": SIDECAR_CONTAINER,
         "image": settings.sidecar_image,
         "imagePullPolicy": "IfNotPresent",
+        "restartPolicy": "Always",
+        "startupProbe": {
+            "exec": {
+                "command": [
+                    "python",
+                    "-m",
+                    "trainguard.integrity.sidecar",
+                    "--probe",
+                    f"{INTEGRITY_DIR}/sidecar.sock",
+                ]
+            },
+            "periodSeconds": 1,
+            "failureThreshold": 120,
+        },
         "env": env,
         "command": ["python", "-m", "trainguard.integrity.sidecar"],
         "args": [
