@@ -351,8 +351,8 @@ def test_only_the_jobs_tenant_members_may_delete_or_exec_into_its_pods(
 
     # Not even a member may run commands in the sidecar: it holds the job's integrity key.
     assert [c["name"] for c in job_pod["spec"]["initContainers"]] == ["integrity-sidecar"]
-    for action in (["exec", name, "-c", "integrity-sidecar", "--", "cat", "/var/run/trainguard-key/key"],
-                   ["attach", name, "-c", "integrity-sidecar"]):  # fmt: skip
-        into_sidecar = space.cluster.kubectl(*action, "-n", space.namespace, *member, check=False)
+    where = [name, "-n", space.namespace, *member, "-c", "integrity-sidecar"]
+    for action in (["exec", *where, "--", "cat", "/var/run/trainguard-key/key"], ["attach", *where]):
+        into_sidecar = space.cluster.kubectl(*action, check=False)
         assert into_sidecar.returncode != 0
         assert "-c integrity-sidecar: the integrity sidecar holds the job's key" in into_sidecar.stderr

@@ -279,3 +279,12 @@ def test_the_sidecar_survives_garbage_and_answers_its_startup_probe(
     guard.close()
     with pytest.raises(IntegrityViolation, match=r"no integrity sidecar listens on .* after 1 s"):
         IntegrityGuard(model(), socket_path=tmp_path / "nobody.sock", connect_timeout=1)
+
+
+def test_the_sidecar_process_is_not_dumpable() -> None:
+    """Its memory and its mount of the key are closed to other processes of the pod (via /proc)."""
+    code = "from trainguard.integrity.sidecar import harden_process; print(harden_process())"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "0"

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from trainguard.integrity import cuda_ipc
 from trainguard.integrity.manifest import MANIFEST_SUFFIX
 from trainguard.integrity.protocol import (
     CudaHandle,
@@ -110,17 +111,6 @@ def _device_name(device: torch.device) -> str:
     raise TypeError(f"trainguard integrity shares CPU and CUDA tensors, not {device.type} tensors")
 
 
-def _share_cuda(flat: torch.Tensor) -> CudaHandle:
-    """torch's CUDA IPC fields for the storage of `flat` (what torch.multiprocessing sends)."""
-    storage = flat.untyped_storage()
-    # torch.multiprocessing's own entry point for CUDA IPC (reductions.reduce_tensor calls it).
-    fields = storage._share_cuda_()  # type: ignore[no-untyped-call]
-    device, handle, size, offset, ref_handle, ref_offset, event, sync = fields
-    del device  # indexes differ between containers: the sidecar finds the GPU by UUID
-    uuid = str(torch.cuda.get_device_properties(flat.device).uuid)
-    return CudaHandle(uuid, handle, size, offset, ref_handle, ref_offset, event or None, bool(sync))
-
-
 _generation = itertools.count()
 
 
@@ -143,7 +133,10 @@ class _SharedRegion:
         self.cuda: CudaHandle | None = None
         self._mmap: mmap.mmap | None = None
         if device.type == "cuda":
-            self.flat = torch.zeros(total, dtype=torch.uint8, device=device)
+            # Its own allocation, outside the caching allocator, exported once (cuda_ipc.py).
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            self.flat, handle = cuda_ipc.allocate(total, index)
+            self.cuda = CudaHandle(str(torch.cuda.get_device_properties(index).uuid), handle)
         else:
             # A new file per sharing: tensors still mapped from an older one keep valid memory.
             self.path = folder / f"{name.replace('@', '-').replace(':', '-')}-{next(_generation)}.bin"
@@ -166,7 +159,6 @@ class _SharedRegion:
                 self.views.append(view)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-            self.cuda = _share_cuda(self.flat)
         self.region = Region(name, total, slots, str(self.path) if self.path else None, self.cuda)
         self.device = device
 

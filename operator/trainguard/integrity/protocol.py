@@ -22,6 +22,7 @@ from typing import Any
 ALIGN = 64  # tensor offsets in the shared buffer are 64-byte aligned
 MAX_MESSAGE = 16 << 20  # a register message names every tensor of a region
 MAX_REGION_BYTES = 1 << 42
+CUDA_HANDLE_BYTES = 64
 KINDS = ("parameters", "buffers", "optimizer")
 # Replicas of a data-parallel job must agree on these; buffers (batch-norm statistics) may differ.
 REPLICATED_KINDS = ("parameters",)
@@ -68,58 +69,30 @@ def region_kind(name: str) -> str:
 
 @dataclass(frozen=True)
 class CudaHandle:
-    """What the sidecar needs to open a CUDA allocation of the trainer (torch's IPC fields)."""
+    """What the sidecar needs to open a GPU region of the trainer (see `cuda_ipc.py`)."""
 
     uuid: str  # the GPU's UUID: device indexes differ between containers
-    handle: bytes
-    size_bytes: int
-    offset_bytes: int
-    ref_counter_handle: bytes
-    ref_counter_offset: int
-    event_handle: bytes | None
-    event_sync_required: bool
+    handle: bytes  # the CUDA IPC handle of the region's own allocation (64 bytes)
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        for name in ("handle", "ref_counter_handle", "event_handle"):
-            data[name] = None if data[name] is None else base64.b64encode(data[name]).decode()
-        return data
+        return {"uuid": self.uuid, "handle": base64.b64encode(self.handle).decode()}
 
     @classmethod
     def from_json(cls, data: Any) -> CudaHandle:
         if not isinstance(data, dict):
             raise ProtocolError("region.cuda must be an object")
-
-        def raw(name: str, optional: bool = False) -> bytes | None:
-            value = data.get(name)
-            if value is None and optional:
-                return None
-            if not isinstance(value, str):
-                raise ProtocolError(f"region.cuda.{name} must be base64 text")
-            return base64.b64decode(value, validate=True)
-
-        def number(name: str) -> int:
-            value = data.get(name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ProtocolError(f"region.cuda.{name} must be a non-negative integer")
-            return value
-
-        uuid = data.get("uuid")
+        uuid, raw = data.get("uuid"), data.get("handle")
         if not isinstance(uuid, str) or not uuid:
             raise ProtocolError("region.cuda.uuid must name the trainer's GPU")
-        handle, ref = raw("handle"), raw("ref_counter_handle")
-        assert handle is not None
-        assert ref is not None
-        return cls(
-            uuid=uuid,
-            handle=handle,
-            size_bytes=number("size_bytes"),
-            offset_bytes=number("offset_bytes"),
-            ref_counter_handle=ref,
-            ref_counter_offset=number("ref_counter_offset"),
-            event_handle=raw("event_handle", optional=True),
-            event_sync_required=bool(data.get("event_sync_required")),
-        )
+        try:
+            handle = base64.b64decode(raw, validate=True) if isinstance(raw, str) else b""
+        except ValueError as exc:
+            raise ProtocolError("region.cuda.handle must be base64 text") from exc
+        if len(handle) != CUDA_HANDLE_BYTES:
+            raise ProtocolError(
+                f"region.cuda.handle must be a {CUDA_HANDLE_BYTES}-byte CUDA IPC handle in base64"
+            )
+        return cls(uuid, handle)
 
 
 @dataclass(frozen=True)
@@ -182,8 +155,6 @@ def parse_region(data: Any, folder: Path) -> Region:
         path = str(resolved)
     else:
         cuda = CudaHandle.from_json(data.get("cuda"))
-        if cuda.size_bytes < nbytes:
-            raise ProtocolError("region.cuda.size_bytes is smaller than the region")
     return Region(name, nbytes, slots, path, cuda)
 
 

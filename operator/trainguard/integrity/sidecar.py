@@ -20,6 +20,7 @@ needs it), the trainer still cannot read the sidecar's memory, signal it or reac
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import json
 import mmap
@@ -47,6 +48,7 @@ from trainguard.integrity.protocol import (
 from trainguard.integrity.reports import open_report, sign_report
 
 MODES = ("Off", "Audit", "Enforce")
+PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
 
 
 def read_reports(key: bytes, path: Path) -> list[dict[str, Any]]:
@@ -92,9 +94,10 @@ class _OpenRegion:
 
 
 def open_cuda_region(region: Region) -> tuple[Any, Any]:
-    """Open the trainer's CUDA allocation through its IPC handle, on the GPU with the same UUID."""
+    """Open the trainer's GPU region through its IPC handle, on the GPU with the same UUID."""
     import torch
-    from torch.multiprocessing.reductions import rebuild_cuda_tensor
+
+    from trainguard.integrity import cuda_ipc
 
     cuda = region.cuda
     assert cuda is not None
@@ -103,15 +106,14 @@ def open_cuda_region(region: Region) -> tuple[Any, Any]:
     uuids = [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
     if cuda.uuid not in uuids:
         raise ProtocolError(
-            f"the sidecar cannot see the trainer's GPU {cuda.uuid} (it sees {', '.join(uuids)}): "
+            f"the sidecar cannot see the trainer's GPU {cuda.uuid} (it sees {', '.join(uuids) or 'none'}): "
             "give the sidecar container access to the pod's GPUs"
         )
     index = uuids.index(cuda.uuid)
-    flat = rebuild_cuda_tensor(  # type: ignore[no-untyped-call]
-        torch.Tensor, (region.nbytes,), (1,), 0, torch.UntypedStorage, torch.uint8, index,
-        cuda.handle, cuda.size_bytes, cuda.offset_bytes, False,
-        cuda.ref_counter_handle, cuda.ref_counter_offset, cuda.event_handle, cuda.event_sync_required,
-    )  # fmt: skip
+    try:
+        flat = cuda_ipc.open_shared(cuda.handle, region.nbytes, index)
+    except cuda_ipc.CudaIpcError as exc:
+        raise ProtocolError(f"region {region.name}: {exc}") from exc
     return flat, torch.device("cuda", index)
 
 
@@ -281,6 +283,16 @@ class Sidecar:
                     print(f"sidecar: connection closed: {exc}", file=sys.stderr, flush=True)
 
 
+def harden_process() -> int:
+    """Mark this process not dumpable: /proc/<pid>/mem, /environ, /root and ptrace are then closed
+    to every process without CAP_SYS_PTRACE, the trainer and anything exec'd beside it included,
+    whatever user they run as. Returns the dumpable flag now (0)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+    return int(libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0))
+
+
 def probe(socket_path: Path) -> int:
     """0 once the sidecar accepts connections on its socket (the pod's startup probe)."""
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -308,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, default=None, help="append signed reports here")
     parser.add_argument("--report-url", default=None, help="POST signed reports to the operator here")
     args = parser.parse_args(argv)
+    harden_process()  # before the key is read
     key = args.key_file.read_bytes()
     sidecar = Sidecar(
         key, args.replica, args.mode, args.every_steps, args.report, args.report_url,
