@@ -29,6 +29,12 @@ weights = [torch.randn(130, 70, dtype=torch.bfloat16), torch.randn(64, 64).t()[:
 weights.append(torch.arange(7, dtype=torch.int8))
 name = "bf16, a strided view, int8"
 results.append([name, fingerprint(key, weights), fingerprint_tensors(key, weights, cpu)])
+from trainguard.integrity import fingerprint as reference, gpu
+buffer = np.random.default_rng(1).integers(0, 256, size=5 * 16384 + 100, dtype=np.uint8)
+digest, terms = reference.fingerprint_with_chunks(key, buffer)
+gpu_digest, gpu_terms = gpu.fingerprint_with_chunks(key, torch.from_numpy(buffer), cpu)
+same = gpu_digest == digest and gpu_terms.tolist() == terms.view(np.int64).tolist()
+results.append(["per-chunk terms", "same", "same" if same else "differ"])
 print(json.dumps(results))
 """
 
@@ -45,6 +51,6 @@ def test_the_triton_kernel_matches_the_reference_bit_for_bit() -> None:
     )
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(results) == 6
+    assert len(results) == 7
     for name, expected, triton in results:
         assert triton == expected, name

@@ -288,3 +288,18 @@ def test_the_sidecar_process_is_not_dumpable() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "0"
+
+
+def test_a_violation_names_the_tensor_that_changed(sidecar: SidecarProcess) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(128, 128), torch.nn.Linear(128, 128))  # 64 KiB weights
+    guard = IntegrityGuard(net, socket_path=sidecar.socket)
+    guard.end(0)
+    second = guard.regions["parameters@cpu"].region.slots[2]
+    assert second.name == "1.weight"
+    tamper_with(guard.buffer_path, second.offset + 20_000)
+    with pytest.raises(IntegrityViolation, match=r"changed between the end of step 0 and the start of step 1 "
+                       r"\(weights \(cpu\): 1\.weight\)"):  # fmt: skip
+        guard.begin(1)
+    assert kinds(sidecar, "Violation")[-1]["tensors"] == {"parameters@cpu": ["1.weight"]}
+    guard.close()

@@ -15,6 +15,7 @@ from trainguard.integrity.fingerprint import (
     CHUNK_BYTES,
     FingerprintKey,
     fingerprint,
+    fingerprint_with_chunks,
     reference_fingerprint,
 )
 
@@ -101,3 +102,15 @@ def test_changing_any_byte_changes_the_fingerprint(chunks: list[bytes], data: st
     changed = [t.copy() for t in tensors]
     changed[target][position] = (int(changed[target][position]) + delta) % 256
     assert fingerprint(KEY, changed) != fingerprint(KEY, tensors)
+
+
+def test_chunk_terms_locate_a_change() -> None:
+    buffer = np.random.default_rng(2).integers(0, 256, size=4 * CHUNK_BYTES + 10, dtype=np.uint8)
+    digest, terms = fingerprint_with_chunks(KEY, buffer)
+    assert digest == fingerprint(KEY, [buffer])
+    assert terms.shape == (5, 2)  # four whole chunks and the padded tail
+    changed = buffer.copy()
+    changed[3 * CHUNK_BYTES + 17] ^= 0x40
+    other, other_terms = fingerprint_with_chunks(KEY, changed)
+    assert other != digest
+    assert np.flatnonzero((terms != other_terms).any(axis=1)).tolist() == [3]

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from trainguard.integrity.manifest import build_manifest, verify_manifest
-from trainguard.integrity.protocol import ALIGN, CudaHandle, ProtocolError, layout, parse_region
+from trainguard.integrity.protocol import (
+    ALIGN,
+    CudaHandle,
+    ProtocolError,
+    layout,
+    parse_region,
+    tensors_in_chunks,
+)
 from trainguard.integrity.replicas import diverging_replicas
 
 KEY = b"k" * 32
@@ -91,3 +98,13 @@ def test_without_a_gpu_driver_cuda_sharing_fails_with_a_clear_error() -> None:
             cuda_ipc.driver()
     else:
         assert cuda_ipc.driver().open_handle is not None
+
+
+def test_changed_chunks_name_the_tensors_they_hold() -> None:
+    slots, _ = layout([("a", 100), ("b", 3 * 1024), ("c", 10_000), ("empty", 0), ("d", 64)])
+    # a: [0, 100) b: [128, 3200) c: [3200, 13200) d: [13248, 13312) with 4 KiB chunks
+    assert tensors_in_chunks(slots, [0], 4096) == ["a", "b", "c"]
+    assert tensors_in_chunks(slots, [2], 4096) == ["c"]
+    assert tensors_in_chunks(slots, [3], 4096) == ["c", "d"]
+    assert tensors_in_chunks(slots, [7, 9], 4096) == []  # past every tensor: padding only
+    assert tensors_in_chunks(slots, [], 4096) == []

@@ -117,8 +117,10 @@ def _words(data: memoryview) -> U32:
 
 
 class _Accumulator:
-    def __init__(self, key: FingerprintKey) -> None:
+    def __init__(self, key: FingerprintKey, keep_chunks: bool = False) -> None:
         self.key = key
+        self.keep_chunks = keep_chunks
+        self.kept: list[U64] = []
         self.sums = [0, 0]
         self.chunk = 0
         self.lengths: list[int] = []
@@ -142,11 +144,15 @@ class _Accumulator:
                 np.right_shift(pairs, np.uint64(32), out=b)
                 np.multiply(a, b, out=a)
                 a.sum(axis=1, dtype=np.uint64, out=nh[lane, start : start + n])
+        products = []
         for lane in (0, 1):
             mult = chunk_multipliers(self.key.seeds[lane], self.chunk, count)
             with np.errstate(over="ignore"):
-                total = int((nh[lane] * mult).sum(dtype=np.uint64))
-            self.sums[lane] = (self.sums[lane] + total) & MASK64
+                product = nh[lane] * mult
+            products.append(product)
+            self.sums[lane] = (self.sums[lane] + int(product.sum(dtype=np.uint64))) & MASK64
+        if self.keep_chunks:
+            self.kept.append(np.stack(products, axis=1))
         self.chunk += count
 
     def add_tensor(self, data: memoryview) -> None:
@@ -176,6 +182,19 @@ def fingerprint(key: FingerprintKey, tensors: Iterable[object]) -> str:
     for tensor in tensors:
         acc.add_tensor(as_bytes(tensor))
     return acc.finish()
+
+
+def fingerprint_with_chunks(key: FingerprintKey, buffer: object) -> tuple[str, U64]:
+    """The fingerprint of one buffer, and its keyed per-chunk terms (chunks x 2 lanes).
+
+    Comparing the terms of two fingerprints of the same buffer tells which 16 KiB chunks
+    changed, so a violation can name the tensors. The terms are secret-keyed: they stay in the
+    sidecar's memory and are never reported."""
+    acc = _Accumulator(key, keep_chunks=True)
+    acc.add_tensor(as_bytes(buffer))
+    data_chunks = acc.chunk
+    digest = acc.finish()
+    return digest, np.concatenate(acc.kept)[:data_chunks]
 
 
 def reference_fingerprint(key: FingerprintKey, tensors: Sequence[bytes]) -> str:

@@ -79,8 +79,10 @@ def _as_words(raw: torch.Tensor) -> torch.Tensor:
 
 
 class _GpuAccumulator:
-    def __init__(self, key: FingerprintKey, device: torch.device) -> None:
+    def __init__(self, key: FingerprintKey, device: torch.device, keep_chunks: bool = False) -> None:
         self.key = key
+        self.keep_chunks = keep_chunks
+        self.kept: list[torch.Tensor] = []
         self.device = device
         self.table = torch.from_numpy(key.table.view("<i4").copy()).to(device)
         self.sums = [0, 0]
@@ -94,6 +96,8 @@ class _GpuAccumulator:
             words, self.table, out, self.chunk, self.key.seeds[0], self.key.seeds[1],
             GOLDEN, SPLITMIX_C1, SPLITMIX_C2, CHUNK=CHUNK_WORDS,
         )  # fmt: skip
+        if self.keep_chunks:
+            self.kept.append(out)
         lanes = out.sum(dim=0).tolist()  # int64 addition wraps like uint64
         for lane in (0, 1):
             self.sums[lane] = (self.sums[lane] + (lanes[lane] & MASK64)) & MASK64
@@ -124,3 +128,14 @@ def fingerprint_tensors(key: FingerprintKey, tensors: Iterable[torch.Tensor], de
     for tensor in tensors:
         acc.add_tensor(tensor)
     return acc.finish()
+
+
+def fingerprint_with_chunks(
+    key: FingerprintKey, buffer: torch.Tensor, device: torch.device
+) -> tuple[str, torch.Tensor]:
+    """`fingerprint.fingerprint_with_chunks` on the GPU: the terms stay on the device."""
+    acc = _GpuAccumulator(key, device, keep_chunks=True)
+    acc.add_tensor(buffer)
+    data_chunks = acc.chunk
+    digest = acc.finish()
+    return digest, torch.cat(acc.kept)[:data_chunks]

@@ -12,6 +12,7 @@ handle. The fingerprint of a region covers its whole buffer, so one region is on
 from __future__ import annotations
 
 import base64
+import bisect
 import json
 import re
 import socket
@@ -57,6 +58,23 @@ def slots_to_json(slots: list[Slot]) -> list[dict[str, Any]]:
 
 def slots_from_json(data: list[dict[str, Any]]) -> list[Slot]:
     return [Slot(str(d["name"]), int(d["offset"]), int(d["nbytes"])) for d in data]
+
+
+def tensors_in_chunks(slots: list[Slot], chunks: list[int], chunk_bytes: int) -> list[str]:
+    """The tensors (slot names, in order) with bytes in any of the given chunks of a region.
+
+    A change outside every slot (alignment padding) names no tensor; the caller still reports
+    that the region changed."""
+    changed = sorted(set(chunks))
+    names = []
+    for slot in slots:
+        if slot.nbytes == 0:
+            continue
+        first, last = slot.offset // chunk_bytes, (slot.offset + slot.nbytes - 1) // chunk_bytes
+        i = bisect.bisect_left(changed, first)
+        if i < len(changed) and changed[i] <= last:
+            names.append(slot.name)
+    return names
 
 
 def region_name(kind: str, device: str) -> str:

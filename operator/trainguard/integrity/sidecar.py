@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from trainguard.integrity.fingerprint import FingerprintKey, fingerprint
+from trainguard.integrity.fingerprint import CHUNK_BYTES, FingerprintKey, fingerprint_with_chunks
 from trainguard.integrity.manifest import MANIFEST_SUFFIX, build_manifest, verify_manifest
 from trainguard.integrity.protocol import (
     REPLICATED_KINDS,
@@ -44,6 +44,7 @@ from trainguard.integrity.protocol import (
     parse_region,
     region_kind,
     send,
+    tensors_in_chunks,
 )
 from trainguard.integrity.reports import open_report, sign_report
 
@@ -84,13 +85,22 @@ class _OpenRegion:
         else:
             self._cuda, self._device = open_cuda_region(region)
 
-    def fingerprint(self, key: FingerprintKey) -> str:
-        """The keyed fingerprint of the whole buffer: on the GPU for CUDA regions (same result)."""
+    def fingerprint(self, key: FingerprintKey) -> tuple[str, Any]:
+        """The keyed fingerprint of the whole buffer (on the GPU for CUDA regions, same value),
+        and its secret per-chunk terms, kept to name what changed."""
         if self._mmap is not None:
-            return fingerprint(key, [np.frombuffer(self._mmap, dtype=np.uint8)])
-        from trainguard.integrity.gpu import fingerprint_tensors
+            return fingerprint_with_chunks(key, np.frombuffer(self._mmap, dtype=np.uint8))
+        from trainguard.integrity import gpu
 
-        return fingerprint_tensors(key, [self._cuda], self._device)
+        return gpu.fingerprint_with_chunks(key, self._cuda, self._device)
+
+    def changed_tensors(self, before: Any, after: Any) -> list[str]:
+        """Names of the tensors in the chunks whose terms differ between two fingerprints."""
+        if isinstance(before, np.ndarray):
+            chunks = np.flatnonzero((before != after).any(axis=1)).tolist()
+        else:
+            chunks = (before != after).any(dim=1).nonzero().flatten().tolist()
+        return tensors_in_chunks(self.region.slots, chunks, CHUNK_BYTES)
 
 
 def open_cuda_region(region: Region) -> tuple[Any, Any]:
@@ -115,6 +125,11 @@ def open_cuda_region(region: Region) -> tuple[Any, Any]:
     except cuda_ipc.CudaIpcError as exc:
         raise ProtocolError(f"region {region.name}: {exc}") from exc
     return flat, torch.device("cuda", index)
+
+
+def name_tensors(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def describe(region: str) -> str:
@@ -148,7 +163,7 @@ class Sidecar:
         self.folder = folder or Path.cwd()  # the shared emptyDir: CPU regions must be files in it
         self.key_dir = key_dir.resolve() if key_dir else None
         self.regions: dict[str, _OpenRegion] = {}
-        self.at_end: dict[int, dict[str, str]] = {}
+        self.at_end: dict[int, dict[str, tuple[str, Any]]] = {}
 
     # ----------------------------------------------------------------- results
     def report(self, kind: str, step: int | None, **details: Any) -> None:
@@ -169,13 +184,13 @@ class Sidecar:
             except OSError as exc:  # the operator is down: the local report stream still has it
                 print(f"sidecar: report not delivered: {exc}", file=sys.stderr, flush=True)
 
-    def violation(self, kind: str, step: int | None, message: str) -> dict[str, Any]:
-        self.report("Violation", step, violation=kind, message=message)
+    def violation(self, kind: str, step: int | None, message: str, **details: Any) -> dict[str, Any]:
+        self.report("Violation", step, violation=kind, message=message, **details)
         return {"ok": self.mode != "Enforce", "violation": {"kind": kind, "step": step, "message": message}}
 
     # ----------------------------------------------------------------- state
-    def fingerprints(self) -> dict[str, str]:
-        """One fingerprint per region, in name order."""
+    def fingerprints(self) -> dict[str, tuple[str, Any]]:
+        """Per region, in name order: its fingerprint and per-chunk terms."""
         if not self.regions:
             raise ProtocolError("the trainer has not registered its weights")
         return {name: self.regions[name].fingerprint(self.fp_key) for name in sorted(self.regions)}
@@ -224,8 +239,9 @@ class Sidecar:
             return {"ok": True}
         if op == "end":
             if step % self.every == 0:
-                fps = self.fingerprints()
-                self.at_end = {step: fps}  # only the latest step is compared
+                state = self.fingerprints()
+                self.at_end = {step: state}  # only the latest step is compared
+                fps = {name: fp for name, (fp, _) in state.items()}
                 self.report("StepEnd", step, fingerprint=self.replicated(fps), regions=fps)
             return {"ok": True}
         if op == "begin":
@@ -233,15 +249,21 @@ class Sidecar:
             if previous is None:
                 return {"ok": True}
             now = self.fingerprints()
-            changed = [
-                name for name in sorted(set(previous) | set(now)) if previous.get(name) != now.get(name)
-            ]
+            changed: dict[str, list[str]] = {}
+            for name in sorted(set(previous) | set(now)):
+                if name not in previous or name not in now:
+                    changed[name] = []
+                elif previous[name][0] != now[name][0]:
+                    changed[name] = self.regions[name].changed_tensors(previous[name][1], now[name][1])
             if changed:
+                what = " and ".join(describe(n) for n in changed)
+                where = "; ".join(f"{describe(n)}: {name_tensors(t)}" for n, t in changed.items() if t)
                 return self.violation(
                     "ModifiedBetweenSteps",
                     step,
-                    f"replica {self.replica}: the {' and '.join(describe(n) for n in changed)} changed "
-                    f"between the end of step {step - 1} and the start of step {step}",
+                    f"replica {self.replica}: the {what} changed between the end of step {step - 1} "
+                    f"and the start of step {step}" + (f" ({where})" if where else ""),
+                    tensors=changed,
                 )
             self.report("Verified", step - 1)
             return {"ok": True}
