@@ -303,3 +303,33 @@ def test_a_violation_names_the_tensor_that_changed(sidecar: SidecarProcess) -> N
         guard.begin(1)
     assert kinds(sidecar, "Violation")[-1]["tensors"] == {"parameters@cpu": ["1.weight"]}
     guard.close()
+
+
+def test_a_sharded_checkpoint_directory_is_signed_and_checked_file_by_file(
+    sidecar: SidecarProcess, tmp_path: Path
+) -> None:
+    net = model()
+    guard = IntegrityGuard(net, socket_path=sidecar.socket)
+    shards = tmp_path / "step-100"
+    shards.mkdir()
+    for i, (name, tensor) in enumerate(net.state_dict().items()):
+        guard.save({name: tensor.contiguous()}, shards / f"shard-{i}.safetensors")
+    (shards / "config.json").write_text('{"layers": 2}')
+    guard.sign(shards, step=100)
+    guard.verify(shards)
+    assert set(guard.load(shards / "shard-0.safetensors")) == {"0.weight"}  # safetensors: no pickle at all
+
+    (shards / "shard-1.safetensors").write_bytes((shards / "shard-2.safetensors").read_bytes())
+    (shards / "extra.py").write_text("import os")
+    (shards / "config.json").unlink()
+    with pytest.raises(IntegrityViolation) as refused:
+        guard.verify(shards)
+    assert str(refused.value) == (
+        "step-100: config.json is missing; shard-1.safetensors changed after it was saved; "
+        "extra.py is not in the manifest"
+    )
+    (shards / "extra.py").unlink()
+    (shards / "link").symlink_to(sidecar.folder.parent / "key-0" / "key")
+    with pytest.raises(IntegrityViolation, match="link is a symbolic link"):
+        guard.verify(shards)
+    guard.close()

@@ -31,6 +31,7 @@ def test_manifest_accepts_the_signed_files_only() -> None:
     assert verify_manifest(KEY, manifest, {"model.pt": "aa", "optim.pt": "bb", "x.pt": "cc"}) == [
         "x.pt is not in the manifest"
     ]
+    assert verify_manifest(KEY, manifest, {"model.pt": "aa"}) == ["optim.pt is missing"]
     forged = {**manifest, "files": {"model.pt": "ab", "optim.pt": "bb"}}
     assert (
         "not written by this job's sidecar"

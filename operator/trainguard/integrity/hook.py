@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from trainguard.integrity import cuda_ipc
-from trainguard.integrity.manifest import MANIFEST_SUFFIX
+from trainguard.integrity.manifest import manifest_path
 from trainguard.integrity.protocol import (
     CudaHandle,
     LineReader,
@@ -278,17 +278,40 @@ class IntegrityGuard:
         self._call({"op": "end", "step": step})
 
     def save(self, state: dict[str, Any], path: str | os.PathLike[str], step: int | None = None) -> None:
-        """Save tensors only (loadable with weights_only=True) with a manifest the sidecar signs."""
+        """Save tensors only, with a manifest the sidecar signs: a `.safetensors` path is written
+        with safetensors (a flat dict of tensors), any other with torch.save (loadable with
+        weights_only=True)."""
         target = Path(path).resolve()
-        torch.save(state, target)
+        if target.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(state, str(target))
+        else:
+            torch.save(state, target)
+        self.sign(target, step)
+
+    def sign(self, path: str | os.PathLike[str], step: int | None = None) -> None:
+        """Have the sidecar sign a checkpoint written by other code: a file, or a directory of
+        shards (every file under it). Call it once the checkpoint is complete."""
+        target = Path(path).resolve()
         reply = self._call({"op": "checkpoint", "path": str(target), "step": step})
         # The sidecar cannot write next to the checkpoint (it mounts the output read-only); the
         # manifest is signed with the job's key, so carrying it over changes nothing it vouches for.
-        Path(str(target) + MANIFEST_SUFFIX).write_text(json.dumps(reply["manifest"], indent=1))
+        manifest_path(target).write_text(json.dumps(reply["manifest"], indent=1))
+
+    def verify(self, path: str | os.PathLike[str]) -> None:
+        """Raise IntegrityViolation (Enforce) unless the checkpoint is exactly what was signed:
+        no file changed, added or removed."""
+        self._call({"op": "verify", "path": str(Path(path).resolve())})
 
     def load(self, path: str | os.PathLike[str]) -> Any:
-        """Verify the signed manifest first; never unpickle code (weights_only=True)."""
-        self._call({"op": "verify", "path": str(Path(path).resolve())})
+        """Verify the signed manifest first, then load without ever unpickling code:
+        safetensors for `.safetensors`, else torch.load(weights_only=True)."""
+        self.verify(path)
+        if Path(path).suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
         return torch.load(path, weights_only=True)
 
     def close(self) -> None:

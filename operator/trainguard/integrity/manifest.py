@@ -5,9 +5,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from pathlib import Path
 from typing import Any
 
-MANIFEST_SUFFIX = ".trainguard.json"
+MANIFEST_SUFFIX = ".trainguard.json"  # beside a checkpoint file: <file>.trainguard.json
+DIRECTORY_MANIFEST = "trainguard-manifest.json"  # inside a checkpoint directory (sharded checkpoints)
+
+
+def manifest_path(checkpoint: Path) -> Path:
+    """Where the signed manifest of a checkpoint file or directory lives."""
+    return checkpoint / DIRECTORY_MANIFEST if checkpoint.is_dir() else Path(str(checkpoint) + MANIFEST_SUFFIX)
 
 
 def _mac(key: bytes, files: dict[str, str], step: int | None) -> str:
@@ -30,8 +37,11 @@ def verify_manifest(key: bytes, manifest: dict[str, Any], actual: dict[str, str]
         return ["the manifest is malformed"]
     if not hmac.compare_digest(mac, _mac(key, files, step)):
         return ["the manifest's signature is not valid: it was not written by this job's sidecar"]
-    problems = [
-        f"{name} changed after it was saved" for name, digest in files.items() if actual.get(name) != digest
+    problems = [f"{name} is missing" for name in files if name not in actual]
+    problems += [
+        f"{name} changed after it was saved"
+        for name, digest in files.items()
+        if name in actual and actual[name] != digest
     ]
     problems += [f"{name} is not in the manifest" for name in sorted(set(actual) - set(files))]
     return problems

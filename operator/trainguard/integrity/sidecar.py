@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from trainguard.integrity.fingerprint import CHUNK_BYTES, FingerprintKey, fingerprint_with_chunks
-from trainguard.integrity.manifest import MANIFEST_SUFFIX, build_manifest, verify_manifest
+from trainguard.integrity.manifest import DIRECTORY_MANIFEST, build_manifest, manifest_path, verify_manifest
 from trainguard.integrity.protocol import (
     REPLICATED_KINDS,
     LineReader,
@@ -206,15 +206,34 @@ class Sidecar:
         )
 
     def checked_path(self, raw: Any) -> Path:
-        """A checkpoint path from the trainer: a regular file, never the key."""
+        """A checkpoint path from the trainer: a regular file or a directory, never the key."""
         if not isinstance(raw, str):
             raise ProtocolError("path must be a string")
         path = Path(raw).resolve()
-        if self.key_dir is not None and path.is_relative_to(self.key_dir):
+        if self.key_dir is not None and (
+            path.is_relative_to(self.key_dir) or self.key_dir.is_relative_to(path)
+        ):
             raise ProtocolError(f"{raw!r} is not a checkpoint")
-        if not path.is_file():
-            raise ProtocolError(f"{raw!r} is not a file")
+        if not (path.is_file() or path.is_dir()):
+            raise ProtocolError(f"{raw!r} is not a file or directory")
         return path
+
+    @staticmethod
+    def checkpoint_files(path: Path) -> dict[str, str]:
+        """SHA-256 of every file of a checkpoint: the file itself, or every file under a directory
+        (names relative to it, the manifest excepted). Links are refused: they could point anywhere."""
+        if path.is_file():
+            return {path.name: file_sha256(path)}
+        files = {}
+        for item in sorted(path.rglob("*")):
+            name = item.relative_to(path).as_posix()
+            if item.is_symlink():
+                raise ProtocolError(
+                    f"{path.name}/{name} is a symbolic link; checkpoints hold regular files only"
+                )
+            if item.is_file() and name != DIRECTORY_MANIFEST:
+                files[name] = file_sha256(item)
+        return files
 
     def handle(self, message: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -269,19 +288,20 @@ class Sidecar:
             return {"ok": True}
         if op == "checkpoint":
             path = self.checked_path(message.get("path"))
-            manifest = build_manifest(self.key, {path.name: file_sha256(path)}, raw_step)
-            self.report("CheckpointSigned", raw_step, file=path.name)
+            files = self.checkpoint_files(path)
+            manifest = build_manifest(self.key, files, raw_step)
+            self.report("CheckpointSigned", raw_step, checkpoint=path.name, files=len(files))
             return {"ok": True, "manifest": manifest}
         if op == "verify":
             path = self.checked_path(message.get("path"))
-            manifest_path = Path(str(path) + MANIFEST_SUFFIX)
-            if not manifest_path.exists():
+            signed = manifest_path(path)
+            if not signed.is_file():
                 return self.violation("CheckpointUnsigned", raw_step, f"{path.name} has no signed manifest")
             try:
-                manifest = json.loads(manifest_path.read_text())
+                manifest = json.loads(signed.read_text())
             except ValueError:
                 manifest = {}
-            problems = verify_manifest(self.key, manifest, {path.name: file_sha256(path)})
+            problems = verify_manifest(self.key, manifest, self.checkpoint_files(path))
             if problems:
                 return self.violation("CheckpointModified", raw_step, f"{path.name}: {'; '.join(problems)}")
             return {"ok": True}
