@@ -265,6 +265,12 @@ def test_the_sidecar_survives_garbage_and_answers_its_startup_probe(
 ) -> None:
     assert probe(sidecar.socket) == 0
     assert probe(tmp_path / "nobody.sock") == 1
+    as_the_pod_runs_it = [sys.executable, "-m", "trainguard.integrity.sidecar", "--probe"]  # the startupProbe
+    assert subprocess.run([*as_the_pod_runs_it, str(sidecar.socket)], timeout=60, check=False).returncode == 0
+    assert (
+        subprocess.run([*as_the_pod_runs_it, str(tmp_path / "x.sock")], timeout=60, check=False).returncode
+        == 1
+    )
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
         raw.connect(str(sidecar.socket))
         raw.sendall(b"this is not json\n")
