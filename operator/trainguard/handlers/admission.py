@@ -271,7 +271,8 @@ async def guard_ephemeral_containers(
 
 
 async def review_connect(review: Mapping[str, Any]) -> dict[str, Any]:
-    """`kubectl exec` / `attach` into a job's pod: only that job's tenant members (and the exempt)."""
+    """`kubectl exec` / `attach` into a job's pod: only that job's tenant members (and the exempt),
+    and never into its integrity sidecar."""
     request = review.get("request") or {}
     uid, namespace, name = request.get("uid", ""), request.get("namespace", ""), request.get("name", "")
     user, groups = _identity(request.get("userInfo") or {})
@@ -279,28 +280,28 @@ async def review_connect(review: Mapping[str, Any]) -> dict[str, Any]:
     if not is_exempt(user, groups, verification.CONFIG.operator_users):
         pod = await kube.get_pod(namespace, name)
         options = request.get("object") or {}  # PodExecOptions / PodAttachOptions
-        if pod is not None and is_job_pod(pod) and options.get("container") == SIDECAR_CONTAINER:
-            allowed = False
-            action = request.get("subResource", "exec")
-            message = (
-                f"pods/{action} into {name} -c {SIDECAR_CONTAINER}: the integrity sidecar holds the job's "
-                "key, and nobody may run commands in it; read its findings in the job's status and events"
-            )
-            metrics.admission_denied("SidecarExec")
-            await kube.post_event(
-                pod, "Warning", "AdmissionDenied", f"{user}: {message}", component="trainguard-admission"
-            )
-        elif pod is not None and is_job_pod(pod):
-            tenant_name = (pod["metadata"].get("labels") or {}).get(LABEL_TENANT, "")
-            tenant = await load_tenant(tenant_name)
-            if tenant is None or not tenant.spec.members.includes(user, groups):
-                allowed = False
-                action = request.get("subResource", "exec")
+        action = request.get("subResource", "exec")
+        if pod is not None and is_job_pod(pod):
+            reason = ""
+            if options.get("container") == SIDECAR_CONTAINER:
+                reason = "SidecarExec"
                 message = (
-                    f"pods/{action} into {name}: only members of tenant {tenant_name!r} may {action} into "
-                    "its TrainingJobs' pods; ask a member of that tenant, or the platform team"
+                    f"pods/{action} into {name} -c {SIDECAR_CONTAINER}: the integrity sidecar holds the "
+                    "job's key, and nobody may run commands in it; read its findings in the job's status "
+                    "and events"
                 )
-                metrics.admission_denied("ForeignExec")
+            else:
+                tenant_name = (pod["metadata"].get("labels") or {}).get(LABEL_TENANT, "")
+                tenant = await load_tenant(tenant_name)
+                if tenant is None or not tenant.spec.members.includes(user, groups):
+                    reason = "ForeignExec"
+                    message = (
+                        f"pods/{action} into {name}: only members of tenant {tenant_name!r} may {action} "
+                        "into its TrainingJobs' pods; ask a member of that tenant, or the platform team"
+                    )
+            if reason:
+                allowed = False
+                metrics.admission_denied(reason)
                 await kube.post_event(
                     pod, "Warning", "AdmissionDenied", f"{user}: {message}", component="trainguard-admission"
                 )
