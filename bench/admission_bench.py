@@ -9,7 +9,6 @@ Writes bench/results/admission.json; figures are also reported as ratios to the 
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import uuid
@@ -18,7 +17,7 @@ from typing import Any
 
 from kubernetes import client, config
 
-from bench.load import measure
+from bench.load import latency_report, measure, write_report
 from e2e.cluster.harness import (
     RELEASE_NAMESPACE,
     OperatorProcess,
@@ -34,8 +33,6 @@ REQUESTS = 500
 
 
 def main() -> int:
-    out = Path(__file__).resolve().parent / "results" / "admission.json"
-    out.parent.mkdir(exist_ok=True)
     cluster = LocalCluster().up()
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT_CRDS))
     install_chart(cluster)
@@ -85,17 +82,8 @@ def main() -> int:
     cluster.kubectl("delete", "namespace", space.namespace, "--wait=false")
     cluster.kubectl("delete", "tenant", space.tenant, "--wait=false")
 
-    base = results["baseline_configmap"]["p99_ms"]
-    report = {
-        "concurrency": CONCURRENCY,
-        "requests": REQUESTS,
-        "run": uuid.uuid4().hex[:8],
-        "results": results,
-        "p99_ratio_to_baseline": {k: v["p99_ms"] / base for k, v in results.items()},
-        "targets_ms": {"warm_p99": 50, "cold_p99": 250},
-    }
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    report = latency_report(CONCURRENCY, REQUESTS, results, "baseline_configmap", run=uuid.uuid4().hex[:8])
+    write_report("admission.json", report)
     return 0
 
 

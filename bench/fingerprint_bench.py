@@ -7,16 +7,15 @@ CUDA machine (not part of this benchmark).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import xxhash
 
+from bench.load import write_report
 from trainguard.integrity.fingerprint import FingerprintKey, fingerprint
 
 SIZE = 256 * 1024 * 1024
@@ -33,8 +32,6 @@ def best_gbps(fn: Callable[[], object]) -> float:
 
 
 def main() -> int:
-    out = Path(__file__).resolve().parent / "results" / "fingerprint_cpu.json"
-    out.parent.mkdir(exist_ok=True)
     buffer = np.random.default_rng(0).integers(0, 2**32, size=SIZE // 4, dtype=np.uint32)
     raw = buffer.tobytes()
     key = FingerprintKey.from_secret(os.urandom(32))
@@ -51,8 +48,7 @@ def main() -> int:
         "ratio_to_xxh3": {k: v / results["xxh3_64"] for k, v in results.items()},
         "target_gb_per_second": 1.0,
     }
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report("fingerprint_cpu.json", report)
     return 0
 
 

@@ -9,16 +9,15 @@ given model size. Writes JSON to $OUT/fingerprint_gpu.json (or bench/results/).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
 
+from bench.load import write_report
 from trainguard.integrity.fingerprint import CHUNK_WORDS, GOLDEN, FingerprintKey, fingerprint
 from trainguard.integrity.gpu import SPLITMIX_C1, SPLITMIX_C2, _nh_chunks, fingerprint_tensors
 
@@ -93,10 +92,7 @@ def main() -> int:
         "bit_identical_to_cpu_reference": bit_identical,
         "target_fraction": 0.9,
     }
-    folder = Path(os.environ.get("OUT") or Path(__file__).resolve().parent / "results")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "fingerprint_gpu.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report("fingerprint_gpu.json", report)
     return 0
 
 

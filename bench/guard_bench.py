@@ -12,7 +12,6 @@ Writes guard_<device>.json to $OUT or bench/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from bench.load import write_report
 from e2e.cluster.integrity import SidecarProcess
 from trainguard.integrity.fingerprint import FingerprintKey, fingerprint
 from trainguard.integrity.hook import IntegrityGuard
@@ -98,10 +98,7 @@ def main() -> int:
         "ratio_to_baseline": median / baseline,
         "effective_gb_per_second": 2 * nbytes / median / 1e9,
     }
-    folder = Path(os.environ.get("OUT") or Path(__file__).resolve().parent / "results")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"guard_{device.type}.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report(f"guard_{device.type}.json", report)
     return 0
 
 

@@ -9,12 +9,11 @@ Writes bench/results/verify.json; figures are reported as ratios to the baseline
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.load import measure
+from bench.load import latency_report, measure, write_report
 from e2e.cluster.registry import CosignKey, Registry
 from e2e.cluster.waiting import free_port
 from trainguard.signing.cosign import Signer
@@ -26,8 +25,6 @@ REQUESTS = 1000
 
 
 def main() -> int:
-    out = Path(__file__).resolve().parent / "results" / "verify.json"
-    out.parent.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         registry = Registry(free_port(), Path(tmp)).start()
         try:
@@ -52,16 +49,7 @@ def main() -> int:
             }
         finally:
             registry.stop()
-    base = results["baseline_manifest_get"]["p99_ms"]
-    report = {
-        "concurrency": CONCURRENCY,
-        "requests": REQUESTS,
-        "results": results,
-        "p99_ratio_to_baseline": {k: v["p99_ms"] / base for k, v in results.items()},
-        "targets_ms": {"warm_p99": 50, "cold_p99": 250},
-    }
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report("verify.json", latency_report(CONCURRENCY, REQUESTS, results, "baseline_manifest_get"))
     return 0
 
 
