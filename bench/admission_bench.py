@@ -13,7 +13,6 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
 
 from kubernetes import client, config
 
@@ -47,17 +46,14 @@ def main() -> int:
     api = client.ApiClient(configuration)
     custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
 
-    def job(i: int) -> dict[str, Any]:
-        return {
-            "apiVersion": "trainguard.dev/v1alpha1",
-            "kind": "TrainingJob",
-            "metadata": {"name": f"bench-{i}"},
-            "spec": {"tenant": space.tenant, "image": signed.image, "resources": {"gpusPerReplica": 1}},
-        }
-
     def admit(i: int) -> None:
         custom.create_namespaced_custom_object(
-            "trainguard.dev", "v1alpha1", space.namespace, "trainingjobs", job(i), dry_run="All"
+            "trainguard.dev",
+            "v1alpha1",
+            space.namespace,
+            "trainingjobs",
+            space.job(f"bench-{i}"),
+            dry_run="All",
         )
 
     def baseline(i: int) -> None:

@@ -183,6 +183,29 @@ class TenantSpace:
         result: dict[str, Any] = json.loads(out)
         return result
 
+    def job(
+        self,
+        name: str = "j",
+        *,
+        image: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        **spec: Any,
+    ) -> dict[str, Any]:
+        """A TrainingJob of this tenant: its signed image, one replica of one GPU, unless `spec`
+        (camelCase fields, as in the manifest) says otherwise."""
+        return {
+            "apiVersion": "trainguard.dev/v1alpha1",
+            "kind": "TrainingJob",
+            "metadata": {"name": name, **(metadata or {})},
+            "spec": {
+                "tenant": self.tenant,
+                "image": image or self.image,
+                "replicas": 1,
+                "resources": {"gpusPerReplica": 1},
+                **spec,
+            },
+        }
+
     def list(self, kind: str, selector: str = "") -> list[dict[str, Any]]:
         args = ["get", kind, "-n", self.namespace, "-o", "json"] + (["-l", selector] if selector else [])
         items: list[dict[str, Any]] = json.loads(self.cluster.kubectl(*args).stdout)["items"]

@@ -19,22 +19,6 @@ DENIED_JOB = 'admission webhook "validate-trainingjob.trainguard.dev" denied the
 DENIED_POD = 'admission webhook "pod-guard.trainguard.dev" denied the request'
 
 
-def job(space: TenantSpace, name: str = "j", image: str | None = None, **extra: Any) -> dict[str, Any]:
-    meta = extra.pop("metadata", {})
-    return {
-        "apiVersion": "trainguard.dev/v1alpha1",
-        "kind": "TrainingJob",
-        "metadata": {"name": name, **meta},
-        "spec": {
-            "tenant": space.tenant,
-            "image": image or space.image,
-            "replicas": 1,
-            "resources": {"gpusPerReplica": 1},
-            **extra,
-        },
-    }
-
-
 def refused(space: TenantSpace, manifest: dict[str, Any], *as_user: str) -> str:
     result = space.apply(manifest, *as_user, check=False)
     assert result.returncode != 0, f"expected a refusal, got: {result.stdout}"
@@ -61,7 +45,7 @@ def test_unsigned_image_is_refused_with_the_fix_an_event_and_a_metric(
     name = repo()
     digest = registry.push(name, "v1", "unsigned")
     before = operator.metric("trainguard_admission_denied_total", reason="Unsigned")
-    err = refused(tenant_space, job(tenant_space, image=f"{registry.host}/{name}:v1"))
+    err = refused(tenant_space, tenant_space.job(image=f"{registry.host}/{name}:v1"))
     assert DENIED_JOB in err
     assert f"spec.image: {registry.host}/{name}@{digest} has no cosign signature" in err
     assert (
@@ -88,7 +72,7 @@ def test_image_signed_by_a_key_the_tenant_does_not_trust_is_refused(
     name = repo()
     digest = registry.push(name, "v1", "stranger's image")
     stranger.sign(f"{registry.host}/{name}@{digest}", "bundle")
-    err = refused(tenant_space, job(tenant_space, image=f"{registry.host}/{name}:v1"))
+    err = refused(tenant_space, tenant_space.job(image=f"{registry.host}/{name}:v1"))
     assert "signed by a key the tenant does not trust" in err
     assert "trusted signers: release" in err
 
@@ -102,7 +86,7 @@ def test_a_valid_signature_copied_onto_another_digest_is_refused(
     evil = registry.push(name, "evil", "sabotage")
     sig = f"{registry.host}/{name}:{good.replace(':', '-')}.sig"
     registry.crane("copy", sig, f"{registry.host}/{name}:{evil.replace(':', '-')}.sig")
-    err = refused(tenant_space, job(tenant_space, image=f"{registry.host}/{name}:evil"))
+    err = refused(tenant_space, tenant_space.job(image=f"{registry.host}/{name}:evil"))
     assert f"the signature is for {good}, not for this image ({evil})" in err
 
 
@@ -113,12 +97,12 @@ def test_a_tag_moved_after_signing_and_a_tag_digest_mismatch_are_refused(
     reviewed = registry.push(name, "v1", "reviewed")
     signed.key.sign(f"{registry.host}/{name}@{reviewed}", "classic")
     moved = registry.push(name, "v1", "slipped in after review")
-    err = refused(tenant_space, job(tenant_space, image=f"{registry.host}/{name}:v1"))
+    err = refused(tenant_space, tenant_space.job(image=f"{registry.host}/{name}:v1"))
     assert f"{registry.host}/{name}@{moved} has no cosign signature" in err
-    mismatch = refused(tenant_space, job(tenant_space, image=f"{registry.host}/{name}:v1@{reviewed}"))
+    mismatch = refused(tenant_space, tenant_space.job(image=f"{registry.host}/{name}:v1@{reviewed}"))
     assert f"{registry.host}/{name}:v1 points to {moved}, not to the {reviewed} given after '@'" in mismatch
     # By digest alone, the reviewed image is still admitted and pinned.
-    ok = tenant_space.apply(job(tenant_space, "by-digest", image=f"{registry.host}/{name}@{reviewed}"))
+    ok = tenant_space.apply(tenant_space.job("by-digest", image=f"{registry.host}/{name}@{reviewed}"))
     assert "created" in ok.stdout
 
 
@@ -131,19 +115,18 @@ def test_oversized_signature_manifests_and_a_registry_that_is_down_are_refused(
     padding = [f"--annotation=padding-{i}={'x' * 100_000}" for i in range(3)]
     sig_tag = f"{registry.host}/{name}:{digest.replace(':', '-')}.sig"
     registry.crane("mutate", f"{registry.host}/{name}@{digest}", *padding, "-t", sig_tag)
-    err = refused(tenant_space, job(tenant_space, image=f"{registry.host}/{name}:v1"))
+    err = refused(tenant_space, tenant_space.job(image=f"{registry.host}/{name}:v1"))
     assert "larger than 262144 bytes" in err
     assert "trainguard fails closed when the registry cannot be read" in err
 
-    down = refused(tenant_space, job(tenant_space, image=f"{LOOPBACK}:{free_port()}/team/x:v1"))
+    down = refused(tenant_space, tenant_space.job(image=f"{LOOPBACK}:{free_port()}/team/x:v1"))
     assert "cannot be reached" in down
 
 
 def test_every_problem_of_a_job_is_listed_at_once(tenant_space: TenantSpace, registry: Registry) -> None:
     name = repo()
     registry.push(name, "v1", "unsigned")
-    manifest = job(
-        tenant_space,
+    manifest = tenant_space.job(
         image=f"{registry.host}/{name}:v1",
         replicas=8,
         resources={"gpusPerReplica": 8},
@@ -168,7 +151,7 @@ def test_a_namespace_the_tenant_does_not_own_and_a_non_member_are_refused(
     cluster.kubectl("create", "namespace", other)
     try:
         elsewhere = TenantSpace(tenant_space.tenant, other, cluster, signed.image)
-        err = refused(elsewhere, job(elsewhere))
+        err = refused(elsewhere, elsewhere.job())
         assert (
             f"metadata.namespace: namespace '{other}' does not belong to tenant '{tenant_space.tenant}'"
             in err
@@ -186,16 +169,16 @@ def test_a_namespace_the_tenant_does_not_own_and_a_non_member_are_refused(
             == "yes"
         ),
     )
-    assert "created" in tenant_space.apply(job(tenant_space, "by-member"), *member).stdout
+    assert "created" in tenant_space.apply(tenant_space.job("by-member"), *member).stdout
 
 
 def test_an_update_that_swaps_the_image_is_refused(tenant_space: TenantSpace, registry: Registry) -> None:
-    tenant_space.apply(job(tenant_space, "swap"))
+    tenant_space.apply(tenant_space.job("swap"))
     pinned = tenant_space.get("trainingjob", "swap")["spec"]["image"]
     assert "@sha256:" in pinned
     name = repo()
     registry.push(name, "v1", "unsigned replacement")
-    err = refused(tenant_space, job(tenant_space, "swap", image=f"{registry.host}/{name}:v1"))
+    err = refused(tenant_space, tenant_space.job("swap", image=f"{registry.host}/{name}:v1"))
     assert "no cosign signature" in err or "spec.image is immutable once pinned" in err
     assert tenant_space.get("trainingjob", "swap")["spec"]["image"] == pinned
 
@@ -295,7 +278,7 @@ def test_kubectl_debug_cannot_add_unsigned_or_any_code_to_pods(
     assert 'admission webhook "pod-guard-ephemeral.trainguard.dev" denied the request' in debug.stderr
     assert "spec.ephemeralContainers[0].image:" in debug.stderr
 
-    space.apply(job(space, "guarded"))
+    space.apply(space.job("guarded"))
     job_pod = wait_for("the job's pod", lambda: space.list("pods", "trainguard.dev/job-name=guarded"))[0]
     target = f"pod/{job_pod['metadata']['name']}"
     debug = space.cluster.kubectl(
@@ -309,7 +292,7 @@ def test_only_the_jobs_tenant_members_may_delete_or_exec_into_its_pods(
     tenant_space: TenantSpace, ns_admin: list[str]
 ) -> None:
     space = tenant_space
-    space.apply(job(space, "owned"))
+    space.apply(space.job("owned"))
     job_pod = wait_for("the job's pod", lambda: space.list("pods", "trainguard.dev/job-name=owned"))[0]
     name = job_pod["metadata"]["name"]
     deleted = space.cluster.kubectl("delete", "pod", name, "-n", space.namespace, *ns_admin, check=False)

@@ -11,22 +11,6 @@ from e2e.cluster.harness import TenantSpace
 from e2e.cluster.waiting import wait_for
 
 
-def job(space: TenantSpace, **spec: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "tenant": space.tenant,
-        "image": space.image,
-        "replicas": 1,
-        "resources": {"gpusPerReplica": 1},
-    }
-    base.update(spec)
-    return {
-        "apiVersion": "trainguard.dev/v1alpha1",
-        "kind": "TrainingJob",
-        "metadata": {"name": "bad"},
-        "spec": base,
-    }
-
-
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
@@ -60,7 +44,7 @@ def job(space: TenantSpace, **spec: Any) -> dict[str, Any]:
 def test_schema_violations_are_rejected_by_the_api_server(
     tenant_space: TenantSpace, spec: dict[str, Any], message: str
 ) -> None:
-    result = tenant_space.apply(job(tenant_space, **spec), check=False)
+    result = tenant_space.apply(tenant_space.job("bad", **spec), check=False)
     assert result.returncode != 0
     assert message in result.stderr
 
@@ -72,22 +56,22 @@ def patch_status(space: TenantSpace, status: dict[str, Any]) -> None:
 
 
 def test_tenant_cannot_change(tenant_space: TenantSpace) -> None:
-    tenant_space.apply(job(tenant_space))
-    changed = tenant_space.apply(job(tenant_space, tenant="team-y"), check=False)
+    tenant_space.apply(tenant_space.job("bad"))
+    changed = tenant_space.apply(tenant_space.job("bad", tenant="team-y"), check=False)
     assert changed.returncode != 0
     assert "spec.tenant is immutable" in changed.stderr
 
 
 def test_replicas_cannot_change_while_running(tenant_space: TenantSpace) -> None:
     space = tenant_space
-    space.apply(job(space))
+    space.apply(space.job("bad"))
 
     def running() -> bool:
         conditions = space.get("trainingjob", "bad").get("status", {}).get("conditions", [])
         return any(c["type"] == "Running" and c["status"] == "True" for c in conditions)
 
     wait_for("the operator to report the job Running", running)
-    resized = space.apply(job(space, replicas=4), check=False)
+    resized = space.apply(space.job("bad", replicas=4), check=False)
     assert resized.returncode != 0
     assert (
         "spec.replicas and spec.resources.gpusPerReplica cannot change while the job is running"
@@ -97,10 +81,10 @@ def test_replicas_cannot_change_while_running(tenant_space: TenantSpace) -> None
 
 def test_image_is_immutable_once_pinned(tenant_space: TenantSpace) -> None:
     space = tenant_space
-    space.apply(job(space))
+    space.apply(space.job("bad"))
     pinned = {"status": {"image": {"reference": space.image, "digest": "sha256:" + "a" * 64}}}
     patch_status(space, pinned)
-    swapped = space.apply(job(space, image=space.image.replace(":v1", ":v2")), check=False)
+    swapped = space.apply(space.job("bad", image=space.image.replace(":v1", ":v2")), check=False)
     assert swapped.returncode != 0
     assert "spec.image is immutable once pinned" in swapped.stderr
 

@@ -23,18 +23,7 @@ from trainguard.integrity.reports import sign_report
 
 
 def job(space: TenantSpace, name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "trainguard.dev/v1alpha1",
-        "kind": "TrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "tenant": space.tenant,
-            "image": space.image,
-            "replicas": 2,
-            "resources": {"gpusPerReplica": 1},
-            "integrity": {"mode": "Enforce"},
-        },
-    }
+    return space.job(name, replicas=2, integrity={"mode": "Enforce"})
 
 
 def conditions(space: TenantSpace, name: str) -> dict[str, dict[str, Any]]:

@@ -23,18 +23,8 @@ SELECTOR = "trainguard.dev/job-name={}"
 
 
 def job(name: str, space: TenantSpace, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "trainguard.dev/v1alpha1",
-        "kind": "TrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "tenant": space.tenant,
-            "image": space.image,
-            "replicas": 2,
-            "resources": {"gpusPerReplica": 8},
-            **spec,
-        },
-    }
+    """Two replicas of eight GPUs unless `spec` says otherwise."""
+    return space.job(name, **{"replicas": 2, "resources": {"gpusPerReplica": 8}, **spec})
 
 
 def condition(space: TenantSpace, name: str, kind: str) -> dict[str, Any] | None:
