@@ -27,7 +27,7 @@ CUDA_HANDLE_BYTES = 64
 KINDS = ("parameters", "buffers", "optimizer")
 # Replicas of a data-parallel job must agree on these; buffers (batch-norm statistics) may differ.
 REPLICATED_KINDS = ("parameters",)
-_REGION_NAME = re.compile(r"^(parameters|buffers|optimizer)@(cpu|cuda:[0-9]{1,2})$")
+_REGION_NAME = re.compile(rf"^({'|'.join(KINDS)})@(cpu|cuda:[0-9]{{1,2}})$")
 
 
 class ProtocolError(ValueError):

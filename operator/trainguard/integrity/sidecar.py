@@ -198,12 +198,10 @@ class Sidecar:
     @staticmethod
     def replicated(fingerprints: dict[str, str]) -> str:
         """What data-parallel replicas must agree on: the parameters (one fingerprint per device)."""
-        parts = [f"{name}={fp}" for name, fp in fingerprints.items() if region_kind(name) in REPLICATED_KINDS]
-        return (
-            parts[0].split("=", 1)[1]
-            if len(parts) == 1
-            else hashlib.sha256(",".join(parts).encode()).hexdigest()
-        )
+        parts = {name: fp for name, fp in fingerprints.items() if region_kind(name) in REPLICATED_KINDS}
+        if len(parts) == 1:
+            return next(iter(parts.values()))
+        return hashlib.sha256(",".join(f"{name}={fp}" for name, fp in parts.items()).encode()).hexdigest()
 
     def checked_path(self, raw: Any) -> Path:
         """A checkpoint path from the trainer: a regular file or a directory, never the key."""
