@@ -29,6 +29,7 @@ RUN_AS = 65532  # the conventional "nonroot" user of distroless images
 # neither read its memory nor signal it, even in a pod whose process namespace is shared.
 SIDECAR_RUN_AS = 65531
 INTEGRITY_DIR = "/run/trainguard"
+INTEGRITY_SOCKET = f"{INTEGRITY_DIR}/sidecar.sock"
 SIDECAR_CONTAINER = "integrity-sidecar"
 INTEGRITY_KEY_DIR = "/var/run/trainguard-key"
 
@@ -261,7 +262,7 @@ def build_pod(
         {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
     ]
     if integrity:
-        env.append({"name": "TRAINGUARD_INTEGRITY_SOCKET", "value": f"{INTEGRITY_DIR}/sidecar.sock"})
+        env.append({"name": "TRAINGUARD_INTEGRITY_SOCKET", "value": INTEGRITY_SOCKET})
     env.extend(e.to_api() for e in spec.env)
 
     trainer: Manifest = {
@@ -334,7 +335,7 @@ def build_sidecar(job: TrainingJob, replica: int, settings: WorkloadSettings, gp
         {"name": "TRAINGUARD_REPLICA", "value": str(replica)},
         {"name": "TRAINGUARD_INTEGRITY_MODE", "value": spec.integrity.mode.value},
         {"name": "TRAINGUARD_INTEGRITY_EVERY_STEPS", "value": str(spec.integrity.every_steps)},
-        {"name": "TRAINGUARD_INTEGRITY_SOCKET", "value": f"{INTEGRITY_DIR}/sidecar.sock"},
+        {"name": "TRAINGUARD_INTEGRITY_SOCKET", "value": INTEGRITY_SOCKET},
     ]
     mounts: list[Manifest] = [
         {"name": "integrity", "mountPath": INTEGRITY_DIR},
@@ -373,7 +374,7 @@ def build_sidecar(job: TrainingJob, replica: int, settings: WorkloadSettings, gp
                     "-m",
                     "trainguard.integrity.sidecar",
                     "--probe",
-                    f"{INTEGRITY_DIR}/sidecar.sock",
+                    INTEGRITY_SOCKET,
                 ]
             },
             "periodSeconds": 1,
@@ -382,7 +383,7 @@ def build_sidecar(job: TrainingJob, replica: int, settings: WorkloadSettings, gp
         "env": env,
         "command": ["python", "-m", "trainguard.integrity.sidecar"],
         "args": [
-            f"--socket={INTEGRITY_DIR}/sidecar.sock",
+            f"--socket={INTEGRITY_SOCKET}",
             f"--key-file={INTEGRITY_KEY_DIR}/key",
             f"--replica={replica}",
             f"--mode={spec.integrity.mode.value}",
