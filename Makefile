@@ -6,9 +6,10 @@ SHELL := bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-BIN := $(shell e2e/cluster/build.sh --print)
+# The same cache folder e2e/cluster/build.sh builds into (kept outside the repository).
+CACHE := $(or $(TRAINGUARD_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/trainguard)
+BIN := $(CACHE)/bin
 export PATH := $(BIN):$(abspath $(VENV))/bin:$(PATH)
-KUBECONFIG_LOCAL = $(shell $(PY) -m e2e.cluster.localcluster env 2>/dev/null | sed 's/^export KUBECONFIG=//')
 
 .PHONY: help
 help: ## List the targets
@@ -36,11 +37,14 @@ cluster-down: ## Stop every process of the local control plane
 	@if [ -x $(PY) ]; then $(PY) -m e2e.cluster.localcluster down; fi
 
 .PHONY: lint
-lint: venv build ## ruff, mypy (strict), import-linter and helm lint
+lint: venv ## ruff, mypy (strict) and import-linter: the Python checks, no Go build needed
 	$(VENV)/bin/ruff check operator tests e2e bench conftest.py
 	$(VENV)/bin/ruff format --check operator tests e2e bench conftest.py
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+.PHONY: lint-chart
+lint-chart: build ## helm lint of the chart (needs the helm that `make build` makes)
 	helm lint --strict charts/trainguard
 
 .PHONY: chart-crds
@@ -62,7 +66,7 @@ unit: venv ## Unit tests only (no cluster)
 	$(PY) -m pytest -m "not cluster and not tools and not gpu" -q
 
 .PHONY: test
-test: build venv lint verify ## Everything CI runs: lint, unit and cluster tests against the real local control plane
+test: build venv lint lint-chart verify ## Everything CI runs: lint, unit and cluster tests against the real local control plane
 	$(PY) -m pytest -q
 
 .PHONY: bench

@@ -5,7 +5,7 @@
 #      (trainer and sidecar as separate processes, a third process tampering between steps);
 #   2. bench/gpu_fingerprint.py: keyed fingerprint vs a plain read-only kernel vs torch.sum,
 #      GB/s, fraction of the read limit, cost per step for an 8B-parameter bf16 model;
-#   3. bench/guard_bench.py --cuda: the whole step boundary (hook, socket, sidecar process, CUDA
+#   3. bench/guard_bench.py --cuda: the whole step boundary (trainer guard, socket, sidecar process, CUDA
 #      IPC, both fingerprints) on an 8 GiB bf16 model, against one in-process fingerprint.
 # Results (logs and JSON) go to $OUT when set, else bench/results/.
 #   bash bench/gpu_check.sh

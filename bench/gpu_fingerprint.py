@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 
 from bench.load import write_report
+from trainguard.gpu.kernel import SPLITMIX_C1, SPLITMIX_C2, _nh_chunks, fingerprint_tensors
 from trainguard.integrity.fingerprint import CHUNK_WORDS, GOLDEN, FingerprintKey, fingerprint
-from trainguard.integrity.gpu import SPLITMIX_C1, SPLITMIX_C2, _nh_chunks, fingerprint_tensors
 
 
 @triton.jit  # type: ignore[untyped-decorator]

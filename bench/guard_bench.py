@@ -1,4 +1,4 @@
-"""What the integrity checks cost a training step, end to end: trainer hook -> socket -> sidecar
+"""What the integrity checks cost a training step, end to end: trainer guard -> socket -> sidecar
 process -> fingerprint of every shared region -> signed report, at the end of step t and the
 start of step t+1. Baseline, same run and same bytes: one fingerprint of the parameters computed
 in-process (the kernel alone, no sidecar, no socket).
@@ -23,8 +23,9 @@ import torch
 
 from bench.load import write_report
 from e2e.cluster.integrity import SidecarProcess
-from trainguard.integrity.fingerprint import FingerprintKey, fingerprint
-from trainguard.integrity.hook import IntegrityGuard
+from trainguard.gpu.tensors import cpu_fingerprint
+from trainguard.integrity.fingerprint import FingerprintKey
+from trainguard.trainer import IntegrityGuard
 
 
 def model(gib: float, device: torch.device) -> torch.nn.Module:
@@ -43,14 +44,14 @@ def in_process(net: torch.nn.Module, device: torch.device) -> float:
     key = FingerprintKey.from_secret(os.urandom(32))
     params = [p.detach() for p in net.parameters()]
     if device.type == "cuda":
-        from trainguard.integrity.gpu import fingerprint_tensors
+        from trainguard.gpu.kernel import fingerprint_tensors
 
         def run() -> object:
             return fingerprint_tensors(key, params, device)
     else:
 
         def run() -> object:
-            return fingerprint(key, params)
+            return cpu_fingerprint(key, params)
 
     run()
     times = []

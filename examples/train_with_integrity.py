@@ -3,7 +3,7 @@
     python examples/train_with_integrity.py --steps 100
 
 Inside a trainguard pod the sidecar's socket is in TRAINGUARD_INTEGRITY_SOCKET; locally, start
-`python -m trainguard.integrity.sidecar` first and pass --socket.
+`python -m trainguard.sidecar` first and pass --socket.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from trainguard.integrity.hook import IntegrityGuard
+from trainguard.trainer import IntegrityGuard
 
 
 def main() -> None:

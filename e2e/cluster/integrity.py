@@ -7,10 +7,12 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from e2e.cluster.waiting import die_with_parent, wait_for
-from trainguard.integrity.sidecar import read_reports
+from trainguard.integrity.reports import Report, read_reports
+
+R = TypeVar("R")
 
 
 @dataclass
@@ -38,7 +40,7 @@ class SidecarProcess:
         key_file = key_dir / "key"
         key_file.write_bytes(self.key)
         key_file.chmod(0o600)
-        argv = [sys.executable, "-m", "trainguard.integrity.sidecar", "--socket", str(self.socket),
+        argv = [sys.executable, "-m", "trainguard.sidecar", "--socket", str(self.socket),
                 "--key-file", str(key_file), "--replica", str(self.replica), "--mode", self.mode,
                 "--report", str(self.reports_path)]  # fmt: skip
         if self.report_url:
@@ -54,8 +56,13 @@ class SidecarProcess:
             raise AssertionError(f"the sidecar exited with {self.proc.returncode}")
         return False
 
-    def reports(self) -> list[dict[str, Any]]:
+    def reports(self) -> list[Report]:
+        """Every report the sidecar wrote so far, its signature checked."""
         return read_reports(self.key, self.reports_path) if self.reports_path.exists() else []
+
+    def reports_of(self, kind: type[R]) -> list[R]:
+        """The reports of one kind (`trainguard.integrity.reports.StepEnd`, ...), in order."""
+        return [r for r in self.reports() if isinstance(r, kind)]
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from trainguard.kube.certs import KeyPair, ensure_ca, ensure_leaf, write_private_key
+from trainguard.tls.certs import KeyPair, ensure_ca, ensure_leaf, write_private_key
 
 __all__ = ["KeyPair", "ensure_ca", "ensure_leaf", "ensure_service_account_keys"]
 

@@ -1,5 +1,3 @@
 """trainguard: keeps the ML training jobs of different teams from harming each other."""
 
 __version__ = "0.1.0"
-GROUP = "trainguard.dev"
-VERSION = "v1alpha1"

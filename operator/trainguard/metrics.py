@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
+from trainguard.workload.lifecycle import Transition
+
 RECONCILE_SECONDS = Histogram(
     "trainguard_reconcile_duration_seconds",
     "Time of one TrainingJob reconcile pass.",
@@ -22,19 +24,18 @@ JOBS_NOT_ADMITTED = Counter(
 )
 
 
-def job_restarted(tenant: str) -> None:
-    JOB_RESTARTS.labels(tenant=tenant).inc()
-
-
-def job_finished(tenant: str, outcome: str) -> None:
-    JOBS_FINISHED.labels(tenant=tenant, outcome=outcome).inc()
-
-
-def job_not_admitted(tenant: str, reason: str) -> None:
-    JOBS_NOT_ADMITTED.labels(tenant=tenant, reason=reason).inc()
+def job_transition(tenant: str, transition: Transition, reason: str) -> None:
+    """Count what a reconcile pass decided happened to a job."""
+    if transition is Transition.RESTARTED:
+        JOB_RESTARTS.labels(tenant=tenant).inc()
+    elif transition in (Transition.SUCCEEDED, Transition.FAILED):
+        JOBS_FINISHED.labels(tenant=tenant, outcome=transition.value).inc()
+    elif transition is Transition.NOT_ADMITTED:
+        JOBS_NOT_ADMITTED.labels(tenant=tenant, reason=reason).inc()
 
 
 def reconcile_failed(reason: str) -> None:
+    """`reason`: "api" for an API server error, else the exception's type name (a bug, retried)."""
     RECONCILE_ERRORS.labels(reason=reason).inc()
 
 

@@ -18,7 +18,7 @@ import torch
 from e2e.cluster.harness import OperatorProcess, TenantSpace
 from e2e.cluster.integrity import SidecarProcess
 from e2e.cluster.waiting import wait_for
-from trainguard.integrity.hook import IntegrityGuard, IntegrityViolation
+from trainguard.trainer import IntegrityGuard, IntegrityViolation
 from trainguard.integrity.reports import sign_report
 
 
@@ -135,10 +135,11 @@ def test_a_report_not_signed_with_the_jobs_key_is_refused(
     space.apply(job(space, "forged"))
     wait_for("the integrity key", lambda: integrity_key(space, "forged"))
     forged = sign_report(
-        b"\x00" * 32, {"replica": 0, "kind": "Violation", "step": 1, "violation": "X", "message": "x"}
+        b"\x00" * 32,
+        {"replica": 0, "kind": "Violation", "step": 1, "violation": "X", "message": "x", "time": 0.0},
     )
     request = urllib.request.Request(  # noqa: S310 - the operator on loopback
-        f"{operator.integrity_url}/{space.namespace}/forged", data=forged.encode(), method="POST"
+        f"{operator.integrity_url}/{space.namespace}/forged", data=json.dumps(forged).encode(), method="POST"
     )
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(request, timeout=5)  # noqa: S310 - the operator on loopback

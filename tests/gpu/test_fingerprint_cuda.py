@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainguard.integrity.fingerprint import FingerprintKey, fingerprint
+from trainguard.gpu.tensors import cpu_fingerprint
+from trainguard.integrity.fingerprint import FingerprintKey
 
 pytestmark = [
     pytest.mark.gpu,
@@ -14,12 +15,12 @@ pytestmark = [
 
 
 def test_cuda_fingerprint_equals_the_cpu_reference() -> None:
-    from trainguard.integrity.gpu import fingerprint_tensors
+    from trainguard.gpu.kernel import fingerprint_tensors
 
     key = FingerprintKey.from_secret(bytes(range(32)))
     torch.manual_seed(0)
     weights = [torch.randn(4096, 4096, dtype=torch.bfloat16), torch.randn(1000), torch.randn(64, 64).t()]
     on_gpu = [w.cuda() for w in weights]
-    assert fingerprint_tensors(key, on_gpu, torch.device("cuda")) == fingerprint(key, weights)
+    assert fingerprint_tensors(key, on_gpu, torch.device("cuda")) == cpu_fingerprint(key, weights)
     on_gpu[0][17, 3] += 1
-    assert fingerprint_tensors(key, on_gpu, torch.device("cuda")) != fingerprint(key, weights)
+    assert fingerprint_tensors(key, on_gpu, torch.device("cuda")) != cpu_fingerprint(key, weights)

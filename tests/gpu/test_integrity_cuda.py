@@ -15,7 +15,8 @@ import torch
 
 from e2e.cluster.integrity import SidecarProcess
 from trainguard.integrity.fingerprint import FingerprintKey, fingerprint
-from trainguard.integrity.hook import IntegrityGuard, IntegrityViolation
+from trainguard.integrity.reports import StepEnd, Violation
+from trainguard.trainer import IntegrityGuard, IntegrityViolation
 
 pytestmark = [
     pytest.mark.gpu,
@@ -26,7 +27,7 @@ pytestmark = [
 TAMPER = """
 import json, sys, torch
 from trainguard.integrity.protocol import parse_region
-from trainguard.integrity.sidecar import open_cuda_region
+from trainguard.sidecar.server import open_cuda_region
 from pathlib import Path
 region = parse_region(json.loads(sys.argv[1]), Path(sys.argv[2]))
 flat, _ = open_cuda_region(region)
@@ -70,16 +71,16 @@ def test_gpu_state_is_shared_through_cuda_ipc_and_tampering_is_caught(
     assert params.path is None  # no file
     assert net[0].weight.data_ptr() == params.views[0].data_ptr()
     assert "optimizer@cuda:0" in guard.regions  # AdamW's moments, on the GPU
-    assert [r for r in sidecar.reports() if r["kind"] == "Violation"] == []
+    assert sidecar.reports_of(Violation) == []
 
     # The sidecar fingerprinted the GPU memory on the GPU: the same value the CPU reference
     # gives for the same bytes, copied to the host here.
     key = FingerprintKey.from_secret(sidecar.key)
-    last = [r for r in sidecar.reports() if r["kind"] == "StepEnd"][-1]
-    assert last["step"] == 19
-    assert last["regions"]["parameters@cuda:0"] == fingerprint(key, [params.flat.cpu().numpy()])  # type: ignore[index]
+    last = sidecar.reports_of(StepEnd)[-1]
+    assert last.step == 19
+    assert last.regions["parameters@cuda:0"] == fingerprint(key, [params.flat.cpu().numpy()])
 
-    region = json.dumps(params.region.to_json())
+    region = json.dumps(params.region.wire())
     offset = params.region.slots[2].offset + 10  # a byte of the second layer's weight
     subprocess.run(
         [sys.executable, "-c", TAMPER, region, str(sidecar.folder), str(offset)], check=True, timeout=120

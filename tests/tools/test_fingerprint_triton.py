@@ -15,8 +15,9 @@ import json, sys
 import numpy as np, torch
 sys.path.insert(0, sys.argv[1])
 from tests.unit.test_fingerprint import build, VECTORS
-from trainguard.integrity.fingerprint import FingerprintKey, fingerprint
-from trainguard.integrity.gpu import fingerprint_tensors
+from trainguard.integrity.fingerprint import FingerprintKey
+from trainguard.gpu.kernel import fingerprint_tensors
+from trainguard.gpu.tensors import cpu_fingerprint
 cpu = torch.device("cpu")
 results = []
 for case in json.loads(VECTORS.read_text())["cases"]:
@@ -28,11 +29,12 @@ torch.manual_seed(0)
 weights = [torch.randn(130, 70, dtype=torch.bfloat16), torch.randn(64, 64).t()[::2]]
 weights.append(torch.arange(7, dtype=torch.int8))
 name = "bf16, a strided view, int8"
-results.append([name, fingerprint(key, weights), fingerprint_tensors(key, weights, cpu)])
-from trainguard.integrity import fingerprint as reference, gpu
+results.append([name, cpu_fingerprint(key, weights), fingerprint_tensors(key, weights, cpu)])
+from trainguard.integrity import fingerprint as reference
+from trainguard.gpu import kernel
 buffer = np.random.default_rng(1).integers(0, 256, size=5 * 16384 + 100, dtype=np.uint8)
 digest, terms = reference.fingerprint_with_chunks(key, buffer)
-gpu_digest, gpu_terms = gpu.fingerprint_with_chunks(key, torch.from_numpy(buffer), cpu)
+gpu_digest, gpu_terms = kernel.fingerprint_with_chunks(key, torch.from_numpy(buffer), cpu)
 same = gpu_digest == digest and gpu_terms.tolist() == terms.view(np.int64).tolist()
 results.append(["per-chunk terms", "same", "same" if same else "differ"])
 print(json.dumps(results))

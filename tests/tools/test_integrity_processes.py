@@ -15,9 +15,11 @@ import torch
 
 from e2e.cluster.harness import ROOT
 from e2e.cluster.integrity import SidecarProcess
-from trainguard.integrity.hook import IntegrityGuard, IntegrityViolation
+from trainguard.integrity.protocol import Checkpoint, Region, Register
 from trainguard.integrity.replicas import diverging_replicas
-from trainguard.integrity.sidecar import probe
+from trainguard.integrity.reports import Registered, StepEnd, Verified, Violation
+from trainguard.sidecar.server import probe
+from trainguard.trainer import IntegrityGuard, IntegrityViolation
 
 
 @pytest.fixture
@@ -39,10 +41,6 @@ def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, data: tor
     optimizer.step()
 
 
-def kinds(sidecar: SidecarProcess, kind: str) -> list[dict[str, object]]:
-    return [r for r in sidecar.reports() if r["kind"] == kind]
-
-
 def test_a_thousand_clean_steps_give_no_false_alarm(sidecar: SidecarProcess) -> None:
     script = ROOT / "examples" / "train_with_integrity.py"
     result = subprocess.run(
@@ -51,11 +49,11 @@ def test_a_thousand_clean_steps_give_no_false_alarm(sidecar: SidecarProcess) -> 
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "trained 1000 steps" in result.stdout
-    assert kinds(sidecar, "Violation") == []
-    assert len(kinds(sidecar, "StepEnd")) == 1000
-    assert [r["step"] for r in kinds(sidecar, "Verified")] == list(range(999))
+    assert sidecar.reports_of(Violation) == []
+    assert len(sidecar.reports_of(StepEnd)) == 1000
+    assert [r.step for r in sidecar.reports_of(Verified)] == list(range(999))
     # AdamW's state joined at the first end(); shared once, never again (nothing replaced it).
-    assert [r["region"] for r in kinds(sidecar, "Registered")] == ["parameters@cpu", "optimizer@cpu"]
+    assert [r.region for r in sidecar.reports_of(Registered)] == ["parameters@cpu", "optimizer@cpu"]
 
 
 def test_a_weight_altered_between_steps_by_another_process_is_reported_for_that_step(
@@ -80,8 +78,8 @@ def test_a_weight_altered_between_steps_by_another_process_is_reported_for_that_
         match=r"the weights \(cpu\) changed between the end of step 2 and the start of step 3",
     ):
         guard.begin(3)
-    violation = kinds(sidecar, "Violation")
-    assert [(v["step"], v["violation"], v["replica"]) for v in violation] == [(3, "ModifiedBetweenSteps", 0)]
+    violation = sidecar.reports_of(Violation)
+    assert [(v.step, v.violation, v.replica) for v in violation] == [(3, "ModifiedBetweenSteps", 0)]
     guard.close()
 
 
@@ -119,8 +117,8 @@ def test_one_replica_of_two_diverges_and_is_named(tmp_path: Path) -> None:
                 guards[r].end(step)
         by_step: dict[int, dict[int, str]] = {}
         for r in (0, 1):
-            for report in kinds(sidecars[r], "StepEnd"):
-                by_step.setdefault(int(report["step"]), {})[r] = str(report["fingerprint"])  # type: ignore[call-overload]
+            for report in sidecars[r].reports_of(StepEnd):
+                by_step.setdefault(report.step, {})[r] = report.fingerprint
         assert [diverging_replicas(by_step[s]) for s in range(4)] == [[], [], [1], [1]]
     finally:
         for s in sidecars:
@@ -138,7 +136,7 @@ def test_a_checkpoint_altered_on_disk_is_refused_at_load(sidecar: SidecarProcess
     path.write_bytes(bytes(data))
     with pytest.raises(IntegrityViolation, match=r"checkpoint\.pt changed after it was saved"):
         guard.load(path)
-    assert kinds(sidecar, "Violation")[-1]["violation"] == "CheckpointModified"
+    assert sidecar.reports_of(Violation)[-1].violation == "CheckpointModified"
     guard.close()
 
 
@@ -198,9 +196,9 @@ def test_optimizer_state_and_buffers_are_watched_too(sidecar: SidecarProcess) ->
     region = guard.regions["optimizer@cpu"]
     assert region.path is not None
     assert optimizer.state[net[0].weight]["exp_avg"].data_ptr() == region.views[0].data_ptr()
-    registered = {r["region"] for r in kinds(sidecar, "Registered")}
+    registered = {r.region for r in sidecar.reports_of(Registered)}
     assert registered == {"parameters@cpu", "buffers@cpu", "optimizer@cpu"}
-    assert set(kinds(sidecar, "StepEnd")[-1]["regions"]) == registered  # type: ignore[arg-type]
+    assert set(sidecar.reports_of(StepEnd)[-1].regions) == registered
 
     tamper_with(region.path, region.region.slots[1].offset + 5)  # net[0].weight's exp_avg_sq
     with pytest.raises(
@@ -235,7 +233,7 @@ def test_tensors_that_training_code_replaces_are_shared_again(sidecar: SidecarPr
     assert guard.buffer_path != old_file
     assert not old_file.exists()
     assert net[0].weight.data_ptr() == guard.regions["parameters@cpu"].views[0].data_ptr()
-    assert kinds(sidecar, "Violation") == []
+    assert sidecar.reports_of(Violation) == []
     tamper_with(guard.buffer_path, 3)
     with pytest.raises(IntegrityViolation, match=r"the weights \(cpu\) changed between the end of step 2"):
         guard.begin(3)
@@ -248,15 +246,15 @@ def test_the_trainer_cannot_make_the_sidecar_read_its_key(sidecar: SidecarProces
     guard = IntegrityGuard(net, socket_path=sidecar.socket)
     key_file = sidecar.folder.parent / "key-0" / "key"
     with pytest.raises(IntegrityViolation, match="is not a checkpoint"):
-        guard._call({"op": "checkpoint", "path": str(key_file)})
-    region = {"name": "parameters@cpu", "nbytes": 32, "slots": [], "path": str(key_file)}
+        guard._call(Checkpoint(path=str(key_file)))
+    region = Region(name="parameters@cpu", nbytes=32, slots=[], path=str(key_file))
     with pytest.raises(IntegrityViolation, match="is not a file of the shared folder"):
-        guard._call({"op": "register", "region": region})
+        guard._call(Register(region=region))
     linked = sidecar.folder / "innocent.bin"
     linked.symlink_to(key_file)
     with pytest.raises(IntegrityViolation, match="is not a file of the shared folder"):
-        guard._call({"op": "register", "region": {**region, "path": str(linked)}})
-    assert [r["kind"] for r in sidecar.reports()] == ["Registered"]  # nothing about the key was reported
+        guard._call(Register(region=region.model_copy(update={"path": str(linked)})))
+    assert [r.kind for r in sidecar.reports()] == ["Registered"]  # nothing about the key was reported
     guard.close()
 
 
@@ -265,7 +263,7 @@ def test_the_sidecar_survives_garbage_and_answers_its_startup_probe(
 ) -> None:
     assert probe(sidecar.socket) == 0
     assert probe(tmp_path / "nobody.sock") == 1
-    as_the_pod_runs_it = [sys.executable, "-m", "trainguard.integrity.sidecar", "--probe"]  # the startupProbe
+    as_the_pod_runs_it = [sys.executable, "-m", "trainguard.sidecar", "--probe"]  # the startupProbe
     assert subprocess.run([*as_the_pod_runs_it, str(sidecar.socket)], timeout=60, check=False).returncode == 0
     assert (
         subprocess.run([*as_the_pod_runs_it, str(tmp_path / "x.sock")], timeout=60, check=False).returncode
@@ -289,7 +287,7 @@ def test_the_sidecar_survives_garbage_and_answers_its_startup_probe(
 
 def test_the_sidecar_process_is_not_dumpable() -> None:
     """Its memory and its mount of the key are closed to other processes of the pod (via /proc)."""
-    code = "from trainguard.integrity.sidecar import harden_process; print(harden_process())"
+    code = "from trainguard.sidecar.server import harden_process; print(harden_process())"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
@@ -307,7 +305,7 @@ def test_a_violation_names_the_tensor_that_changed(sidecar: SidecarProcess) -> N
     with pytest.raises(IntegrityViolation, match=r"changed between the end of step 0 and the start of step 1 "
                        r"\(weights \(cpu\): 1\.weight\)"):  # fmt: skip
         guard.begin(1)
-    assert kinds(sidecar, "Violation")[-1]["tensors"] == {"parameters@cpu": ["1.weight"]}
+    assert sidecar.reports_of(Violation)[-1].tensors == {"parameters@cpu": ["1.weight"]}
     guard.close()
 
 

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
+from trainguard.admission.configurations import Endpoint, build_webhook_configurations
+from trainguard.api import constants as c
 from trainguard.api.models import Tenant, TrainingJob
 from trainguard.workload import builders as b
-from trainguard.workload.webhooks import Endpoint, build_webhook_configurations
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden"
@@ -131,14 +132,14 @@ def test_every_child_is_owned_by_the_job_and_labelled(job: TrainingJob, tenant: 
         meta = child["metadata"]
         assert meta["ownerReferences"] == [b.owner_reference(job)]
         assert meta["ownerReferences"][0]["controller"] is True
-        assert meta["labels"][b.LABEL_JOB_UID] == job.metadata.uid
-        assert meta["labels"][b.LABEL_TENANT] == "team-a"
+        assert meta["labels"][c.LABEL_JOB_UID] == job.metadata.uid
+        assert meta["labels"][c.LABEL_TENANT] == "team-a"
         assert meta["namespace"] == "team-a"
 
 
 def test_network_policy_admits_only_the_same_job(job: TrainingJob) -> None:
     policy = b.build_network_policy(job, SETTINGS)["spec"]
-    same = {"podSelector": {"matchLabels": {b.LABEL_JOB_UID: job.metadata.uid}}}
+    same = {"podSelector": {"matchLabels": {c.LABEL_JOB_UID: job.metadata.uid}}}
     assert policy["policyTypes"] == ["Ingress", "Egress"]
     assert policy["ingress"] == [{"from": [same]}]
     assert policy["egress"][0] == {"to": [same]}
@@ -185,7 +186,7 @@ def test_the_sidecar_is_out_of_the_trainers_reach(job: TrainingJob, tenant: Tena
     assert "integrity-key" not in {m["name"] for m in trainer["volumeMounts"]}
     env = {e["name"]: e["value"] for e in sidecar["env"]}
     assert env["NVIDIA_VISIBLE_DEVICES"] == "all"  # sees the GPUs, requests none
-    assert b.GPU_RESOURCE not in sidecar["resources"]["limits"]
+    assert c.GPU_RESOURCE not in sidecar["resources"]["limits"]
     assert not any(e["name"].startswith("NVIDIA_") for e in trainer["env"])
 
     cpu_pod = b.build_pod(with_gpus(job, 0), tenant, 0, 0, SETTINGS)

@@ -9,8 +9,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from trainguard.api.images import InvalidReference, parse
 from trainguard.signing import cosign
-from trainguard.signing.reference import ReferenceError, parse
 
 DIGEST = "sha256:" + "ab" * 32
 OTHER = "sha256:" + "cd" * 32
@@ -132,5 +132,5 @@ def test_references_parse(
     ],
 )
 def test_bad_references_say_how_to_fix_them(text: str, message: str) -> None:
-    with pytest.raises(ReferenceError, match=message):
+    with pytest.raises(InvalidReference, match=message):
         parse(text)

@@ -76,21 +76,23 @@ def test_a_region_is_checked_before_the_sidecar_opens_it(tmp_path: Path) -> None
 
 
 def test_cuda_handles_travel_as_json_and_are_checked(tmp_path: Path) -> None:
-    handle = CudaHandle("GPU-1234", bytes(range(64)))
-    assert CudaHandle.from_json(json.loads(json.dumps(handle.to_json()))) == handle
-    region = {"name": "optimizer@cuda:1", "nbytes": 4096, "slots": [], "cuda": handle.to_json()}
+    handle = CudaHandle(uuid="GPU-1234", handle=bytes(range(64)))
+    assert CudaHandle.model_validate(json.loads(json.dumps(handle.wire()))) == handle
+    region = {"name": "optimizer@cuda:1", "nbytes": 4096, "slots": [], "cuda": handle.wire()}
     assert parse_region(region, tmp_path).cuda == handle
-    with pytest.raises(ProtocolError, match=r"region\.cuda\.uuid"):
-        CudaHandle.from_json({**handle.to_json(), "uuid": ""})
-    with pytest.raises(ProtocolError, match="must be a 64-byte CUDA IPC handle"):
-        CudaHandle.from_json({**handle.to_json(), "handle": "AAAA"})
-    with pytest.raises(ProtocolError, match="must be base64 text"):
-        CudaHandle.from_json({**handle.to_json(), "handle": "not base64!"})
+    cases = {
+        r"region\.cuda\.uuid": {**handle.wire(), "uuid": ""},
+        "must be a 64-byte CUDA IPC handle": {**handle.wire(), "handle": "AAAA"},
+        "must be base64 text": {**handle.wire(), "handle": "not base64!"},
+    }
+    for message, cuda in cases.items():
+        with pytest.raises(ProtocolError, match=message):
+            parse_region({**region, "cuda": cuda}, tmp_path)
 
 
 def test_without_a_gpu_driver_cuda_sharing_fails_with_a_clear_error() -> None:
     """This machine has no NVIDIA driver: asking for a GPU region names the missing library."""
-    from trainguard.integrity import cuda_ipc
+    from trainguard.gpu import cuda_ipc
 
     try:
         ctypes.CDLL("libcuda.so.1")

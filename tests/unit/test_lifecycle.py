@@ -10,19 +10,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trainguard.api.conditions import find, is_true, set_condition
-from trainguard.api.models import PinnedImage, Tenant, TrainingJob
+from trainguard.api.models import IntegrityVerdict, PinnedImage, Tenant, TrainingJob
 from trainguard.workload import lifecycle
 from trainguard.workload.builders import WorkloadSettings
-from trainguard.workload.lifecycle import ImageProblem, Plan, PodView
+from trainguard.workload.lifecycle import ImageProblem, Plan, PodView, Transition
 
 NOW = datetime.datetime(2026, 11, 26, 12, 0, 0, tzinfo=datetime.UTC)
 SETTINGS = WorkloadSettings()
 IMAGE = PinnedImage(reference="r.io/img:v1", digest="sha256:" + "ab" * 32, signer="release")
 
 
-def plan(*args: Any, image: PinnedImage | ImageProblem | None = IMAGE) -> Plan:
+KEY = b"k" * 32
+
+
+def plan(*args: Any, image: PinnedImage | ImageProblem | None = IMAGE, **kwargs: Any) -> Plan:
     """The planner, with the job's image verified unless a test says otherwise."""
-    return lifecycle.plan(*args, image=image)
+    return lifecycle.plan(*args, image=image, new_key=KEY, **kwargs)
 
 
 def make_job(status: dict[str, Any] | None = None, **spec: Any) -> TrainingJob:
@@ -57,7 +60,9 @@ def running_status(**extra: Any) -> dict[str, Any]:
 def test_a_new_job_is_admitted_and_its_whole_gang_created() -> None:
     out = plan(make_job(), TENANT, [], NOW, SETTINGS)
     assert is_true(out.status.conditions, "Admitted")
-    assert out.ensure_children
+    kinds = [child["kind"] for child in out.children]
+    assert kinds == ["ServiceAccount", "PersistentVolumeClaim", "Service", "NetworkPolicy", "Secret"]
+    assert [e.transition for e in out.events] == [Transition.ADMITTED]
     assert [p["metadata"]["name"] for p in out.create_pods] == ["j-0-a0", "j-1-a0"]
     assert out.status.start_time == "2026-11-26T12:00:00Z"
     assert out.status.observed_generation == 2
@@ -88,7 +93,7 @@ def test_jobs_that_cannot_run_say_why(
     assert admitted.reason == reason
     assert fragment in admitted.message
     assert out.create_pods == []
-    assert not out.ensure_children
+    assert out.children == []
     assert [e.reason for e in out.events] == [reason]
 
 
@@ -242,3 +247,58 @@ def test_no_pod_runs_before_its_image_is_verified() -> None:
     verified = plan(make_job(), TENANT, [], NOW, SETTINGS)
     assert verified.status.image == IMAGE
     assert len(verified.create_pods) == 2
+
+
+def verdict(**fields: Any) -> IntegrityVerdict:
+    return IntegrityVerdict.model_validate(fields)
+
+
+def test_verified_steps_reach_status_as_a_condition_and_the_last_step() -> None:
+    job = make_job(running_status(), integrity={"mode": "Enforce"})
+    out = plan(
+        job, TENANT, pods(["Running", "Running"]), NOW, SETTINGS,
+        verdicts=[verdict(verified=True, step=3), verdict(verified=True, step=4)],
+    )  # fmt: skip
+    verified = find(out.status.conditions, "IntegrityVerified")
+    assert verified is not None
+    assert (verified.status, verified.reason) == ("True", "Verified")
+    assert "through step 4" in verified.message
+    assert out.status.integrity is not None
+    assert out.status.integrity.last_verified_step == 4
+    assert "IntegrityViolation" not in [e.reason for e in out.events]
+
+
+def test_a_violation_in_enforce_mode_stops_the_job_in_the_same_pass_and_counts_as_a_failure() -> None:
+    job = make_job(running_status(), integrity={"mode": "Enforce"})
+    bad = verdict(verified=False, step=7, replica=1, kind="ModifiedBetweenSteps", message="1.weight")
+    out = plan(job, TENANT, pods(["Running", "Running"]), NOW, SETTINGS, verdicts=[bad])
+    violation = find(out.status.conditions, "IntegrityViolation")
+    assert violation is not None
+    assert violation.reason == "ModifiedBetweenSteps"
+    assert violation.message == "step 7, replica 1: ModifiedBetweenSteps: 1.weight"
+    failed = find(out.status.conditions, "Failed")
+    assert failed is not None
+    assert failed.reason == "IntegrityViolation"
+    assert sorted(out.delete_pods) == ["j-0-a0", "j-1-a0"]
+    assert [(e.reason, e.transition) for e in out.events] == [
+        ("IntegrityViolation", Transition.INTEGRITY_VIOLATION),
+        ("Admitted", Transition.ADMITTED),
+        ("IntegrityViolation", Transition.FAILED),
+    ]
+
+
+def test_a_violation_in_audit_mode_is_recorded_and_the_job_runs_on() -> None:
+    job = make_job(running_status(), integrity={"mode": "Audit"})
+    bad = verdict(verified=False, step=2, replica=0, kind="ReplicaDivergence", message="m")
+    out = plan(job, TENANT, pods(["Running", "Running"]), NOW, SETTINGS, verdicts=[bad])
+    assert is_true(out.status.conditions, "IntegrityViolation")
+    assert not is_true(out.status.conditions, "Failed")
+    assert out.delete_pods == []
+
+
+def test_a_job_with_integrity_needs_a_fresh_key() -> None:
+    with pytest.raises(ValueError, match="fresh key"):
+        lifecycle.plan(make_job(), TENANT, [], NOW, SETTINGS, IMAGE, new_key=b"")
+    off = make_job(integrity={"mode": "Off"})
+    out = lifecycle.plan(off, TENANT, [], NOW, SETTINGS, IMAGE)
+    assert "Secret" not in [child["kind"] for child in out.children]

@@ -14,10 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from pydantic.alias_generators import to_camel
 
 from trainguard.api.conditions import Condition
-
-GROUP = "trainguard.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+from trainguard.api.constants import API_VERSION
 
 DNSLabel = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
 Quantity = Annotated[
@@ -217,6 +214,16 @@ class QueueStatus(Model):
 class IntegrityStatus(Model):
     last_verified_step: int | None = None
     last_violation: str | None = None
+
+
+class IntegrityVerdict(Model):
+    """What the operator concluded from one job's signed integrity reports about one step."""
+
+    verified: bool
+    step: int | None
+    replica: int | None = None
+    kind: str = "Verified"  # Verified, or the kind of violation (CamelCase)
+    message: str = ""
 
 
 class TrainingJobStatus(Model):

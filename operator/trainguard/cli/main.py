@@ -9,10 +9,15 @@ from pathlib import Path
 
 import kopf
 from prometheus_client import start_http_server
+from pydantic import ValidationError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="trainguard", description="trainguard operator")
+    parser = argparse.ArgumentParser(
+        prog="trainguard",
+        description="trainguard operator. Every flag can also be set as a TRAINGUARD_* environment variable "
+        "(e.g. --webhook-port as TRAINGUARD_WEBHOOK_PORT); a flag wins over the environment.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the operator")
     run.add_argument(
@@ -23,65 +28,44 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz"
     )
-    run.add_argument("--webhook-port", type=int, default=9443, help="admission webhook port; 0 serves none")
-    run.add_argument("--webhook-listen", default="127.0.0.1", help="address the webhook server binds")
-    run.add_argument(
-        "--webhook-host", default="127.0.0.1", help="address the API server calls the webhooks at"
-    )
-    run.add_argument(
-        "--webhook-service",
-        default="",
-        help="namespace/name of the webhooks' Service (in a cluster; else the host)",
-    )
-    run.add_argument("--webhook-cert-dir", type=Path, default=None, help="TLS files (made there when absent)")
-    run.add_argument("--webhook-config-name", default="trainguard", help="name of the webhook configurations")
+    # Each flag below sets the Settings field of the same name; unset flags leave the field to
+    # the environment or its default.
+    run.add_argument("--webhook-port", type=int, help="admission webhook port; 0 serves none (default 9443)")
+    run.add_argument("--webhook-listen", help="address the webhook server binds")
+    run.add_argument("--webhook-host", help="address the API server calls the webhooks at")
+    run.add_argument("--webhook-service", help="namespace/name of the webhooks' Service (in a cluster)")
+    run.add_argument("--webhook-cert-dir", type=Path, help="TLS files (made there when absent)")
+    run.add_argument("--webhook-config-name", help="name of the webhook configurations")
     run.add_argument(
         "--plain-http-registry",
+        dest="plain_http_registries",
         action="append",
-        default=[],
         help="host:port of a registry spoken to over plain HTTP (a loopback test registry only)",
     )
     run.add_argument(
         "--operator-user",
+        dest="operator_users",
         action="append",
-        default=[],
         help="this operator's identity in admission requests (e.g. system:serviceaccount:ns:name)",
     )
-    run.add_argument(
-        "--verify-cache-seconds",
-        type=float,
-        default=300.0,
-        help="reuse a verified (digest, signers) verdict this long",
-    )
-    run.add_argument(
-        "--integrity-port", type=int, default=8082, help="port of the integrity report endpoint; 0: none"
-    )
-    run.add_argument("--integrity-listen", default="127.0.0.1", help="address the integrity endpoint binds")
+    run.add_argument("--verify-cache-seconds", type=float, help="reuse a verified verdict this long")
+    run.add_argument("--integrity-port", type=int, help="port of the integrity report endpoint; 0: none")
+    run.add_argument("--integrity-listen", help="address the integrity endpoint binds")
     args = parser.parse_args(argv)
 
+    from trainguard.settings import Settings
+
+    given = {k: v for k, v in vars(args).items() if v is not None and k in Settings.model_fields}
+    try:
+        settings = Settings(**given)
+    except ValidationError as exc:
+        parser.error(str(exc))
+
     import trainguard.handlers
-    from trainguard.handlers import verification
     from trainguard.kube import client as kube
 
     kube.configure()
-    verification.configure(
-        verification.AdmissionConfig(
-            port=args.webhook_port,
-            listen=args.webhook_listen,
-            host=args.webhook_host,
-            service=args.webhook_service,
-            cert_dir=args.webhook_cert_dir,
-            config_name=args.webhook_config_name,
-            plain_http_registries=frozenset(args.plain_http_registry),
-            operator_users=frozenset(args.operator_user),
-            cache_seconds=args.verify_cache_seconds,
-        )
-    )
-
-    from trainguard.handlers import integrity
-
-    integrity.configure(integrity.IntegrityConfig(port=args.integrity_port, listen=args.integrity_listen))
-    if args.webhook_port:
+    if settings.webhook_port:
         import trainguard.handlers.admission  # noqa: F401 - registers the admission webhooks
 
     if args.metrics_port:
@@ -92,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             clusterwide=not args.namespace,
             namespaces=args.namespace,
             liveness_endpoint=args.liveness,
+            memo=kopf.Memo(settings=settings),
         )
     )
     return 0

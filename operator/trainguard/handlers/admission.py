@@ -1,8 +1,8 @@
 """Admission webhooks: signed images pinned to digests, tenant rules, and the pod guard.
 
 Thin: every rule lives in `policy/` and `signing/`; these handlers gather the objects the rules
-need (the Tenant, the namespace), run them, and turn errors into one denial that lists every
-problem with its field and fix. A denial also posts an Event and counts
+need (the Tenant, the namespace's tenant), run them, and turn errors into one denial that lists
+every problem with its field and fix. A denial also posts an Event and counts
 `trainguard_admission_denied_total{reason}`.
 """
 
@@ -21,22 +21,28 @@ import kopf
 from pydantic import ValidationError
 
 from trainguard import metrics
-from trainguard.api.models import API_VERSION, GROUP, VERSION, Tenant, TrainingJob
-from trainguard.handlers import verification
-from trainguard.kube import certs
+from trainguard.admission import configurations
+from trainguard.api.constants import API_VERSION, GROUP, LABEL_TENANT, VERSION
+from trainguard.api.models import Tenant, TrainingJob
+from trainguard.context import (
+    OperatorContext,
+    TenantNamespaces,
+    Tenants,
+    context_of,
+    find_tenant,
+    tenant_namespaces_index,
+    tenants_index,
+)
 from trainguard.kube import client as kube
-from trainguard.policy.errors import FieldError, format_errors
+from trainguard.policy.access import connect_refusal, job_pod_refusal
+from trainguard.policy.errors import FieldError, format_errors, schema_errors
+from trainguard.policy.images import digest_only, image_error
 from trainguard.policy.pods import images, is_exempt, is_job_pod, validate_foreign_pod
 from trainguard.policy.trainingjob import validate_training_job
-from trainguard.signing.reference import parse
 from trainguard.signing.verifier import VerificationFailed
-from trainguard.workload import webhooks as hooks
-from trainguard.workload.builders import LABEL_TENANT, SIDECAR_CONTAINER
+from trainguard.tls import certs
 
 log = logging.getLogger("trainguard.admission")
-load_tenant = verification.load_tenant
-tenant_of_namespace = verification.tenant_of_namespace
-verify_image = verification.verify_image
 
 
 # --------------------------------------------------------------------------- server and configurations
@@ -46,10 +52,15 @@ class GuardedWebhookServer(kopf.WebhookServer):
     """kopf's webhook server, plus `pods/exec|attach` CONNECT reviews, which kopf's handlers
     cannot see (their object is PodExecOptions; the pod is only named in the request)."""
 
+    def __init__(self, context: OperatorContext, tenants: Tenants, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.operator_context = context  # not `context`: kopf's server keeps its SSL context there
+        self.tenants = tenants
+
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
         async def guarded(request: Any, **kwargs: Any) -> Any:
             if (request.get("request") or {}).get("operation") == "CONNECT":
-                return await review_connect(request)
+                return await review_connect(self.operator_context, self.tenants, request)
             return await fn(request, **kwargs)
 
         async for client_config in super().__call__(guarded):
@@ -57,68 +68,52 @@ class GuardedWebhookServer(kopf.WebhookServer):
 
 
 @kopf.on.startup()
-async def start_admission(settings: kopf.OperatorSettings, **_: Any) -> None:
-    if not verification.CONFIG.port:
+async def start_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
+    context = context_of(memo)
+    config = context.settings
+    if not config.webhook_port:
         return
     # Admission runs blocking calls (registry, API reads) in threads: size the pool for bursts.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32))
-    folder = verification.CONFIG.cert_dir or Path(tempfile.mkdtemp(prefix="trainguard-webhook-"))
+    folder = config.webhook_cert_dir or Path(tempfile.mkdtemp(prefix="trainguard-webhook-"))
     ca = certs.ensure_ca(folder, "webhook-ca")
     serving = certs.ensure_leaf(
-        folder, "webhook", ca, common_name="trainguard-webhook", server_names=(verification.CONFIG.host,)
+        folder, "webhook", ca, common_name="trainguard-webhook", server_names=(config.webhook_host,)
     )
     settings.admission.server = GuardedWebhookServer(
-        addr=verification.CONFIG.listen,
-        port=verification.CONFIG.port,
-        host=verification.CONFIG.host,
+        context,
+        tenants_index(kwargs),
+        addr=config.webhook_listen,
+        port=config.webhook_port,
+        host=config.webhook_host,
         certfile=str(serving.cert),
         pkeyfile=str(serving.key),
         cafile=str(ca.cert),
     )
     settings.admission.managed = None  # trainguard writes its own configurations (namespace selectors)
-    config = verification.CONFIG
     bundle = base64.b64encode(ca.cert.read_bytes()).decode()
-    if config.service:  # in a cluster: the API server reaches the operator through its Service
-        namespace, _sep, name = config.service.partition("/")
-        endpoint = hooks.Endpoint(
-            bundle, service_namespace=namespace, service_name=name, service_port=config.port
+    if config.webhook_service:  # in a cluster: the API server reaches the operator through its Service
+        namespace, _sep, name = config.webhook_service.partition("/")
+        endpoint = configurations.Endpoint(
+            bundle, service_namespace=namespace, service_name=name, service_port=config.webhook_port
         )
     else:
-        endpoint = hooks.Endpoint(bundle, url_base=f"https://{config.host}:{config.port}")
-    for manifest in hooks.build_webhook_configurations(config.config_name, endpoint):
+        endpoint = configurations.Endpoint(
+            bundle, url_base=f"https://{config.webhook_host}:{config.webhook_port}"
+        )
+    for manifest in configurations.build_webhook_configurations(config.webhook_config_name, endpoint):
         await kube.apply_webhook_configuration(manifest)
 
 
 @kopf.on.cleanup()
-async def stop_admission(**_: Any) -> None:
-    if verification.CONFIG.port:
+async def stop_admission(memo: kopf.Memo, **_: Any) -> None:
+    config = context_of(memo).settings
+    if config.webhook_port:
         for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
-            await kube.delete_webhook_configuration(kind, verification.CONFIG.config_name)
+            await kube.delete_webhook_configuration(kind, config.webhook_config_name)
 
 
 # --------------------------------------------------------------------------- shared steps
-
-
-def image_error(path: str, image: str, tenant: Tenant, failure: VerificationFailed) -> FieldError:
-    trusted = ", ".join(s.name for s in tenant.spec.trusted_signers) or "none"
-    if failure.reason in ("Unsigned", "UntrustedSigner", "InvalidSignature", "TagDigestMismatch"):
-        try:
-            target = parse(image).name
-        except ValueError:
-            target = image
-        fix = (
-            f"sign the image with a key tenant {tenant.metadata.name!r} trusts (trusted signers: {trusted}), "
-            f"e.g. `cosign sign --key <that key> {target}@<digest>`, then apply again"
-        )
-        if failure.reason == "TagDigestMismatch":
-            fix = "name the image by tag or by digest alone, or point the tag at the digest you mean"
-    elif failure.reason == "CannotVerify":
-        fix = "trainguard fails closed when the registry cannot be read; check the registry and apply again"
-    elif failure.reason == "NoTrustedSigners":
-        fix = "ask the platform team to add trusted signers to the tenant"
-    else:
-        fix = "write the full reference, e.g. registry.example.com/team/trainer:v1"
-    return FieldError(path, failure.reason, str(failure), fix)
 
 
 async def deny(obj: Mapping[str, Any], errors: list[FieldError]) -> None:
@@ -146,17 +141,25 @@ def _identity(userinfo: Mapping[str, Any]) -> tuple[str, list[str]]:
     return str(userinfo.get("username", "")), list(userinfo.get("groups") or [])
 
 
-def _pinned_digest_only(image: str) -> str:
-    """`repo:tag@digest` -> `repo@digest`: an unchanged pinned image is checked by digest alone."""
-    ref = parse(image)
-    return f"{ref.name}@{ref.digest}" if ref.digest else image
+async def _image_errors(
+    context: OperatorContext, path: str, image: str, tenant: Tenant, checked: str | None = None
+) -> list[FieldError]:
+    """The refusal of `image` at `path` if it (or `checked`, the form of it to verify) does not
+    verify under the tenant's trust."""
+    try:
+        await context.images.verify(checked or image, tenant)
+    except VerificationFailed as failure:
+        return [image_error(path, image, tenant, failure.reason, str(failure))]
+    except ValueError as exc:
+        return [image_error(path, image, tenant, "InvalidImageReference", str(exc))]
+    return []
 
 
 # --------------------------------------------------------------------------- TrainingJobs
 
 
-@kopf.on.mutate(GROUP, VERSION, "trainingjobs", id=hooks.PIN_IMAGE, operations=["CREATE", "UPDATE"])
-async def pin_image(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+@kopf.on.mutate(GROUP, VERSION, "trainingjobs", id=configurations.PIN_IMAGE, operations=["CREATE", "UPDATE"])
+async def pin_image(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any) -> None:
     """Resolve the tag to a digest and write it into the job: what runs is what was verified."""
     old: kopf.Body | None = kwargs.get("old")
     spec = body.get("spec") or {}
@@ -165,51 +168,52 @@ async def pin_image(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
         return  # the schema reports it
     if old is not None and (old.get("spec") or {}).get("image") == image and "@" in image:
         return
-    tenant = await load_tenant(tenant_name)
+    tenant = await find_tenant(tenants_index(kwargs), tenant_name)
     if tenant is None:
         return  # validation reports it, with every other problem
     try:
-        verified = await verify_image(image, tenant)
+        verified = await context_of(memo).images.verify(image, tenant)
     except (VerificationFailed, ValueError):
         return  # validation reports it, with every other problem
     if verified.pinned != image:
         patch.setdefault("spec", {})["image"] = verified.pinned
 
 
-@kopf.on.validate(GROUP, VERSION, "trainingjobs", id=hooks.VALIDATE_JOB, operations=["CREATE", "UPDATE"])
-async def validate_job(body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: Any) -> None:
+@kopf.on.validate(
+    GROUP, VERSION, "trainingjobs", id=configurations.VALIDATE_JOB, operations=["CREATE", "UPDATE"]
+)
+async def validate_job(
+    body: kopf.Body,
+    userinfo: Mapping[str, Any],
+    memo: kopf.Memo,
+    **kwargs: Any,
+) -> None:
+    context = context_of(memo)
     old: kopf.Body | None = kwargs.get("old")
     raw = dict(body)
+    if old is not None and old.get("spec") == raw.get("spec"):
+        return  # metadata only (labels, kopf's finalizer): nothing that decides what runs changed
     try:
         job = TrainingJob.model_validate(raw)
     except ValidationError as exc:
-        errors = [
-            FieldError(
-                ".".join(str(p) for p in e["loc"]), "InvalidField", e["msg"], "see `kubectl explain tj.spec`"
-            )
-            for e in exc.errors()
-        ]
-        await deny(raw, errors)
+        await deny(raw, schema_errors(exc))
         return
     user, groups = _identity(userinfo)
-    exempt = is_exempt(user, groups, verification.CONFIG.operator_users)
-    tenant = await load_tenant(job.spec.tenant)
+    exempt = is_exempt(user, groups, context.settings.operator_users)
+    tenant = await find_tenant(tenants_index(kwargs), job.spec.tenant)
     errors = validate_training_job(job, tenant, "" if exempt else user, tuple(groups))
     if tenant is not None:
         image = job.spec.image
         unchanged = old is not None and (old.get("spec") or {}).get("image") == image
         try:
-            await verify_image(_pinned_digest_only(image) if unchanged else image, tenant)
-            if "@" not in image:  # verified, yet the mutating webhook did not pin it
-                raise VerificationFailed("NotPinned", f"{image} was not pinned to a digest at admission")
-        except VerificationFailed as failure:
-            errors.append(image_error("spec.image", image, tenant, failure))
-        except ValueError as exc:
-            errors.append(
-                image_error(
-                    "spec.image", image, tenant, VerificationFailed("InvalidImageReference", str(exc))
-                )
-            )
+            checked = digest_only(image) if unchanged else image
+        except ValueError:
+            checked = image
+        image_errors = await _image_errors(context, "spec.image", image, tenant, checked)
+        if not image_errors and "@" not in image:  # verified, yet the mutating webhook did not pin it
+            message = f"{image} was not pinned to a digest at admission"
+            image_errors = [image_error("spec.image", image, tenant, "NotPinned", message)]
+        errors += image_errors
     if errors:
         await deny({**raw, "apiVersion": API_VERSION, "kind": "TrainingJob"}, errors)
 
@@ -218,96 +222,128 @@ async def validate_job(body: kopf.Body, userinfo: Mapping[str, Any], **kwargs: A
 
 
 async def _guard_pod(
-    body: kopf.Body, old: kopf.Body | None, userinfo: Mapping[str, Any], operation: str, namespace: str | None
+    context: OperatorContext,
+    body: kopf.Body,
+    old: kopf.Body | None,
+    userinfo: Mapping[str, Any],
+    operation: str,
+    namespace: str | None,
+    tenants: Tenants,
+    tenant_namespaces: TenantNamespaces,
 ) -> None:
     user, groups = _identity(userinfo)
-    if is_exempt(user, groups, verification.CONFIG.operator_users) or not namespace:
+    if is_exempt(user, groups, context.settings.operator_users) or not namespace:
         return
     pod = dict(body)
     if is_job_pod(dict(old) if old is not None else pod) or is_job_pod(pod):
-        verb = {"CREATE": "create", "DELETE": "delete"}.get(operation, "change")
-        owner = ((pod.get("metadata") or {}).get("labels") or {}).get("trainguard.dev/job-name", "?")
-        await deny(
-            pod,
-            [
-                FieldError(
-                    "metadata.ownerReferences",
-                    "JobPodIsOperatorOwned",
-                    f"only trainguard may {verb} the pods of TrainingJob {owner!r}",
-                    "change or delete the TrainingJob instead; trainguard recreates its pods",
-                )
-            ],
-        )
+        await deny(pod, [job_pod_refusal(pod, operation)])
     if operation == "DELETE":
         return
-    tenant = await tenant_of_namespace(namespace)
+    tenant = await _tenant_of_namespace(namespace, tenants, tenant_namespaces)
     if tenant is None:
         return
     shared = {s.claim_name: s.name for s in tenant.spec.shared_storage}
     errors = validate_foreign_pod(pod, shared)
     for path, image in images(pod):
-        try:
-            await verify_image(image, tenant)
-        except VerificationFailed as failure:
-            errors.append(image_error(path, image, tenant, failure))
+        errors += await _image_errors(context, path, image, tenant)
     if errors:
         await deny({**pod, "apiVersion": "v1", "kind": "Pod"}, errors)
 
 
-@kopf.on.validate("", "v1", "pods", id=hooks.POD_GUARD, operations=["CREATE", "UPDATE", "DELETE"])
+async def _tenant_of_namespace(
+    namespace: str, tenants: Tenants, tenant_namespaces: TenantNamespaces
+) -> Tenant | None:
+    """The tenant a namespace's label names: from the index, or the API server when the index
+    has not seen the label yet (the webhook only runs for labelled namespaces)."""
+    name = next(iter(tenant_namespaces.get(namespace, ())), None)
+    if name is None:
+        ns = await kube.get_namespace(namespace)
+        name = ((ns or {}).get("metadata", {}).get("labels") or {}).get(LABEL_TENANT)
+    return await find_tenant(tenants, name) if name else None
+
+
+@kopf.on.validate("", "v1", "pods", id=configurations.POD_GUARD, operations=["CREATE", "UPDATE", "DELETE"])
 async def guard_pod(
-    body: kopf.Body, userinfo: Mapping[str, Any], namespace: str | None, **kwargs: Any
+    body: kopf.Body,
+    userinfo: Mapping[str, Any],
+    namespace: str | None,
+    memo: kopf.Memo,
+    **kwargs: Any,
 ) -> None:
-    await _guard_pod(body, kwargs.get("old"), userinfo, str(kwargs.get("operation")), namespace)
+    await _guard_pod(
+        context_of(memo),
+        body,
+        kwargs.get("old"),
+        userinfo,
+        str(kwargs.get("operation")),
+        namespace,
+        tenants_index(kwargs),
+        tenant_namespaces_index(kwargs),
+    )
 
 
 @kopf.on.validate(
-    "", "v1", "pods", id=hooks.POD_GUARD_EPHEMERAL, subresource="ephemeralcontainers", operations=["UPDATE"]
+    "",
+    "v1",
+    "pods",
+    id=configurations.POD_GUARD_EPHEMERAL,
+    subresource="ephemeralcontainers",
+    operations=["UPDATE"],
 )
 async def guard_ephemeral_containers(
-    body: kopf.Body, userinfo: Mapping[str, Any], namespace: str | None, **kwargs: Any
+    body: kopf.Body,
+    userinfo: Mapping[str, Any],
+    namespace: str | None,
+    memo: kopf.Memo,
+    **kwargs: Any,
 ) -> None:
-    await _guard_pod(body, kwargs.get("old"), userinfo, "UPDATE", namespace)
+    await _guard_pod(
+        context_of(memo),
+        body,
+        kwargs.get("old"),
+        userinfo,
+        "UPDATE",
+        namespace,
+        tenants_index(kwargs),
+        tenant_namespaces_index(kwargs),
+    )
 
 
-async def review_connect(review: Mapping[str, Any]) -> dict[str, Any]:
-    """`kubectl exec` / `attach` into a job's pod: only that job's tenant members (and the exempt),
-    and never into its integrity sidecar."""
+async def review_connect(
+    context: OperatorContext, tenants: Tenants, review: Mapping[str, Any]
+) -> dict[str, Any]:
+    """`kubectl exec` / `attach` into a job's pod: the decision is `policy.access.connect_refusal`."""
     request = review.get("request") or {}
     uid, namespace, name = request.get("uid", ""), request.get("namespace", ""), request.get("name", "")
     user, groups = _identity(request.get("userInfo") or {})
-    allowed, message = True, ""
-    if not is_exempt(user, groups, verification.CONFIG.operator_users):
+    response: dict[str, Any] = {"uid": uid, "allowed": True}
+    if not is_exempt(user, groups, context.settings.operator_users):
         pod = await kube.get_pod(namespace, name)
-        options = request.get("object") or {}  # PodExecOptions / PodAttachOptions
-        action = request.get("subResource", "exec")
         if pod is not None and is_job_pod(pod):
-            reason = ""
-            if options.get("container") == SIDECAR_CONTAINER:
-                reason = "SidecarExec"
-                message = (
-                    f"pods/{action} into {name} -c {SIDECAR_CONTAINER}: the integrity sidecar holds the "
-                    "job's key, and nobody may run commands in it; read its findings in the job's status "
-                    "and events"
-                )
-            else:
-                tenant_name = (pod["metadata"].get("labels") or {}).get(LABEL_TENANT, "")
-                tenant = await load_tenant(tenant_name)
-                if tenant is None or not tenant.spec.members.includes(user, groups):
-                    reason = "ForeignExec"
-                    message = (
-                        f"pods/{action} into {name}: only members of tenant {tenant_name!r} may {action} "
-                        "into its TrainingJobs' pods; ask a member of that tenant, or the platform team"
-                    )
-            if reason:
-                allowed = False
-                metrics.admission_denied(reason)
+            options = request.get("object") or {}  # PodExecOptions / PodAttachOptions
+            tenant_name = (pod["metadata"].get("labels") or {}).get(LABEL_TENANT, "")
+            tenant = await find_tenant(tenants, tenant_name) if tenant_name else None
+            refusal = connect_refusal(
+                name,
+                request.get("subResource", "exec"),
+                options.get("container"),
+                tenant_name,
+                tenant,
+                user,
+                groups,
+            )
+            if refusal is not None:
+                metrics.admission_denied(refusal.reason)
                 await kube.post_event(
-                    pod, "Warning", "AdmissionDenied", f"{user}: {message}", component="trainguard-admission"
+                    pod,
+                    "Warning",
+                    "AdmissionDenied",
+                    f"{user}: {refusal.message}",
+                    component="trainguard-admission",
                 )
-    response: dict[str, Any] = {"uid": uid, "allowed": allowed}
-    if not allowed:
-        response["status"] = {"code": 403, "message": message, "reason": "Forbidden"}
+                response.update(
+                    allowed=False, status={"code": 403, "message": refusal.message, "reason": "Forbidden"}
+                )
     return {
         "apiVersion": review.get("apiVersion", "admission.k8s.io/v1"),
         "kind": "AdmissionReview",

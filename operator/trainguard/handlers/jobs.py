@@ -1,8 +1,13 @@
 """Thin kopf handlers for TrainingJobs: parse once, ask the pure planner, apply its plan.
 
-Every watch event of a job or of one of its pods triggers one reconcile pass of that job; passes
-of one job never overlap. A pass writes status first, in one patch, then creates and deletes
-children, so an operator killed at any point converges on restart.
+Each TrainingJob has one reconcile daemon (kopf starts it when the job appears and stops it
+when the job goes), so passes of one job never overlap and nothing else writes its status. A
+pass runs when the daemon starts, when one of the job's pods changes, when an integrity report
+arrives, and when the plan asks to look again. A pass that fails, for any reason, is logged,
+counted in `trainguard_reconcile_errors_total{reason}` and retried by kopf with back-off.
+
+A pass writes status first, in one patch, then creates children and pods and deletes pods, so
+an operator killed at any point converges on restart.
 """
 
 from __future__ import annotations
@@ -12,126 +17,154 @@ import datetime
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import kopf
 
 from trainguard import metrics
-from trainguard.api.conditions import ConditionType
-from trainguard.api.models import GROUP, VERSION, IntegrityMode, PinnedImage, Tenant, TrainingJob
-from trainguard.handlers import verification
+from trainguard.api.constants import FINALIZER, GROUP, LABEL_JOB, LABEL_JOB_UID, VERSION
+from trainguard.api.models import TrainingJob
+from trainguard.context import (
+    VERIFIED_FLUSH_SECONDS,
+    JobKey,
+    OperatorContext,
+    Tenants,
+    context_of,
+    find_tenant,
+    job_pods_index,
+    tenants_index,
+)
 from trainguard.kube import client as kube
 from trainguard.signing.verifier import VerificationFailed
-from trainguard.workload.builders import (
-    LABEL_JOB,
-    WorkloadSettings,
-    build_children,
-    build_integrity_secret,
-    job_selector,
-)
 from trainguard.workload.lifecycle import ImageProblem, PodView, plan
 
 log = logging.getLogger("trainguard.jobs")
 
-SETTINGS = WorkloadSettings(
-    sidecar_image=os.environ.get("TRAINGUARD_SIDECAR_IMAGE", WorkloadSettings.sidecar_image),
-    report_url=os.environ.get("TRAINGUARD_INTEGRITY_URL", WorkloadSettings.report_url),
-)
-_locks: dict[tuple[str, str], asyncio.Lock] = {}
-_requeues: dict[tuple[str, str], asyncio.TimerHandle] = {}
-
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    context_of(memo)  # built once, in the root memo every object's memo copies
     settings.posting.level = logging.WARNING  # our own Events are posted explicitly
     settings.watching.server_timeout = 60
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.finalizer = FINALIZER  # kept while a job's daemon runs
 
 
-@kopf.on.event(GROUP, VERSION, "trainingjobs")
-async def job_changed(type: str, name: str, namespace: str | None, **_: Any) -> None:
-    if type != "DELETED" and namespace:
-        await reconcile(namespace, name)
+@kopf.index("", "v1", "pods", labels={LABEL_JOB_UID: kopf.PRESENT})
+def job_pods(
+    body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
+) -> dict[tuple[str, str], PodView]:
+    """Every job pod, by (namespace, job uid): the planner's view of a job's pods."""
+    return {(namespace or "", labels[LABEL_JOB_UID]): PodView.from_manifest(dict(body))}
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT})
-async def pod_changed(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+async def pod_changed(labels: Mapping[str, str], namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     if namespace:
-        await reconcile(namespace, labels[LABEL_JOB])
+        context_of(memo).wakeups.wake((namespace, labels[LABEL_JOB]))
 
 
-def _schedule(key: tuple[str, str], delay: float | None) -> None:
-    old = _requeues.pop(key, None)
-    if old is not None:
-        old.cancel()
-    if delay is None:
-        return
-    loop = asyncio.get_running_loop()
-    _requeues[key] = loop.call_later(delay, lambda: asyncio.ensure_future(reconcile(*key)))
-
-
-def job_lock(namespace: str, name: str) -> asyncio.Lock:
-    """Serialises everything that writes one job's status (reconcile passes, integrity reports)."""
-    return _locks.setdefault((namespace, name), asyncio.Lock())
-
-
-async def reconcile(namespace: str, name: str) -> None:
+@kopf.daemon(GROUP, VERSION, "trainingjobs", id="reconcile", cancellation_timeout=10.0)
+async def reconcile_job(
+    namespace: str | None,
+    name: str,
+    uid: str,
+    stopped: kopf.DaemonStopped,
+    memo: kopf.Memo,
+    **kwargs: Any,
+) -> None:
+    context = context_of(memo)
+    job_pods, tenants = job_pods_index(kwargs), tenants_index(kwargs)
+    assert namespace, "a TrainingJob is namespaced"
     key = (namespace, name)
-    async with job_lock(namespace, name):
-        with metrics.RECONCILE_SECONDS.time():
+    wake = context.wakeups.event(key)
+    try:
+        while not stopped:
+            wake.clear()
+            pods = list(job_pods.get((namespace, uid), ()))
             try:
-                delay = await _reconcile_once(namespace, name)
-            except kube.KubeError as exc:
-                metrics.reconcile_failed("api")
-                log.warning("reconcile of %s/%s failed, retrying: %s", namespace, name, exc)
-                delay = 2.0
-        _schedule(key, delay)
+                with metrics.RECONCILE_SECONDS.time():
+                    delay = await reconcile(context, key, pods, tenants)
+            except Exception as exc:
+                retry(memo, exc, context)
+            memo["failures"] = 0
+            if context.integrity.has_pending(key):
+                delay = min(delay if delay is not None else VERIFIED_FLUSH_SECONDS, VERIFIED_FLUSH_SECONDS)
+            await _sleep(wake, stopped, delay)
+    finally:
+        if stopped:
+            context.wakeups.forget(key)
+            context.integrity.forget(key)
 
 
-async def _reconcile_once(namespace: str, name: str) -> float | None:
+def retry(memo: kopf.Memo, exc: Exception, context: OperatorContext) -> NoReturn:
+    """Count a failed pass and hand it to kopf, which runs the daemon again after the delay."""
+    failures = int(memo.get("failures", 0))
+    memo["failures"] = failures + 1
+    reason = "api" if isinstance(exc, kube.KubeError) else type(exc).__name__
+    metrics.reconcile_failed(reason)
+    delay = context.settings.retry_delay(failures)
+    raise kopf.TemporaryError(
+        f"reconcile pass failed ({reason}): {exc}; retrying in {delay:.0f} s", delay=delay
+    )
+
+
+async def _sleep(wake: asyncio.Event, stopped: kopf.DaemonStopped, delay: float | None) -> None:
+    """Until woken, stopped, or `delay` seconds (None: until woken or stopped)."""
+    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def reconcile(
+    context: OperatorContext,
+    key: JobKey,
+    pods: list[PodView],
+    tenants: Tenants,
+) -> float | None:
+    """One pass: read, plan, apply. Returns when to look again (None: when something changes)."""
+    namespace, name = key
     raw = await kube.get_job(namespace, name)
     if raw is None or raw["metadata"].get("deletionTimestamp"):
-        _locks.pop((namespace, name), None)
         return None
     job = TrainingJob.model_validate(raw)
-    tenant_raw = await kube.get_tenant(job.spec.tenant)
-    tenant = Tenant.model_validate(tenant_raw) if tenant_raw else None
-    pods = [PodView.from_manifest(p) for p in await kube.list_pods(namespace, job_selector(job))]
-    image = await _verify(job, tenant) if tenant is not None and job.status.image is None else None
-    now = datetime.datetime.now(datetime.UTC)
-    decided = plan(job, tenant, pods, now, SETTINGS, image)
-
-    new_status = decided.status.to_api()
-    if new_status != raw.get("status"):
-        await kube.patch_job_status(namespace, name, new_status)
+    tenant = await find_tenant(tenants, job.spec.tenant)
+    image: Any = None
+    if tenant is not None and job.status.image is None:
+        try:
+            image = await context.images.verify_pinned(job.spec.image, tenant)
+        except VerificationFailed as failure:
+            image = ImageProblem(failure.reason, str(failure))
+    verdicts = context.integrity.take(key)
+    try:
+        decided = plan(
+            job,
+            tenant,
+            pods,
+            datetime.datetime.now(datetime.UTC),
+            context.settings.workload(),
+            image,
+            verdicts=verdicts,
+            new_key=os.urandom(32),
+        )
+        new_status = decided.status.to_api()
+        if new_status != raw.get("status"):
+            await kube.patch_job_status(namespace, name, new_status)
+    except BaseException:
+        context.integrity.give_back(key, verdicts)
+        raise
     for event in decided.events:
-        await kube.post_event(raw, event.type, event.reason, event.message)
-        _count(job, event.reason)
+        await kube.post_event(raw, event.type, event.reason, event.message, component=event.component)
+        metrics.job_transition(job.spec.tenant, event.transition, event.reason)
     for pod in decided.delete_pods:
         await kube.delete_pod(namespace, pod)
-    if decided.ensure_children:
-        for child in build_children(job, SETTINGS):
-            await kube.create(child)
-        if job.spec.integrity.mode != IntegrityMode.OFF:
-            # A fresh random key; an existing Secret (409) keeps its key.
-            await kube.create(build_integrity_secret(job, os.urandom(32)))
+    for child in decided.children:
+        await kube.create(child)  # an existing child (409) is kept as it is, its key too
     if decided.create_pods:
         await _create_gang(namespace, decided.create_pods)
     return decided.requeue_after
-
-
-async def _verify(job: TrainingJob, tenant: Tenant) -> PinnedImage | ImageProblem:
-    """Verify the pinned image once more before the first pod: no way around admission."""
-    image = job.spec.image
-    if "@" not in image:
-        return ImageProblem("NotPinned", f"{image} was not pinned to a digest at admission")
-    try:
-        verified = await verification.verify_image(image, tenant)
-    except VerificationFailed as failure:
-        return ImageProblem(failure.reason, str(failure))
-    except ValueError as exc:
-        return ImageProblem("InvalidImageReference", str(exc))
-    return PinnedImage(reference=image.split("@", 1)[0], digest=verified.digest, signer=verified.signer)
 
 
 async def _create_gang(namespace: str, pods: list[dict[str, Any]]) -> None:
@@ -139,21 +172,9 @@ async def _create_gang(namespace: str, pods: list[dict[str, Any]]) -> None:
     created: list[str] = []
     try:
         for pod in pods:
-            await kube.create(pod)
-            created.append(pod["metadata"]["name"])
-    except kube.KubeError:
+            if await kube.create(pod):
+                created.append(pod["metadata"]["name"])
+    except Exception:
         for pod_name in created:
             await kube.delete_pod(namespace, pod_name)
         raise
-
-
-def _count(job: TrainingJob, reason: str) -> None:
-    tenant = job.spec.tenant
-    if reason == "Restarting":
-        metrics.job_restarted(tenant)
-    elif reason == "Succeeded":
-        metrics.job_finished(tenant, ConditionType.SUCCEEDED.value)
-    elif reason in ("BackoffLimitExceeded", "DeadlineExceeded"):
-        metrics.job_finished(tenant, ConditionType.FAILED.value)
-    elif reason not in ("Admitted",):
-        metrics.job_not_admitted(tenant, reason)

@@ -1,52 +1,70 @@
-"""Thin kopf handlers for Tenants: members get the researcher role in the tenant's namespaces."""
+"""Thin kopf handlers for Tenants: the operator's indexes of tenants and of tenant namespaces,
+and the members' researcher role in each of a tenant's namespaces."""
 
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
-from trainguard.api.models import GROUP, VERSION, Tenant
-from trainguard.handlers import verification
+from trainguard.api.constants import GROUP, TENANT_NAMESPACE_LABEL, VERSION
+from trainguard.api.models import Tenant
+from trainguard.context import OperatorContext, context_of, tenants_index
 from trainguard.kube import client as kube
-from trainguard.workload.access import build_members_binding
-from trainguard.workload.webhooks import TENANT_NAMESPACE_LABEL
+from trainguard.tenancy.bindings import build_members_binding
 
 log = logging.getLogger("trainguard.tenants")
 
 
-def researcher_role() -> str:
-    return os.environ.get("TRAINGUARD_RESEARCHER_ROLE", "trainguard-researcher")
+@kopf.on.startup()
+async def build_context(memo: kopf.Memo, **_: Any) -> None:
+    context_of(memo)
+
+
+@kopf.index(GROUP, VERSION, "tenants")
+def tenants_by_name(name: str, body: kopf.Body, **_: Any) -> dict[str, Tenant] | None:
+    """Every Tenant, parsed once: admission and the reconciler read tenants here."""
+    try:
+        return {name: Tenant.model_validate(dict(body))}
+    except ValidationError as exc:  # the CRD schema normally prevents this
+        log.warning("tenant %s does not parse and is ignored: %s", name, exc)
+        return None
+
+
+@kopf.index("", "v1", "namespaces", labels={TENANT_NAMESPACE_LABEL: kopf.PRESENT})
+def tenant_namespaces(name: str, labels: Mapping[str, str], **_: Any) -> dict[str, str]:
+    """namespace -> the tenant its label names (the pod guard's webhooks select by that label)."""
+    return {name: labels[TENANT_NAMESPACE_LABEL]}
 
 
 @kopf.on.event(GROUP, VERSION, "tenants")
-async def tenant_changed(type: str, name: str, body: kopf.Body, **_: Any) -> None:
+async def tenant_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED":
-        verification.forget_tenant(name)
         return  # the garbage collector removes the bindings the tenant owns
     tenant = Tenant.model_validate(dict(body))
-    verification.remember_tenant(tenant)
     for namespace in tenant.spec.namespaces:
-        await _set_up_namespace(tenant, namespace)
+        await _set_up_namespace(context_of(memo), tenant, namespace)
 
 
 @kopf.on.event("", "v1", "namespaces")
-async def namespace_changed(type: str, name: str, **_: Any) -> None:
+async def namespace_changed(type: str, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     """A tenant's namespace created after the tenant gets its label and binding too."""
     if type in (None, "ADDED"):
-        for raw in await kube.list_tenants():
-            tenant = Tenant.model_validate(raw)
-            if name in tenant.spec.namespaces:
-                await _set_up_namespace(tenant, name)
+        for tenants in tenants_index(kwargs).values():
+            for tenant in tenants:
+                if name in tenant.spec.namespaces:
+                    await _set_up_namespace(context_of(memo), tenant, name)
 
 
-async def _set_up_namespace(tenant: Tenant, namespace: str) -> None:
+async def _set_up_namespace(context: OperatorContext, tenant: Tenant, namespace: str) -> None:
     """Label the namespace (it scopes the pod guard's webhooks) and bind the tenant's members."""
+    binding = build_members_binding(tenant, namespace, context.settings.researcher_role)
     try:
         await kube.label_namespace(namespace, {TENANT_NAMESPACE_LABEL: tenant.metadata.name})
-        await kube.apply_role_binding(build_members_binding(tenant, namespace, researcher_role()))
+        await kube.apply_role_binding(binding)
     except kube.KubeError as exc:
         if exc.status != 404:
             raise

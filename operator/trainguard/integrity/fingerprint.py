@@ -96,15 +96,12 @@ def chunk_multipliers(seed: int, first: int, count: int) -> U64:
     return splitmix64(state) | np.uint64(1)
 
 
-def as_bytes(tensor: object) -> memoryview:
-    """Raw bytes of an array in C order: numpy arrays, or PyTorch tensors of any dtype (bf16 too)."""
-    if hasattr(tensor, "detach"):  # a torch.Tensor; imported only when one is passed
-        import torch
+def as_bytes(array: object) -> memoryview:
+    """Raw bytes of an array in C order: numpy arrays, or anything numpy reads (bytes, memoryviews).
 
-        raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
-        return memoryview(raw.numpy())
-    array = np.ascontiguousarray(tensor)
-    return array.reshape(-1).view(np.uint8).data
+    PyTorch tensors of any dtype (bf16 too) go through `trainguard.gpu.tensors.tensor_bytes`."""
+    contiguous = np.ascontiguousarray(array)
+    return contiguous.reshape(-1).view(np.uint8).data
 
 
 def _words(data: memoryview) -> U32:
@@ -177,7 +174,7 @@ class _Accumulator:
 
 
 def fingerprint(key: FingerprintKey, tensors: Iterable[object]) -> str:
-    """The fingerprint (64 hex digits) of `tensors`, in order."""
+    """The fingerprint (64 hex digits) of `tensors` (arrays, see `as_bytes`), in order."""
     acc = _Accumulator(key)
     for tensor in tensors:
         acc.add_tensor(as_bytes(tensor))

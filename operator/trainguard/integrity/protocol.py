@@ -1,27 +1,40 @@
-"""The trainer <-> sidecar protocol: newline-delimited JSON over a Unix socket on the shared emptyDir.
+"""The trainer <-> sidecar protocol: the messages both send over the Unix socket on the shared emptyDir.
 
-Pure helpers only: the layout of the shared buffers, the checks the sidecar applies to what the
-trainer tells it about them, and message framing.
+Pure: typed messages (what the trainer asks, `Request`, and what the sidecar answers, `Reply`),
+the layout of the shared buffers, and the checks the sidecar applies to what the trainer tells it
+about them. The framing of messages on the socket is `trainguard.channel`'s.
 
 The trainer shares its memory as a few *regions*: one flat buffer per kind of state (parameters,
 buffers, optimizer state) and device. A CPU region is a file in the shared folder that both
 processes map; a CUDA region is one device allocation that the sidecar opens through its CUDA IPC
 handle. The fingerprint of a region covers its whole buffer, so one region is one kernel launch.
+
+A message is parsed once, where it enters (`parse_request` in the sidecar, `parse_reply` in the
+trainer): unknown fields, wrong types and values outside the limits raise `ProtocolError`, whose
+text says what was wrong. The JSON of a message (`WireModel.wire`) has the same field names,
+order and values as the hand-written dicts it replaced.
 """
 
 from __future__ import annotations
 
 import base64
 import bisect
-import json
 import re
-import socket
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal, Self, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 ALIGN = 64  # tensor offsets in the shared buffer are 64-byte aligned
-MAX_MESSAGE = 16 << 20  # a register message names every tensor of a region
 MAX_REGION_BYTES = 1 << 42
 CUDA_HANDLE_BYTES = 64
 KINDS = ("parameters", "buffers", "optimizer")
@@ -31,11 +44,55 @@ _REGION_NAME = re.compile(rf"^({'|'.join(KINDS)})@(cpu|cuda:[0-9]{{1,2}})$")
 
 
 class ProtocolError(ValueError):
-    """A message the sidecar refuses; the text says what was wrong."""
+    """A message the sidecar (or the trainer) refuses; the text says what was wrong."""
 
 
-@dataclass(frozen=True)
-class Slot:
+class WireModel(BaseModel):
+    """A JSON object that crosses a process boundary: strict types, no unknown fields, immutable.
+
+    The fields named in `omit_when_none` are left out of the JSON when they are None (they are
+    optional keys of the object), every other field is always written, null included."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    omit_when_none: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name in self.omit_when_none:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
+
+    def wire(self) -> dict[str, Any]:
+        """The message as a JSON-ready dict."""
+        return self.model_dump(mode="json")
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def explain(exc: ValidationError, prefix: str = "") -> str:
+    """The first problem pydantic found, in one line: the text of our own checks as they wrote it,
+    else '<field.path>: <what pydantic says>'."""
+    error = exc.errors()[0]
+    cause = error.get("ctx", {}).get("error")
+    if error["type"] == "value_error" and cause is not None:
+        return str(cause)
+    where = ".".join(str(part) for part in (prefix, *error["loc"]) if part != "")
+    return f"{where}: {error['msg']}" if where else str(error["msg"])
+
+
+def _checked(model: type[_M], data: object, prefix: str = "") -> _M:
+    """`data` as a `model`, or ProtocolError saying what is wrong with it."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ProtocolError(explain(exc, prefix)) from exc
+
+
+# ----------------------------------------------------------------- shared buffers
+class Slot(WireModel):
     """Where one tensor lives in the shared buffer."""
 
     name: str
@@ -47,17 +104,9 @@ def layout(sizes: list[tuple[str, int]]) -> tuple[list[Slot], int]:
     """Aligned slots for (name, nbytes) in order, and the buffer size they need."""
     slots, offset = [], 0
     for name, nbytes in sizes:
-        slots.append(Slot(name, offset, nbytes))
+        slots.append(Slot(name=name, offset=offset, nbytes=nbytes))
         offset += -(-nbytes // ALIGN) * ALIGN
     return slots, max(offset, ALIGN)
-
-
-def slots_to_json(slots: list[Slot]) -> list[dict[str, Any]]:
-    return [asdict(s) for s in slots]
-
-
-def slots_from_json(data: list[dict[str, Any]]) -> list[Slot]:
-    return [Slot(str(d["name"]), int(d["offset"]), int(d["nbytes"])) for d in data]
 
 
 def tensors_in_chunks(slots: list[Slot], chunks: list[int], chunk_bytes: int) -> list[str]:
@@ -85,41 +134,52 @@ def region_kind(name: str) -> str:
     return name.split("@", 1)[0]
 
 
-@dataclass(frozen=True)
-class CudaHandle:
-    """What the sidecar needs to open a GPU region of the trainer (see `cuda_ipc.py`)."""
+class CudaHandle(WireModel):
+    """What the sidecar needs to open a GPU region of the trainer (see `trainguard.gpu.cuda_ipc`).
+
+    On the wire the handle is base64 text."""
 
     uuid: str  # the GPU's UUID: device indexes differ between containers
     handle: bytes  # the CUDA IPC handle of the region's own allocation (64 bytes)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"uuid": self.uuid, "handle": base64.b64encode(self.handle).decode()}
-
+    @field_validator("uuid", mode="before")
     @classmethod
-    def from_json(cls, data: Any) -> CudaHandle:
-        if not isinstance(data, dict):
-            raise ProtocolError("region.cuda must be an object")
-        uuid, raw = data.get("uuid"), data.get("handle")
-        if not isinstance(uuid, str) or not uuid:
-            raise ProtocolError("region.cuda.uuid must name the trainer's GPU")
-        try:
-            handle = base64.b64decode(raw, validate=True) if isinstance(raw, str) else b""
-        except ValueError as exc:
-            raise ProtocolError("region.cuda.handle must be base64 text") from exc
-        if len(handle) != CUDA_HANDLE_BYTES:
-            raise ProtocolError(
+    def _uuid(cls, value: object) -> object:
+        if not isinstance(value, str) or not value:
+            raise ValueError("region.cuda.uuid must name the trainer's GPU")
+        return value
+
+    @field_validator("handle", mode="before")
+    @classmethod
+    def _handle(cls, value: object) -> bytes:
+        if isinstance(value, str):
+            try:
+                raw = base64.b64decode(value, validate=True)
+            except ValueError as exc:
+                raise ValueError("region.cuda.handle must be base64 text") from exc
+        else:
+            raw = value if isinstance(value, bytes) else b""
+        if len(raw) != CUDA_HANDLE_BYTES:
+            raise ValueError(
                 f"region.cuda.handle must be a {CUDA_HANDLE_BYTES}-byte CUDA IPC handle in base64"
             )
-        return cls(uuid, handle)
+        return raw
+
+    @field_serializer("handle")
+    def _handle_text(self, handle: bytes) -> str:
+        return base64.b64encode(handle).decode()
 
 
-@dataclass(frozen=True)
-class Region:
-    """One shared flat buffer: a file in the shared folder (CPU) or a CUDA allocation."""
+class Region(WireModel):
+    """One shared flat buffer: a file in the shared folder (CPU) or a CUDA allocation.
+
+    The trainer chooses these values, so nothing is taken on trust: every slot must lie inside
+    the buffer, a CPU region names its file and a GPU region its IPC handle. That the file is one
+    of the shared folder is `in_shared_folder`'s check (it needs the folder)."""
 
     name: str
     nbytes: int
-    slots: list[Slot] = field(default_factory=list)
+    slots: list[Slot]
     path: str | None = None
     cuda: CudaHandle | None = None
 
@@ -127,74 +187,184 @@ class Region:
     def kind(self) -> str:
         return region_kind(self.name)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "nbytes": self.nbytes,
-            "slots": slots_to_json(self.slots),
-            "path": self.path,
-            "cuda": self.cuda.to_json() if self.cuda else None,
-        }
+    @property
+    def device(self) -> str:
+        return self.name.split("@", 1)[1]
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: object) -> object:
+        if not isinstance(value, str) or not _REGION_NAME.match(value):
+            raise ValueError(f"region.name {value!r} must be <kind>@<device>, kind one of {', '.join(KINDS)}")
+        return value
+
+    @field_validator("nbytes", mode="before")
+    @classmethod
+    def _nbytes(cls, value: object) -> object:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_REGION_BYTES:
+            raise ValueError(f"region.nbytes must be a positive integer up to {MAX_REGION_BYTES}")
+        return value
+
+    @field_validator("slots", mode="before")
+    @classmethod
+    def _slots(cls, value: object) -> object:
+        if not isinstance(value, list):
+            raise ValueError("region.slots must be a list")
+        return value
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path(cls, value: object) -> object:
+        if value is not None and not isinstance(value, str):
+            raise ValueError("region.path must name the region's file in the shared folder")
+        return value
+
+    @field_validator("cuda", mode="before")
+    @classmethod
+    def _cuda(cls, value: object) -> object:
+        if value is not None and not isinstance(value, dict | CudaHandle):
+            raise ValueError("region.cuda must be an object")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        for i, slot in enumerate(self.slots):
+            if slot.offset < 0 or slot.nbytes < 0 or slot.offset + slot.nbytes > self.nbytes:
+                raise ValueError(
+                    f"region.slots[{i}] ({slot.name}) lies outside the {self.nbytes}-byte buffer"
+                )
+        if self.device == "cpu":
+            if self.path is None:
+                raise ValueError("region.path must name the region's file in the shared folder")
+            if self.cuda is not None:
+                raise ValueError("region.cuda is for GPU regions only")
+        else:
+            if self.cuda is None:
+                raise ValueError("region.cuda must be an object")
+            if self.path is not None:
+                raise ValueError("region.path is for CPU regions only")
+        return self
 
 
-def parse_region(data: Any, folder: Path) -> Region:
-    """The region a register message describes, checked; `folder` is the shared emptyDir.
+def in_shared_folder(region: Region, folder: Path) -> Region:
+    """`region`, its file resolved, if that file is one of the shared `folder` (never, say, the
+    key); GPU regions have no file."""
+    if region.path is None:
+        return region
+    resolved = Path(region.path).resolve()
+    if resolved.parent != folder.resolve():
+        raise ProtocolError(f"region.path {region.path!r} is not a file of the shared folder")
+    return region.model_copy(update={"path": str(resolved)})
 
-    The trainer chooses these values, so nothing is taken on trust: a CPU region must be a file
-    inside the shared folder (never, say, the key), and every slot must lie inside the buffer.
-    """
+
+def parse_region(data: object, folder: Path) -> Region:
+    """The region a register message describes, checked; `folder` is the shared emptyDir."""
+    return in_shared_folder(_checked(Region, data, "region"), folder)
+
+
+# ----------------------------------------------------------------- trainer -> sidecar
+def _integer_step(value: object) -> object:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ValueError("step must be an integer")
+    return value
+
+
+def _string_path(value: object) -> object:
+    if not isinstance(value, str):
+        raise ValueError("path must be a string")
+    return value
+
+
+class Register(WireModel):
+    """Share a region (again: a region of the same name replaces the old one)."""
+
+    op: Literal["register"] = "register"
+    region: Region
+
+
+class Begin(WireModel):
+    """Step `step` starts: the state must be what the end of the step before left."""
+
+    op: Literal["begin"] = "begin"
+    step: int
+
+    check_step = field_validator("step", mode="before")(_integer_step)
+
+
+class End(WireModel):
+    """Step `step` ended: fingerprint the state it produced."""
+
+    op: Literal["end"] = "end"
+    step: int
+
+    check_step = field_validator("step", mode="before")(_integer_step)
+
+
+class Checkpoint(WireModel):
+    """Sign the checkpoint (a file, or a directory of shards) at `path`."""
+
+    op: Literal["checkpoint"] = "checkpoint"
+    path: str
+    step: int | None = None
+
+    check_path = field_validator("path", mode="before")(_string_path)
+    check_step = field_validator("step", mode="before")(_integer_step)
+
+
+class Verify(WireModel):
+    """Check the checkpoint at `path` against its signed manifest."""
+
+    op: Literal["verify"] = "verify"
+    path: str
+
+    check_path = field_validator("path", mode="before")(_string_path)
+
+
+Request = Register | Begin | End | Checkpoint | Verify
+_REQUESTS: dict[str, type[Request]] = {
+    "register": Register,
+    "begin": Begin,
+    "end": End,
+    "checkpoint": Checkpoint,
+    "verify": Verify,
+}
+
+
+def parse_request(data: object, folder: Path) -> Request:
+    """A message from the trainer, checked; `folder` is the shared emptyDir."""
     if not isinstance(data, dict):
-        raise ProtocolError("region must be an object")
-    name = data.get("name")
-    if not isinstance(name, str) or not _REGION_NAME.match(name):
-        raise ProtocolError(f"region.name {name!r} must be <kind>@<device>, kind one of {', '.join(KINDS)}")
-    nbytes = data.get("nbytes")
-    if not isinstance(nbytes, int) or isinstance(nbytes, bool) or not 0 < nbytes <= MAX_REGION_BYTES:
-        raise ProtocolError(f"region.nbytes must be a positive integer up to {MAX_REGION_BYTES}")
-    raw_slots = data.get("slots")
-    if not isinstance(raw_slots, list):
-        raise ProtocolError("region.slots must be a list")
-    try:
-        slots = slots_from_json(raw_slots)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ProtocolError(f"region.slots: {exc}") from exc
-    for i, slot in enumerate(slots):
-        if slot.offset < 0 or slot.nbytes < 0 or slot.offset + slot.nbytes > nbytes:
-            raise ProtocolError(f"region.slots[{i}] ({slot.name}) lies outside the {nbytes}-byte buffer")
-    device = name.split("@", 1)[1]
-    path, cuda = None, None
-    if device == "cpu":
-        raw_path = data.get("path")
-        if not isinstance(raw_path, str):
-            raise ProtocolError("region.path must name the region's file in the shared folder")
-        resolved = Path(raw_path).resolve()
-        if resolved.parent != folder.resolve():
-            raise ProtocolError(f"region.path {raw_path!r} is not a file of the shared folder")
-        path = str(resolved)
-    else:
-        cuda = CudaHandle.from_json(data.get("cuda"))
-    return Region(name, nbytes, slots, path, cuda)
+        raise ProtocolError("a message must be a JSON object")
+    op = data.get("op")
+    model = _REQUESTS.get(op) if isinstance(op, str) else None
+    if model is None:
+        raise ProtocolError(f"unknown op {op!r}")
+    request = _checked(model, data)
+    if isinstance(request, Register):
+        return request.model_copy(update={"region": in_shared_folder(request.region, folder)})
+    return request
 
 
-def send(sock: socket.socket, message: dict[str, Any]) -> None:
-    sock.sendall(json.dumps(message).encode() + b"\n")
+# ----------------------------------------------------------------- sidecar -> trainer
+class ViolationNotice(WireModel):
+    """What the trainer is told of a violation (the signed report says more)."""
+
+    kind: str
+    step: int | None
+    message: str
 
 
-class LineReader:
-    """Reads newline-delimited JSON messages from a stream socket, bounded in size."""
+class Reply(WireModel):
+    """The sidecar's answer to every request. `ok` is False on a refused request (`error`) and,
+    in Enforce mode, on a violation; `manifest` answers a checkpoint request."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buffer = b""
+    ok: bool
+    error: str | None = None
+    violation: ViolationNotice | None = None
+    manifest: dict[str, Any] | None = None
+    omit_when_none: ClassVar[tuple[str, ...]] = ("error", "violation", "manifest")
 
-    def read(self) -> dict[str, Any] | None:
-        while b"\n" not in self.buffer:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                return None
-            self.buffer += chunk
-            if len(self.buffer) > MAX_MESSAGE:
-                raise ValueError("message too large")
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        message: dict[str, Any] = json.loads(line)
-        return message
+
+def parse_reply(data: object) -> Reply:
+    if not isinstance(data, dict):
+        raise ProtocolError("a reply must be a JSON object")
+    return _checked(Reply, data)

@@ -1,4 +1,10 @@
-"""Signed integrity reports (sidecar -> operator) and what the operator concludes from them. Pure."""
+"""Signed integrity reports (sidecar -> operator) and what the operator concludes from them. Pure.
+
+A report is one of the models below, told apart by `kind`. The sidecar signs it with the job's
+key (`sign_report`) and appends it to its report stream and POSTs it to the operator, who opens
+it (`open_report`): the signature is checked on the JSON as it arrived, then the report is
+parsed, once, into its model. Unknown fields or kinds are refused like a bad signature.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,83 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
 
+from pydantic import Field, TypeAdapter, ValidationError
+
+from trainguard.api.models import IntegrityVerdict
+from trainguard.integrity.protocol import WireModel, explain
 from trainguard.integrity.replicas import diverging_replicas
 
 KEEP_STEPS = 64  # steps awaiting reports from every replica; older ones are dropped
 
+# What the operator concludes about one step (verified, step, replica, kind, message). The model is
+# the API's: the job's reconcile pass (trainguard.workload) folds verdicts into the job's status.
+Verdict = IntegrityVerdict
+
 
 class ForgedReport(ValueError):
-    """A report whose signature is not the job's key's."""
+    """A report whose signature is not the job's key's, or that is not a report at all."""
+
+
+class _Report(WireModel):
+    replica: int
+    step: int | None
+    time: float  # when the sidecar wrote it (seconds since the epoch)
+
+
+class Registered(_Report):
+    """The trainer shared a region (again)."""
+
+    kind: Literal["Registered"] = "Registered"
+    step: None = None
+    region: str
+    tensors: int
+    bytes: int
+
+
+class StepEnd(_Report):
+    """The fingerprints at the end of a step: per region, and what replicas must agree on."""
+
+    kind: Literal["StepEnd"] = "StepEnd"
+    step: int
+    fingerprint: str
+    regions: dict[str, str]
+
+
+class Verified(_Report):
+    """The state the end of `step` left is the state the next step started from."""
+
+    kind: Literal["Verified"] = "Verified"
+    step: int
+
+
+class Violation(_Report):
+    """Something changed what it must not have; `violation` names what kind of change."""
+
+    kind: Literal["Violation"] = "Violation"
+    violation: str
+    message: str
+    tensors: dict[str, list[str]] | None = None  # per region, the tensors that changed
+    omit_when_none: ClassVar[tuple[str, ...]] = ("tensors",)
+
+
+class CheckpointSigned(_Report):
+    kind: Literal["CheckpointSigned"] = "CheckpointSigned"
+    checkpoint: str
+    files: int
+
+
+Report = Annotated[
+    Registered | StepEnd | Verified | Violation | CheckpointSigned, Field(discriminator="kind")
+]
+_REPORT: TypeAdapter[Report] = TypeAdapter(Report)
+
+
+class _Signed(WireModel):
+    report: dict[str, Any]
+    mac: str
 
 
 def _mac(key: bytes, report: dict[str, Any]) -> str:
@@ -22,28 +96,45 @@ def _mac(key: bytes, report: dict[str, Any]) -> str:
     return hmac.new(key, b"trainguard-report-v1" + body, hashlib.sha256).hexdigest()
 
 
-def sign_report(key: bytes, report: dict[str, Any]) -> str:
-    return json.dumps({"report": report, "mac": _mac(key, report)}, sort_keys=True)
+def sign_report(key: bytes, report: Report | dict[str, Any]) -> dict[str, Any]:
+    """{"report": ..., "mac": ...}: the report signed with the job's key (a dict is checked first).
+
+    The sidecar writes it as one JSON line, keys sorted."""
+    if isinstance(report, dict):
+        try:
+            report = _REPORT.validate_python(report)
+        except ValidationError as exc:
+            raise ValueError(f"not a report: {explain(exc)}") from exc
+    body = report.wire()
+    return {"report": body, "mac": _mac(key, body)}
 
 
-def open_report(key: bytes, signed: dict[str, Any]) -> dict[str, Any]:
-    """The report inside `signed`, if the job's key signed it."""
+def open_report(key: bytes, signed: object) -> Report:
+    """The report inside `signed`, if the job's key signed it and it is a report."""
     try:
-        report, mac = signed["report"], str(signed["mac"])
-    except (KeyError, TypeError) as exc:
-        raise ForgedReport("not a signed report") from exc
-    if not isinstance(report, dict) or not hmac.compare_digest(mac, _mac(key, report)):
+        envelope = _Signed.model_validate(signed)
+    except ValidationError as exc:
+        raise ForgedReport(f"not a signed report: {explain(exc)}") from exc
+    expected = _mac(key, envelope.report)
+    if not hmac.compare_digest(envelope.mac.encode(), expected.encode()):
         raise ForgedReport("the report is not signed with the job's integrity key")
-    return report
+    try:
+        return _REPORT.validate_python(envelope.report)
+    except ValidationError as exc:
+        raise ForgedReport(f"a signed report that is not a valid report: {explain(exc)}") from exc
 
 
-@dataclass(frozen=True)
-class Verdict:
-    verified: bool
-    step: int | None
-    replica: int | None = None
-    kind: str = "Verified"
-    message: str = ""
+def read_reports(key: bytes, path: Path) -> list[Report]:
+    """The reports of a sidecar's report stream (one signed report per line), in order; a forged,
+    altered or malformed line raises ForgedReport."""
+    reports = []
+    for line in path.read_text().splitlines():
+        try:
+            signed = json.loads(line)
+        except ValueError as exc:
+            raise ForgedReport(f"not a signed report: {exc}") from exc
+        reports.append(open_report(key, signed))
+    return reports
 
 
 @dataclass
@@ -53,16 +144,22 @@ class JobIntegrity:
     replicas: int
     pending: dict[int, dict[int, str]] = field(default_factory=dict)
 
-    def apply(self, report: dict[str, Any]) -> list[Verdict]:
-        kind, step, replica = report.get("kind"), report.get("step"), report.get("replica")
-        if kind == "Violation":
+    def apply(self, report: Report) -> list[Verdict]:
+        if isinstance(report, Violation):
             return [
-                Verdict(False, step, replica, str(report.get("violation")), str(report.get("message", "")))
+                Verdict(
+                    verified=False,
+                    step=report.step,
+                    replica=report.replica,
+                    kind=report.violation,
+                    message=report.message,
+                )
             ]
-        if kind != "StepEnd" or not isinstance(step, int) or not isinstance(replica, int):
+        if not isinstance(report, StepEnd):
             return []
+        step = report.step
         seen = self.pending.setdefault(step, {})
-        seen[replica] = str(report["fingerprint"])
+        seen[report.replica] = report.fingerprint
         for old in sorted(self.pending)[:-KEEP_STEPS]:
             del self.pending[old]
         if len(seen) < self.replicas:
@@ -72,5 +169,7 @@ class JobIntegrity:
         if odd:
             names = ", ".join(str(r) for r in odd)
             message = f"replica {names} disagrees with the others about the weights at the end of step {step}"
-            return [Verdict(False, step, odd[0], "ReplicaDivergence", message)]
-        return [Verdict(True, step)]
+            return [
+                Verdict(verified=False, step=step, replica=odd[0], kind="ReplicaDivergence", message=message)
+            ]
+        return [Verdict(verified=True, step=step)]

@@ -18,7 +18,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from trainguard.api.models import GROUP, VERSION
+from trainguard.api.constants import GROUP, VERSION
 
 Obj = dict[str, Any]
 
@@ -103,19 +103,6 @@ async def get_tenant(name: str) -> Obj | None:
     return None if resp is None else _json(resp)
 
 
-async def list_tenants() -> list[Obj]:
-    resp = await _call(
-        "list Tenants",
-        _custom().list_cluster_custom_object,
-        GROUP,
-        VERSION,
-        "tenants",
-        _preload_content=False,
-    )
-    items: list[Obj] = _json(resp)["items"]
-    return items
-
-
 async def patch_job_status(namespace: str, name: str, status: Obj) -> None:
     await _call(
         f"patch status of TrainingJob {namespace}/{name}",
@@ -131,19 +118,6 @@ async def patch_job_status(namespace: str, name: str, status: Obj) -> None:
 
 
 # --------------------------------------------------------------------------- children
-
-
-async def list_pods(namespace: str, selector: dict[str, str]) -> list[Obj]:
-    label_selector = ",".join(f"{k}={v}" for k, v in selector.items())
-    resp = await _call(
-        f"list pods in {namespace}",
-        _core().list_namespaced_pod,
-        namespace,
-        label_selector=label_selector,
-        _preload_content=False,
-    )
-    items: list[Obj] = _json(resp)["items"]
-    return items
 
 
 _CREATORS: dict[str, Callable[[], Callable[..., Any]]] = {

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 
 @dataclass(frozen=True)
 class FieldError:
@@ -21,3 +23,13 @@ def format_errors(kind: str, name: str, errors: list[FieldError]) -> str:
     lines = [f'{kind} "{name}" is not allowed ({len(errors)} problem{"s" if len(errors) != 1 else ""}):']
     lines += [f"* {error}" for error in errors]
     return "\n".join(lines)
+
+
+def schema_errors(exc: ValidationError) -> list[FieldError]:
+    """A body the models refuse, as field errors (the CRD schema normally catches these first)."""
+    return [
+        FieldError(
+            ".".join(str(p) for p in e["loc"]), "InvalidField", e["msg"], "see `kubectl explain tj.spec`"
+        )
+        for e in exc.errors()
+    ]

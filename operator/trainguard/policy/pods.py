@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainguard.api.constants import GPU_RESOURCE, LABEL_MANAGED_BY, MANAGED_BY
 from trainguard.policy.errors import FieldError
 
-GPU_RESOURCE = "nvidia.com/gpu"
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
 # Identities that manage pods for the cluster itself: trusted like the operator.
 SYSTEM_GROUPS = frozenset({"system:masters"})
@@ -34,7 +34,7 @@ def is_job_pod(pod: dict[str, Any]) -> bool:
     owned = any(
         o.get("kind") == "TrainingJob" and o.get("controller") for o in meta.get("ownerReferences") or []
     )
-    return owned and (meta.get("labels") or {}).get("app.kubernetes.io/managed-by") == "trainguard"
+    return owned and (meta.get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGED_BY
 
 
 def containers(pod: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

@@ -15,8 +15,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
+from trainguard.api.images import ImageReference, InvalidReference, parse
 from trainguard.signing import cosign
-from trainguard.signing.reference import ImageReference, ReferenceError, parse
 from trainguard.signing.registry import RegistryClient, RegistryError
 
 
@@ -80,7 +80,7 @@ class Verifier:
     def verify(self, image: str, signers: list[cosign.Signer]) -> VerifiedImage:
         try:
             ref = parse(image)
-        except ReferenceError as exc:
+        except InvalidReference as exc:
             raise VerificationFailed("InvalidImageReference", str(exc)) from exc
         if not signers:
             raise VerificationFailed(

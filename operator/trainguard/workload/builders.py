@@ -10,19 +10,24 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
-from trainguard.api.models import API_VERSION, IntegrityMode, Tenant, TrainingJob
+from trainguard.api.constants import (
+    API_VERSION,
+    GPU_RESOURCE,
+    LABEL_ATTEMPT,
+    LABEL_COMPONENT,
+    LABEL_JOB,
+    LABEL_JOB_UID,
+    LABEL_MANAGED_BY,
+    LABEL_REPLICA,
+    LABEL_TENANT,
+    MANAGED_BY,
+    SIDECAR_CONTAINER,
+    TRAINER_CONTAINER,
+)
+from trainguard.api.models import IntegrityMode, Tenant, TrainingJob
 
 Manifest = dict[str, Any]
 
-MANAGED_BY = "trainguard"
-LABEL_JOB = "trainguard.dev/job-name"
-LABEL_JOB_UID = "trainguard.dev/job-uid"
-LABEL_TENANT = "trainguard.dev/tenant"
-LABEL_REPLICA = "trainguard.dev/replica-index"
-LABEL_ATTEMPT = "trainguard.dev/attempt"
-LABEL_COMPONENT = "app.kubernetes.io/component"
-
-GPU_RESOURCE = "nvidia.com/gpu"
 RENDEZVOUS_PORT = 29500
 RUN_AS = 65532  # the conventional "nonroot" user of distroless images
 # The integrity sidecar's own user (same group as the trainer, for the socket): the trainer can
@@ -30,7 +35,6 @@ RUN_AS = 65532  # the conventional "nonroot" user of distroless images
 SIDECAR_RUN_AS = 65531
 INTEGRITY_DIR = "/run/trainguard"
 INTEGRITY_SOCKET = f"{INTEGRITY_DIR}/sidecar.sock"
-SIDECAR_CONTAINER = "integrity-sidecar"
 INTEGRITY_KEY_DIR = "/var/run/trainguard-key"
 
 
@@ -85,7 +89,7 @@ def job_selector(job: TrainingJob) -> dict[str, str]:
 
 def labels(job: TrainingJob, component: str) -> dict[str, str]:
     return {
-        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_COMPONENT: component,
         LABEL_JOB: job.name,
         LABEL_JOB_UID: job.metadata.uid,
@@ -200,11 +204,6 @@ def hardened_container_security(user: int = RUN_AS) -> Manifest:
     }
 
 
-def trainer_image(job: TrainingJob) -> str:
-    """The digest-pinned reference once admission pinned it; the spec's reference before."""
-    return job.spec.image
-
-
 def build_pod(
     job: TrainingJob, tenant: Tenant, replica: int, attempt: int, settings: WorkloadSettings
 ) -> Manifest:
@@ -266,8 +265,8 @@ def build_pod(
     env.extend(e.to_api() for e in spec.env)
 
     trainer: Manifest = {
-        "name": "trainer",
-        "image": trainer_image(job),
+        "name": TRAINER_CONTAINER,
+        "image": job.spec.image,  # pinned to the verified digest at admission
         "imagePullPolicy": "IfNotPresent",
         "env": env,
         "resources": resources,
@@ -372,7 +371,7 @@ def build_sidecar(job: TrainingJob, replica: int, settings: WorkloadSettings, gp
                 "command": [
                     "python",
                     "-m",
-                    "trainguard.integrity.sidecar",
+                    "trainguard.sidecar",
                     "--probe",
                     INTEGRITY_SOCKET,
                 ]
@@ -381,7 +380,7 @@ def build_sidecar(job: TrainingJob, replica: int, settings: WorkloadSettings, gp
             "failureThreshold": 120,
         },
         "env": env,
-        "command": ["python", "-m", "trainguard.integrity.sidecar"],
+        "command": ["python", "-m", "trainguard.sidecar"],
         "args": [
             f"--socket={INTEGRITY_SOCKET}",
             f"--key-file={INTEGRITY_KEY_DIR}/key",

@@ -1,19 +1,26 @@
-"""The pure decision of one reconcile pass: observed job and pods in, desired actions out.
+"""The pure decision of one reconcile pass: observed job, pods and integrity verdicts in, every
+desired action out (status, children, pods to create and delete, events, when to look again).
 
 Level-triggered: the plan depends only on what is in the cluster now, so a restarted operator
-computes the same plan and converges without duplicates. Status is a list of conditions.
+computes the same plan and converges without duplicates. Status is a list of conditions, and
+this module is its only writer: integrity verdicts are folded in here too.
 """
 
 from __future__ import annotations
 
 import datetime
+import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from trainguard.api.conditions import ConditionType as C
-from trainguard.api.conditions import Status, find, is_true, parse_time, set_condition
+from trainguard.api.conditions import Status, find, format_time, is_true, parse_time, set_condition
+from trainguard.api.constants import LABEL_ATTEMPT, LABEL_REPLICA, TRAINER_CONTAINER
 from trainguard.api.models import (
     IntegrityMode,
+    IntegrityStatus,
+    IntegrityVerdict,
     PinnedImage,
     ReplicaCounts,
     Tenant,
@@ -21,7 +28,13 @@ from trainguard.api.models import (
     TrainingJobStatus,
 )
 from trainguard.policy.trainingjob import validate_training_job
-from trainguard.workload.builders import LABEL_ATTEMPT, LABEL_REPLICA, Manifest, WorkloadSettings, build_pods
+from trainguard.workload.builders import (
+    Manifest,
+    WorkloadSettings,
+    build_children,
+    build_integrity_secret,
+    build_pods,
+)
 
 
 @dataclass(frozen=True)
@@ -41,7 +54,7 @@ class PodView:
         exit_code = None
         for cs in status.get("containerStatuses") or []:
             terminated = (cs.get("state") or {}).get("terminated")
-            if terminated and cs.get("name") == "trainer":
+            if terminated and cs.get("name") == TRAINER_CONTAINER:
                 exit_code = int(terminated.get("exitCode", 0))
         return cls(
             name=meta["name"],
@@ -65,25 +78,34 @@ class ImageProblem:
     message: str
 
 
+class Transition(enum.StrEnum):
+    """What an event says happened to the job, for metrics (never parsed from event reasons)."""
+
+    ADMITTED = "Admitted"
+    NOT_ADMITTED = "NotAdmitted"
+    RESTARTED = "Restarted"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    INTEGRITY_VIOLATION = "IntegrityViolation"
+
+
 @dataclass(frozen=True)
 class Event:
     type: str  # Normal or Warning
     reason: str
     message: str
+    transition: Transition
+    component: str = "trainguard"
 
 
 @dataclass
 class Plan:
     status: TrainingJobStatus
-    ensure_children: bool = False
+    children: list[Manifest] = field(default_factory=list)  # get-or-create, in order, before pods
     create_pods: list[Manifest] = field(default_factory=list)
     delete_pods: list[str] = field(default_factory=list)
     requeue_after: float | None = None
     events: list[Event] = field(default_factory=list)
-
-
-def _iso(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 class _Status:
@@ -92,7 +114,7 @@ class _Status:
     def __init__(self, job: TrainingJob, now: datetime.datetime) -> None:
         self.value = job.status.model_copy(update={"observed_generation": job.metadata.generation})
         self.generation = job.metadata.generation
-        self.now = _iso(now)
+        self.now = format_time(now)
 
     def condition(self, kind: C, status: Status, reason: str, message: str) -> None:
         conditions = set_condition(
@@ -108,6 +130,33 @@ class _Status:
 
     def set(self, **changes: Any) -> None:
         self.value = self.value.model_copy(update=changes)
+
+    def verdicts(self, verdicts: Sequence[IntegrityVerdict]) -> list[Event]:
+        """Fold integrity verdicts into status; one event per violation."""
+        events: list[Event] = []
+        integrity = self.value.integrity or IntegrityStatus()
+        for verdict in verdicts:
+            if verdict.verified:
+                integrity = integrity.model_copy(update={"last_verified_step": verdict.step})
+                message = f"all replicas agree on the weights through step {verdict.step}"
+                self.condition(C.INTEGRITY_VERIFIED, "True", "Verified", message)
+                continue
+            message = f"step {verdict.step}, replica {verdict.replica}: {verdict.kind}: {verdict.message}"
+            integrity = integrity.model_copy(update={"last_violation": message[:1024]})
+            self.condition(C.INTEGRITY_VIOLATION, "True", verdict.kind, message)
+            self.condition(C.INTEGRITY_VERIFIED, "False", verdict.kind, message)
+            events.append(
+                Event(
+                    "Warning",
+                    "IntegrityViolation",
+                    message,
+                    Transition.INTEGRITY_VIOLATION,
+                    component="trainguard-integrity",
+                )
+            )
+        if verdicts:
+            self.set(integrity=integrity)
+        return events
 
 
 def admission_problems(job: TrainingJob, tenant: Tenant | None) -> tuple[str, str] | None:
@@ -129,16 +178,24 @@ def plan(
     now: datetime.datetime,
     settings: WorkloadSettings,
     image: PinnedImage | ImageProblem | None = None,
+    *,
+    verdicts: Sequence[IntegrityVerdict] = (),
+    new_key: bytes = b"",
 ) -> Plan:
-    """`image` is the verification of the job's image: needed (once) before any pod exists."""
+    """`image` is the verification of the job's image: needed (once) before any pod exists.
+    `verdicts` are integrity verdicts not yet in status; `new_key` is fresh randomness for the
+    job's integrity key, used only if its Secret does not exist yet."""
+    if job.spec.integrity.mode != IntegrityMode.OFF and len(new_key) < 32:
+        raise ValueError("a job with integrity checks needs a fresh key of at least 32 random bytes")
     st = _Status(job, now)
     st.set(total_gpus=job.spec.total_gpus)
-    conds = job.status.conditions
+    integrity_events = st.verdicts(verdicts)
+    conds = st.value.conditions
     restarts = job.status.restarts
     current = [p for p in pods if p.attempt == restarts and not p.deleting]
     stale = [p.name for p in pods if p.attempt != restarts and not p.deleting]
     st.set(replicas=_counts(current))
-    out = Plan(status=st.value, delete_pods=stale)
+    out = Plan(status=st.value, delete_pods=stale, events=integrity_events)
 
     if is_true(conds, C.SUCCEEDED) or is_true(conds, C.FAILED):
         # Terminal: stop anything still running, keep finished pods for their logs.
@@ -158,16 +215,19 @@ def plan(
         reason, message = problem
         st.condition(C.ADMITTED, "False", reason, message)
         if not is_true(conds, C.ADMITTED):
-            out.events.append(Event("Warning", reason, message))
+            out.events.append(Event("Warning", reason, message, Transition.NOT_ADMITTED))
         out.delete_pods += [p.name for p in current]
         out.status, out.requeue_after = st.value, 30.0
         return out
     assert tenant is not None
+    admitted = f"admitted under tenant {tenant.metadata.name}"
     if not is_true(conds, C.ADMITTED):
-        out.events.append(Event("Normal", "Admitted", f"admitted under tenant {tenant.metadata.name}"))
-    st.condition(C.ADMITTED, "True", "Admitted", f"admitted under tenant {tenant.metadata.name}")
+        out.events.append(Event("Normal", "Admitted", admitted, Transition.ADMITTED))
+    st.condition(C.ADMITTED, "True", "Admitted", admitted)
     st.condition(C.QUEUED, "False", "Admitted", "the job is not waiting for quota")
-    out.ensure_children = True
+    out.children = build_children(job, settings)
+    if job.spec.integrity.mode != IntegrityMode.OFF:
+        out.children.append(build_integrity_secret(job, new_key))
 
     violation = find(conds, C.INTEGRITY_VIOLATION.value)
     if (
@@ -208,9 +268,9 @@ def plan(
                 f"{what}; restarting all replicas ({restarts + 1} of {policy.max_restarts}) "
                 f"after {backoff:.0f} s"
             )
-            st.set(restarts=restarts + 1, last_restart_time=_iso(now), replicas=ReplicaCounts())
+            st.set(restarts=restarts + 1, last_restart_time=format_time(now), replicas=ReplicaCounts())
             st.condition(C.RUNNING, "False", "Restarting", msg)
-            out.events.append(Event("Warning", "Restarting", msg))
+            out.events.append(Event("Warning", "Restarting", msg, Transition.RESTARTED))
             out.delete_pods += [p.name for p in current]
             out.requeue_after = max(backoff, 0.5)
         else:
@@ -223,8 +283,8 @@ def plan(
         msg = f"all {job.spec.replicas} replicas succeeded"
         st.condition(C.RUNNING, "False", "Completed", msg)
         st.condition(C.SUCCEEDED, "True", "AllReplicasSucceeded", msg)
-        st.set(completion_time=_iso(now))
-        out.events.append(Event("Normal", "Succeeded", msg))
+        st.set(completion_time=format_time(now))
+        out.events.append(Event("Normal", "Succeeded", msg, Transition.SUCCEEDED))
         out.status = st.value
         return out
 
@@ -242,7 +302,7 @@ def plan(
                 return out
         out.create_pods = build_pods(job, tenant, restarts, settings)
         if not job.status.start_time:
-            st.set(start_time=_iso(now))
+            st.set(start_time=format_time(now))
             out.requeue_after = float(job.spec.max_run_seconds)
         st.condition(
             C.RUNNING, "False", "Starting", f"creating {job.spec.replicas} replicas (attempt {restarts})"
@@ -273,8 +333,8 @@ def _fail(
 ) -> None:
     st.condition(C.RUNNING, "False", reason, message)
     st.condition(C.FAILED, "True", reason, message)
-    st.set(completion_time=_iso(now))
-    out.events.append(Event("Warning", reason, message))
+    st.set(completion_time=format_time(now))
+    out.events.append(Event("Warning", reason, message, Transition.FAILED))
     out.delete_pods += [p.name for p in current if not p.finished]
     out.status = st.value
     out.requeue_after = None

@@ -1,4 +1,4 @@
-"""The weight fingerprint on the GPU: a Triton kernel that follows `fingerprint.py` word for word.
+"""The weight fingerprint on the GPU: a Triton kernel that follows `integrity/fingerprint.py` word for word.
 
 One program per 16 KiB chunk: it loads the chunk's even and odd 32-bit words, adds the key table
 (L2-resident), multiplies the pairs into 64 bits, sums them (both Toeplitz lanes), and multiplies

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from trainguard.api.models import API_VERSION, Tenant
-from trainguard.workload.builders import MANAGED_BY, Manifest
+from typing import Any
 
-MEMBERS_BINDING = "trainguard-tenant-members"
-LABEL_TENANT = "trainguard.dev/tenant"
+from trainguard.api.constants import API_VERSION, LABEL_MANAGED_BY, LABEL_TENANT, MANAGED_BY, MEMBERS_BINDING
+from trainguard.api.models import Tenant
+
+Manifest = dict[str, Any]
 
 
 def build_members_binding(tenant: Tenant, namespace: str, role: str) -> Manifest:
@@ -25,7 +26,7 @@ def build_members_binding(tenant: Tenant, namespace: str, role: str) -> Manifest
         "metadata": {
             "name": MEMBERS_BINDING,
             "namespace": namespace,
-            "labels": {"app.kubernetes.io/managed-by": MANAGED_BY, LABEL_TENANT: tenant.metadata.name},
+            "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_TENANT: tenant.metadata.name},
             "ownerReferences": [
                 {
                     "apiVersion": API_VERSION,

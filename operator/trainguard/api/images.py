@@ -1,4 +1,4 @@
-"""Parsing image references: `registry/repo[:tag][@sha256:digest]`."""
+"""Image references as written in `spec.image`: `registry/repo[:tag][@sha256:digest]`. Pure."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ _TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
 _REPO_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 
 
-class ReferenceError(ValueError):
+class InvalidReference(ValueError):
     """The image reference is malformed; the message says how to write it."""
 
 
@@ -41,10 +41,10 @@ def parse(reference: str) -> ImageReference:
     if "@" in ref:
         ref, digest = ref.split("@", 1)
         if not DIGEST_RE.match(digest):
-            raise ReferenceError(f"digest {digest!r} is not sha256:<64 hex digits>")
+            raise InvalidReference(f"digest {digest!r} is not sha256:<64 hex digits>")
     host, _, rest = ref.partition("/")
     if not rest or not ("." in host or ":" in host or host == "localhost"):
-        raise ReferenceError(
+        raise InvalidReference(
             f"{reference!r} names no registry; write the full reference, "
             "e.g. registry.example.com/team/trainer:v1"
         )
@@ -53,9 +53,9 @@ def parse(reference: str) -> ImageReference:
     if ":" in last:
         rest, tag = rest.rsplit(":", 1)
         if not _TAG_RE.match(tag):
-            raise ReferenceError(f"tag {tag!r} is not a valid tag")
+            raise InvalidReference(f"tag {tag!r} is not a valid tag")
     if not _REPO_RE.match(rest):
-        raise ReferenceError(
+        raise InvalidReference(
             f"repository {rest!r} is not a valid repository name (lower case, digits, . _ - /)"
         )
     if tag is None and digest is None:

@@ -1,5 +1,7 @@
 """What a training script imports (PyTorch): share the training state with the sidecar, mark steps.
 
+    from trainguard.trainer import IntegrityGuard
+
     guard = IntegrityGuard(model, optimizer)   # once, after building the model and its optimizer
     for step in range(steps):
         guard.begin(step)                      # before the forward pass
@@ -34,15 +36,23 @@ from typing import Any
 
 import torch
 
-from trainguard.integrity import cuda_ipc
+from trainguard.channel import LineReader, send
+from trainguard.gpu import cuda_ipc
 from trainguard.integrity.manifest import manifest_path
 from trainguard.integrity.protocol import (
+    Begin,
+    Checkpoint,
     CudaHandle,
-    LineReader,
+    End,
+    ProtocolError,
     Region,
+    Register,
+    Reply,
+    Request,
+    Verify,
     layout,
+    parse_reply,
     region_name,
-    send,
 )
 
 
@@ -133,10 +143,10 @@ class _SharedRegion:
         self.cuda: CudaHandle | None = None
         self._mmap: mmap.mmap | None = None
         if device.type == "cuda":
-            # Its own allocation, outside the caching allocator, exported once (cuda_ipc.py).
+            # Its own allocation, outside the caching allocator, exported once (gpu/cuda_ipc.py).
             index = device.index if device.index is not None else torch.cuda.current_device()
             self.flat, handle = cuda_ipc.allocate(total, index)
-            self.cuda = CudaHandle(str(torch.cuda.get_device_properties(index).uuid), handle)
+            self.cuda = CudaHandle(uuid=str(torch.cuda.get_device_properties(index).uuid), handle=handle)
         else:
             # A new file per sharing: tensors still mapped from an older one keep valid memory.
             self.path = folder / f"{name.replace('@', '-').replace(':', '-')}-{next(_generation)}.bin"
@@ -159,7 +169,9 @@ class _SharedRegion:
                 self.views.append(view)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        self.region = Region(name, total, slots, str(self.path) if self.path else None, self.cuda)
+        self.region = Region(
+            name=name, nbytes=total, slots=slots, path=str(self.path) if self.path else None, cuda=self.cuda
+        )
         self.device = device
 
     def intact(self, entries: list[_Entry]) -> bool:
@@ -240,7 +252,7 @@ class IntegrityGuard:
             if region is None or not region.intact(entries):
                 fresh = _SharedRegion(name, entries, self.folder)
                 self.regions[name] = fresh
-                self._call({"op": "register", "region": fresh.region.to_json()})
+                self._call(Register(region=fresh.region))
                 if region is not None and region.path is not None:
                     region.path.unlink(missing_ok=True)  # mapped memory outlives the name
 
@@ -252,14 +264,16 @@ class IntegrityGuard:
         return path
 
     # ----------------------------------------------------------------- calls
-    def _call(self, message: dict[str, Any]) -> dict[str, Any]:
-        send(self._sock, message)
-        reply = self._reader.read()
-        if reply is None:
+    def _call(self, request: Request) -> Reply:
+        send(self._sock, request)
+        raw = self._reader.read()
+        if raw is None:
             raise IntegrityViolation("the integrity sidecar went away")
-        if not reply.get("ok"):
-            violation = reply.get("violation") or {}
-            raise IntegrityViolation(violation.get("message") or reply.get("error", "integrity check failed"))
+        reply = parse_reply(raw)
+        if not reply.ok:
+            if reply.violation is not None and reply.violation.message:
+                raise IntegrityViolation(reply.violation.message)
+            raise IntegrityViolation(reply.error if reply.error is not None else "integrity check failed")
         return reply
 
     def _settle(self) -> None:
@@ -270,12 +284,12 @@ class IntegrityGuard:
 
     def begin(self, step: int) -> None:
         self._settle()
-        self._call({"op": "begin", "step": step})
+        self._call(Begin(step=step))
 
     def end(self, step: int) -> None:
         self._sync_regions()
         self._settle()
-        self._call({"op": "end", "step": step})
+        self._call(End(step=step))
 
     def save(self, state: dict[str, Any], path: str | os.PathLike[str], step: int | None = None) -> None:
         """Save tensors only, with a manifest the sidecar signs: a `.safetensors` path is written
@@ -294,15 +308,17 @@ class IntegrityGuard:
         """Have the sidecar sign a checkpoint written by other code: a file, or a directory of
         shards (every file under it). Call it once the checkpoint is complete."""
         target = Path(path).resolve()
-        reply = self._call({"op": "checkpoint", "path": str(target), "step": step})
+        reply = self._call(Checkpoint(path=str(target), step=step))
+        if reply.manifest is None:
+            raise ProtocolError("the integrity sidecar signed the checkpoint but sent no manifest")
         # The sidecar cannot write next to the checkpoint (it mounts the output read-only); the
         # manifest is signed with the job's key, so carrying it over changes nothing it vouches for.
-        manifest_path(target).write_text(json.dumps(reply["manifest"], indent=1))
+        manifest_path(target).write_text(json.dumps(reply.manifest, indent=1))
 
     def verify(self, path: str | os.PathLike[str]) -> None:
         """Raise IntegrityViolation (Enforce) unless the checkpoint is exactly what was signed:
         no file changed, added or removed."""
-        self._call({"op": "verify", "path": str(Path(path).resolve())})
+        self._call(Verify(path=str(Path(path).resolve())))
 
     def load(self, path: str | os.PathLike[str]) -> Any:
         """Verify the signed manifest first, then load without ever unpickling code:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from trainguard.api.models import GROUP, VERSION
-from trainguard.workload.builders import MANAGED_BY, Manifest
+from trainguard.api.constants import GROUP, LABEL_MANAGED_BY, MANAGED_BY, TENANT_NAMESPACE_LABEL, VERSION
 
-TENANT_NAMESPACE_LABEL = "trainguard.dev/tenant"
+Manifest = dict[str, Any]
 PIN_IMAGE = "pin-image"
 VALIDATE_JOB = "validate-trainingjob"
 POD_GUARD = "pod-guard"
@@ -64,7 +64,7 @@ def _rule(group: str, version: str, resources: list[str], operations: list[str])
 def build_webhook_configurations(name: str, endpoint: Endpoint) -> list[Manifest]:
     """The mutating and validating configurations pointing at the operator's webhook server."""
     jobs = _rule(GROUP, VERSION, ["trainingjobs"], ["CREATE", "UPDATE"])
-    labels = {"app.kubernetes.io/managed-by": MANAGED_BY}
+    labels = {LABEL_MANAGED_BY: MANAGED_BY}
     mutating = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",

@@ -1,10 +1,10 @@
 """The weight-verification sidecar: its own process (and container), the only holder of the key.
 
-    python -m trainguard.integrity.sidecar --socket /run/trainguard/sidecar.sock \\
+    python -m trainguard.sidecar --socket /run/trainguard/sidecar.sock \\
         --key-file /var/run/trainguard-key/key --replica 0 --mode Enforce \\
         --report /run/trainguard/reports.jsonl
 
-The trainer shares its training state once (see `hook.py`: parameters, buffers and optimizer
+The trainer shares its training state once (see `trainguard.trainer`: parameters, buffers and optimizer
 state, one flat buffer per kind and device: a file on the shared emptyDir mapped by both
 processes, or a GPU allocation opened through its CUDA IPC handle) and signals step boundaries.
 At the end of step t and at the start of step t+1 the sidecar fingerprints every region (on the
@@ -34,27 +34,36 @@ from typing import Any
 
 import numpy as np
 
+from trainguard.channel import LineReader, send
 from trainguard.integrity.fingerprint import CHUNK_BYTES, FingerprintKey, fingerprint_with_chunks
 from trainguard.integrity.manifest import DIRECTORY_MANIFEST, build_manifest, manifest_path, verify_manifest
 from trainguard.integrity.protocol import (
     REPLICATED_KINDS,
-    LineReader,
+    Begin,
+    Checkpoint,
+    End,
     ProtocolError,
     Region,
-    parse_region,
+    Register,
+    Reply,
+    Request,
+    ViolationNotice,
+    parse_request,
     region_kind,
-    send,
     tensors_in_chunks,
 )
-from trainguard.integrity.reports import open_report, sign_report
+from trainguard.integrity.reports import (
+    CheckpointSigned,
+    Registered,
+    Report,
+    StepEnd,
+    Verified,
+    Violation,
+    sign_report,
+)
 
 MODES = ("Off", "Audit", "Enforce")
 PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
-
-
-def read_reports(key: bytes, path: Path) -> list[dict[str, Any]]:
-    """Reports whose signature verifies; a forged or altered line raises ForgedReport."""
-    return [open_report(key, json.loads(line)) for line in path.read_text().splitlines()]
 
 
 def file_sha256(path: Path) -> str:
@@ -90,9 +99,9 @@ class _OpenRegion:
         and its secret per-chunk terms, kept to name what changed."""
         if self._mmap is not None:
             return fingerprint_with_chunks(key, np.frombuffer(self._mmap, dtype=np.uint8))
-        from trainguard.integrity import gpu
+        from trainguard.gpu import kernel
 
-        return gpu.fingerprint_with_chunks(key, self._cuda, self._device)
+        return kernel.fingerprint_with_chunks(key, self._cuda, self._device)
 
     def changed_tensors(self, before: Any, after: Any) -> list[str]:
         """Names of the tensors in the chunks whose terms differ between two fingerprints."""
@@ -107,7 +116,7 @@ def open_cuda_region(region: Region) -> tuple[Any, Any]:
     """Open the trainer's GPU region through its IPC handle, on the GPU with the same UUID."""
     import torch
 
-    from trainguard.integrity import cuda_ipc
+    from trainguard.gpu import cuda_ipc
 
     cuda = region.cuda
     assert cuda is not None
@@ -166,9 +175,9 @@ class Sidecar:
         self.at_end: dict[int, dict[str, tuple[str, Any]]] = {}
 
     # ----------------------------------------------------------------- results
-    def report(self, kind: str, step: int | None, **details: Any) -> None:
-        entry = {"replica": self.replica, "kind": kind, "step": step, "time": time.time(), **details}
-        line = sign_report(self.key, entry)
+    def report(self, report: Report) -> None:
+        """Sign `report` and append it to the report stream, and POST it to the operator."""
+        line = json.dumps(sign_report(self.key, report), sort_keys=True)
         if self.report_path is not None:
             with self.report_path.open("a") as f:
                 f.write(line + "\n")
@@ -184,9 +193,17 @@ class Sidecar:
             except OSError as exc:  # the operator is down: the local report stream still has it
                 print(f"sidecar: report not delivered: {exc}", file=sys.stderr, flush=True)
 
-    def violation(self, kind: str, step: int | None, message: str, **details: Any) -> dict[str, Any]:
-        self.report("Violation", step, violation=kind, message=message, **details)
-        return {"ok": self.mode != "Enforce", "violation": {"kind": kind, "step": step, "message": message}}
+    def violation(
+        self, kind: str, step: int | None, message: str, tensors: dict[str, list[str]] | None = None
+    ) -> Reply:
+        self.report(
+            Violation(
+                replica=self.replica, step=step, time=time.time(), violation=kind, message=message,
+                tensors=tensors,
+            )
+        )  # fmt: skip
+        notice = ViolationNotice(kind=kind, step=step, message=message)
+        return Reply(ok=self.mode != "Enforce", violation=notice)
 
     # ----------------------------------------------------------------- state
     def fingerprints(self) -> dict[str, tuple[str, Any]]:
@@ -203,10 +220,8 @@ class Sidecar:
             return next(iter(parts.values()))
         return hashlib.sha256(",".join(f"{name}={fp}" for name, fp in parts.items()).encode()).hexdigest()
 
-    def checked_path(self, raw: Any) -> Path:
+    def checked_path(self, raw: str) -> Path:
         """A checkpoint path from the trainer: a regular file or a directory, never the key."""
-        if not isinstance(raw, str):
-            raise ProtocolError("path must be a string")
         path = Path(raw).resolve()
         if self.key_dir is not None and (
             path.is_relative_to(self.key_dir) or self.key_dir.is_relative_to(path)
@@ -233,77 +248,95 @@ class Sidecar:
                 files[name] = file_sha256(item)
         return files
 
-    def handle(self, message: dict[str, Any]) -> dict[str, Any]:
+    def handle(self, message: object) -> Reply:
+        """The answer to one message from the trainer, as it came off the socket."""
         try:
-            return self._handle(message)
+            return self._handle(parse_request(message, self.folder))
         except ProtocolError as exc:
-            return {"ok": False, "error": str(exc)}
+            return Reply(ok=False, error=str(exc))
 
-    def _handle(self, message: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(message, dict):
-            raise ProtocolError("a message must be a JSON object")
-        op = message.get("op")
-        raw_step = message.get("step")
-        if raw_step is not None and (not isinstance(raw_step, int) or isinstance(raw_step, bool)):
-            raise ProtocolError("step must be an integer")
-        step = raw_step if raw_step is not None else -1
-        if op == "register":
-            region = parse_region(message.get("region"), self.folder)
-            self.regions[region.name] = _OpenRegion(region)
-            self.report(
-                "Registered", None, region=region.name, tensors=len(region.slots), bytes=region.nbytes
+    def _handle(self, request: Request) -> Reply:
+        if isinstance(request, Register):
+            return self.register(request.region)
+        if isinstance(request, End):
+            return self.end(request.step)
+        if isinstance(request, Begin):
+            return self.begin(request.step)
+        if isinstance(request, Checkpoint):
+            return self.sign_checkpoint(request.path, request.step)
+        return self.verify_checkpoint(request.path)
+
+    def register(self, region: Region) -> Reply:
+        self.regions[region.name] = _OpenRegion(region)
+        self.report(
+            Registered(
+                replica=self.replica, time=time.time(), region=region.name, tensors=len(region.slots),
+                bytes=region.nbytes,
             )
-            return {"ok": True}
-        if op == "end":
-            if step % self.every == 0:
-                state = self.fingerprints()
-                self.at_end = {step: state}  # only the latest step is compared
-                fps = {name: fp for name, (fp, _) in state.items()}
-                self.report("StepEnd", step, fingerprint=self.replicated(fps), regions=fps)
-            return {"ok": True}
-        if op == "begin":
-            previous = self.at_end.get(step - 1)
-            if previous is None:
-                return {"ok": True}
-            now = self.fingerprints()
-            changed: dict[str, list[str]] = {}
-            for name in sorted(set(previous) | set(now)):
-                if name not in previous or name not in now:
-                    changed[name] = []
-                elif previous[name][0] != now[name][0]:
-                    changed[name] = self.regions[name].changed_tensors(previous[name][1], now[name][1])
-            if changed:
-                what = " and ".join(describe(n) for n in changed)
-                where = "; ".join(f"{describe(n)}: {name_tensors(t)}" for n, t in changed.items() if t)
-                return self.violation(
-                    "ModifiedBetweenSteps",
-                    step,
-                    f"replica {self.replica}: the {what} changed between the end of step {step - 1} "
-                    f"and the start of step {step}" + (f" ({where})" if where else ""),
-                    tensors=changed,
+        )  # fmt: skip
+        return Reply(ok=True)
+
+    def end(self, step: int) -> Reply:
+        if step % self.every == 0:
+            state = self.fingerprints()
+            self.at_end = {step: state}  # only the latest step is compared
+            fps = {name: fp for name, (fp, _) in state.items()}
+            self.report(
+                StepEnd(
+                    replica=self.replica, step=step, time=time.time(), fingerprint=self.replicated(fps),
+                    regions=fps,
                 )
-            self.report("Verified", step - 1)
-            return {"ok": True}
-        if op == "checkpoint":
-            path = self.checked_path(message.get("path"))
-            files = self.checkpoint_files(path)
-            manifest = build_manifest(self.key, files, raw_step)
-            self.report("CheckpointSigned", raw_step, checkpoint=path.name, files=len(files))
-            return {"ok": True, "manifest": manifest}
-        if op == "verify":
-            path = self.checked_path(message.get("path"))
-            signed = manifest_path(path)
-            if not signed.is_file():
-                return self.violation("CheckpointUnsigned", raw_step, f"{path.name} has no signed manifest")
-            try:
-                manifest = json.loads(signed.read_text())
-            except ValueError:
-                manifest = {}
-            problems = verify_manifest(self.key, manifest, self.checkpoint_files(path))
-            if problems:
-                return self.violation("CheckpointModified", raw_step, f"{path.name}: {'; '.join(problems)}")
-            return {"ok": True}
-        raise ProtocolError(f"unknown op {op!r}")
+            )  # fmt: skip
+        return Reply(ok=True)
+
+    def begin(self, step: int) -> Reply:
+        previous = self.at_end.get(step - 1)
+        if previous is None:
+            return Reply(ok=True)
+        now = self.fingerprints()
+        changed: dict[str, list[str]] = {}
+        for name in sorted(set(previous) | set(now)):
+            if name not in previous or name not in now:
+                changed[name] = []
+            elif previous[name][0] != now[name][0]:
+                changed[name] = self.regions[name].changed_tensors(previous[name][1], now[name][1])
+        if changed:
+            what = " and ".join(describe(n) for n in changed)
+            where = "; ".join(f"{describe(n)}: {name_tensors(t)}" for n, t in changed.items() if t)
+            return self.violation(
+                "ModifiedBetweenSteps",
+                step,
+                f"replica {self.replica}: the {what} changed between the end of step {step - 1} "
+                f"and the start of step {step}" + (f" ({where})" if where else ""),
+                tensors=changed,
+            )
+        self.report(Verified(replica=self.replica, step=step - 1, time=time.time()))
+        return Reply(ok=True)
+
+    def sign_checkpoint(self, raw_path: str, step: int | None) -> Reply:
+        path = self.checked_path(raw_path)
+        files = self.checkpoint_files(path)
+        manifest = build_manifest(self.key, files, step)
+        self.report(
+            CheckpointSigned(
+                replica=self.replica, step=step, time=time.time(), checkpoint=path.name, files=len(files)
+            )
+        )
+        return Reply(ok=True, manifest=manifest)
+
+    def verify_checkpoint(self, raw_path: str) -> Reply:
+        path = self.checked_path(raw_path)
+        signed = manifest_path(path)
+        if not signed.is_file():
+            return self.violation("CheckpointUnsigned", None, f"{path.name} has no signed manifest")
+        try:
+            manifest = json.loads(signed.read_text())
+        except ValueError:
+            manifest = {}
+        problems = verify_manifest(self.key, manifest, self.checkpoint_files(path))
+        if problems:
+            return self.violation("CheckpointModified", None, f"{path.name}: {'; '.join(problems)}")
+        return Reply(ok=True)
 
     def serve(self, socket_path: Path) -> None:
         socket_path.unlink(missing_ok=True)
@@ -368,7 +401,3 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     sidecar.serve(args.socket)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

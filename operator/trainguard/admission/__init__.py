@@ -1,0 +1,1 @@
+"""Pure builders of trainguard's admission webhook configurations."""

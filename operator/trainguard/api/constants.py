@@ -1,0 +1,32 @@
+"""Every name trainguard and Kubernetes agree on, in one place: the API group, label and annotation
+keys, container names, resource names. Everything else imports them from here."""
+
+from __future__ import annotations
+
+GROUP = "trainguard.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+MANAGED_BY = "trainguard"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+
+# On a job's children: which job (by name and by uid), which tenant, which replica and attempt.
+LABEL_JOB = f"{GROUP}/job-name"
+LABEL_JOB_UID = f"{GROUP}/job-uid"
+LABEL_TENANT = f"{GROUP}/tenant"
+LABEL_REPLICA = f"{GROUP}/replica-index"
+LABEL_ATTEMPT = f"{GROUP}/attempt"
+
+# On a namespace: the tenant that owns it. The pod guard's webhooks select namespaces by it.
+TENANT_NAMESPACE_LABEL = LABEL_TENANT
+
+GPU_RESOURCE = "nvidia.com/gpu"
+TRAINER_CONTAINER = "trainer"
+SIDECAR_CONTAINER = "integrity-sidecar"
+
+# The RoleBinding that gives a tenant's members the researcher role in its namespaces.
+MEMBERS_BINDING = "trainguard-tenant-members"
+
+# The finalizer kopf keeps on TrainingJobs while their reconcile daemon runs.
+FINALIZER = f"{GROUP}/finalizer"

@@ -1,0 +1,56 @@
+"""The operator's one settings object: built once at start (from `TRAINGUARD_*` environment
+variables, overridden by `trainguard run` flags) and passed down. Nothing else reads the
+environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from trainguard.workload.builders import WorkloadSettings
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRAINGUARD_", frozen=True, extra="forbid")
+
+    # Admission webhooks.
+    webhook_port: int = Field(default=9443, ge=0, le=65535, description="0: this instance serves no webhooks")
+    webhook_listen: str = "127.0.0.1"
+    webhook_host: str = Field(default="127.0.0.1", description="the address the API server calls")
+    webhook_service: str = Field(default="", description="namespace/name of the webhooks' Service")
+    webhook_cert_dir: Path | None = None
+    webhook_config_name: str = "trainguard"
+    operator_users: frozenset[str] = Field(
+        default=frozenset(), description="this operator's identities in admission requests"
+    )
+
+    # Image verification.
+    plain_http_registries: frozenset[str] = frozenset()
+    verify_timeout_seconds: float = Field(default=5.0, gt=0, description="well under the webhooks' 10 s")
+    verify_cache_seconds: float = Field(default=300.0, ge=0)
+
+    # Integrity reports.
+    integrity_port: int = Field(default=8082, ge=0, le=65535, description="0: no report endpoint")
+    integrity_listen: str = "127.0.0.1"
+    integrity_url: str = Field(
+        default=WorkloadSettings.report_url, description="where sidecars post reports (the endpoint's URL)"
+    )
+    sidecar_image: str = WorkloadSettings.sidecar_image
+
+    # Tenants and reconciliation.
+    researcher_role: str = "trainguard-researcher"
+    dns_namespace: str = WorkloadSettings.dns_namespace
+    retry_backoff_seconds: float = Field(default=2.0, gt=0, description="first retry after a failed pass")
+    retry_backoff_max_seconds: float = Field(default=60.0, gt=0)
+
+    def workload(self) -> WorkloadSettings:
+        """What the pure builders need of these settings."""
+        return WorkloadSettings(
+            sidecar_image=self.sidecar_image, report_url=self.integrity_url, dns_namespace=self.dns_namespace
+        )
+
+    def retry_delay(self, retry: int) -> float:
+        """Seconds before retry number `retry` (0-based) of a failed pass: doubling, capped."""
+        return float(min(self.retry_backoff_seconds * 2 ** min(retry, 16), self.retry_backoff_max_seconds))

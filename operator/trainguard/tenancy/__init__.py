@@ -1,0 +1,1 @@
+"""What a Tenant grants in its namespaces: the members' RoleBinding. Pure."""

@@ -1,0 +1,1 @@
+"""The webhook server's certificate authority and serving certificate (files, no API calls)."""

@@ -1,0 +1,96 @@
+"""trainguard's kopf handlers run in this process (`kopf.testing.KopfRunner`) against the real
+API server, so a test can reach inside: make a pass fail, read the process's own metrics.
+
+The namespaces here are named `kr-*`, which the session's operator process does not watch; it
+still serves the admission webhooks (the image is pinned at admission as always).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import kopf.testing
+import pytest
+from prometheus_client import REGISTRY
+
+from e2e.cluster.harness import OperatorProcess, SignedImage, TenantSpace, make_tenant
+from e2e.cluster.localcluster import Cluster
+from e2e.cluster.waiting import wait_for
+from trainguard.kube import client as kube
+
+HANDLERS = ["-m", "trainguard.handlers.jobs", "-m", "trainguard.handlers.tenants"]
+
+
+@pytest.fixture
+def in_process(
+    crds: Cluster, operator: OperatorProcess, signed: SignedImage, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TenantSpace]:
+    """A fresh tenant namespace, reconciled by the handlers running in this process."""
+    space = make_tenant(crds, prefix="kr", signed=signed)
+    monkeypatch.setenv("TRAINGUARD_WEBHOOK_PORT", "0")  # the session's operator admits
+    monkeypatch.setenv("TRAINGUARD_INTEGRITY_PORT", "0")
+    monkeypatch.setenv("TRAINGUARD_PLAIN_HTTP_REGISTRIES", json.dumps([crds.registry]))
+    monkeypatch.setenv("TRAINGUARD_RETRY_BACKOFF_SECONDS", "0.5")
+    kube.configure()
+    args = ["run", "--standalone", "--namespace", space.namespace, *HANDLERS]
+    with kopf.testing.KopfRunner(args, timeout=60) as runner:
+        yield space
+        # While the handlers still run: the daemon stops and kopf releases its finalizer.
+        crds.kubectl("delete", "trainingjobs", "--all", "-n", space.namespace, "--timeout=30s")
+    assert runner.exception is None, runner.output
+    crds.kubectl("delete", "namespace", space.namespace, "--wait=false", check=False)
+    crds.kubectl("delete", "tenant", space.tenant, "--wait=false", check=False)
+
+
+def condition(space: TenantSpace, name: str, kind: str) -> dict[str, Any] | None:
+    status = space.get("trainingjob", name).get("status", {})
+    return next((c for c in status.get("conditions", []) if c["type"] == kind), None)
+
+
+def errors_counted(reason: str) -> float:
+    return REGISTRY.get_sample_value("trainguard_reconcile_errors_total", {"reason": reason}) or 0.0
+
+
+def test_a_pass_that_fails_unexpectedly_is_retried_and_counted(
+    in_process: TenantSpace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    space = in_process
+    real = kube.patch_job_status
+    calls: list[str] = []
+
+    async def fails_once(namespace: str, name: str, status: dict[str, Any]) -> None:
+        calls.append(name)
+        if len(calls) == 1:
+            raise RuntimeError("injected: a bug in a reconcile pass")
+        await real(namespace, name, status)
+
+    monkeypatch.setattr(kube, "patch_job_status", fails_once)
+    before = errors_counted("RuntimeError")
+    space.apply(space.job("retried"))
+    running = wait_for(
+        "the job to run after the failed pass was retried",
+        lambda: (c := condition(space, "retried", "Running")) and c["status"] == "True" and c,
+    )
+    assert running["reason"] == "AllReplicasRunning"
+    assert errors_counted("RuntimeError") == before + 1
+    assert len(calls) >= 2, "the status was written by a later pass"
+
+
+def test_a_job_pod_that_goes_away_wakes_its_job(in_process: TenantSpace) -> None:
+    space = in_process
+    space.apply(space.job("woken", replicas=2))
+    wait_for(
+        "the gang to run",
+        lambda: (c := condition(space, "woken", "Running")) and c["status"] == "True",
+    )
+    space.cluster.kubectl("delete", "pod", "woken-1-a0", "-n", space.namespace, "--wait=false")
+    wait_for(
+        "a gang restart after a replica vanished",
+        lambda: (space.get("trainingjob", "woken").get("status") or {}).get("restarts") == 1,
+    )
+    events = space.cluster.kubectl(
+        "get", "events", "-n", space.namespace, "--field-selector", "reason=Restarting"
+    ).stdout
+    assert "replica 1 disappeared; restarting all replicas (1 of 3)" in events
