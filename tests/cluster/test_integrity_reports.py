@@ -18,8 +18,8 @@ import torch
 from e2e.cluster.harness import OperatorProcess, TenantSpace
 from e2e.cluster.integrity import SidecarProcess
 from e2e.cluster.waiting import wait_for
-from trainguard.trainer import IntegrityGuard, IntegrityViolation
 from trainguard.integrity.reports import sign_report
+from trainguard.trainer import IntegrityGuard, IntegrityViolation
 
 
 def job(space: TenantSpace, name: str) -> dict[str, Any]:
