@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     )
     sidecar_image: str = WorkloadSettings.sidecar_image
 
+    # Where the operator runs (its own objects, such as jobs' integrity keys, live there).
+    operator_namespace: str = "trainguard-system"
+
     # Tenants and reconciliation.
     researcher_role: str = "trainguard-researcher"
     dns_namespace: str = WorkloadSettings.dns_namespace

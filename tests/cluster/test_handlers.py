@@ -24,18 +24,26 @@ HANDLERS = ["-m", "trainguard.handlers.jobs", "-m", "trainguard.handlers.tenants
 
 
 @pytest.fixture
-def in_process(
-    crds: Cluster, operator: OperatorProcess, signed: SignedImage, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[TenantSpace]:
-    """A fresh tenant namespace, reconciled by the handlers running in this process."""
-    space = make_tenant(crds, prefix="kr", signed=signed)
+def settings_env(crds: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handlers' settings, as `trainguard run` would read them from its environment."""
     monkeypatch.setenv("TRAINGUARD_WEBHOOK_PORT", "0")  # the session's operator admits
     monkeypatch.setenv("TRAINGUARD_INTEGRITY_PORT", "0")
     monkeypatch.setenv("TRAINGUARD_PLAIN_HTTP_REGISTRIES", json.dumps([crds.registry]))
     monkeypatch.setenv("TRAINGUARD_RETRY_BACKOFF_SECONDS", "0.5")
     kube.configure()
-    args = ["run", "--standalone", "--namespace", space.namespace, *HANDLERS]
-    with kopf.testing.KopfRunner(args, timeout=60) as runner:
+
+
+def handlers(namespace: str) -> kopf.testing.KopfRunner:
+    return kopf.testing.KopfRunner(["run", "--standalone", "--namespace", namespace, *HANDLERS], timeout=60)
+
+
+@pytest.fixture
+def in_process(
+    crds: Cluster, operator: OperatorProcess, signed: SignedImage, settings_env: None
+) -> Iterator[TenantSpace]:
+    """A fresh tenant namespace, reconciled by the handlers running in this process."""
+    space = make_tenant(crds, prefix="kr", signed=signed)
+    with handlers(space.namespace) as runner:
         yield space
         # While the handlers still run: the daemon stops and kopf releases its finalizer.
         crds.kubectl("delete", "trainingjobs", "--all", "-n", space.namespace, "--timeout=30s")
@@ -94,3 +102,30 @@ def test_a_job_pod_that_goes_away_wakes_its_job(in_process: TenantSpace) -> None
         "get", "events", "-n", space.namespace, "--field-selector", "reason=Restarting"
     ).stdout
     assert "replica 1 disappeared; restarting all replicas (1 of 3)" in events
+
+
+def test_a_job_deleted_while_no_operator_ran_does_not_hold_its_namespace(
+    crds: Cluster, operator: OperatorProcess, signed: SignedImage, settings_env: None
+) -> None:
+    space = make_tenant(crds, prefix="kr", signed=signed)
+    with handlers(space.namespace) as runner:
+        space.apply(space.job("orphan"))
+        wait_for(
+            "the daemon's finalizer on the job",
+            lambda: (
+                "trainguard.dev/finalizer"
+                in space.get("trainingjob", "orphan")["metadata"].get("finalizers", [])
+            ),
+        )
+    assert runner.exception is None, runner.output
+    # No operator runs: the namespace waits for the job's finalizer, and kopf will not serve a
+    # namespace that is already terminating when it starts.
+    crds.kubectl("delete", "namespace", space.namespace, "--wait=false")
+    with handlers(space.namespace) as runner:
+        wait_for(
+            "the namespace to go",
+            lambda: crds.kubectl("get", "namespace", space.namespace, check=False).returncode != 0,
+            timeout=60,
+        )
+    assert runner.exception is None, runner.output
+    crds.kubectl("delete", "tenant", space.tenant, "--wait=false", check=False)

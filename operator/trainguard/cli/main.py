@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz"
     )
+    run.add_argument("--verbose", action="store_true", help="log at DEBUG level (default INFO)")
+    run.add_argument(
+        "--log-format", choices=["plain", "full", "json"], default="full", help="log line format"
+    )
     # Each flag below sets the Settings field of the same name; unset flags leave the field to
     # the environment or its default.
     run.add_argument("--webhook-port", type=int, help="admission webhook port; 0 serves none (default 9443)")
@@ -61,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         parser.error(str(exc))
 
-    import trainguard.handlers
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()])
+    import trainguard.handlers  # registers the reconcilers and the integrity endpoint
     from trainguard.kube import client as kube
 
     kube.configure()

@@ -49,6 +49,23 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.finalizer = FINALIZER  # kept while a job's daemon runs
 
 
+@kopf.on.startup()
+async def release_jobs_in_terminating_namespaces(**_: Any) -> None:
+    """kopf does not serve a namespace that was already being deleted when it started, so the
+    daemon finalizer of a job deleted there while no operator ran would never be removed, and
+    the namespace would never go. Such a job has no daemon to stop (its children go with it by
+    their owner references): release it."""
+    for raw in await kube.list_jobs():
+        meta = raw["metadata"]
+        finalizers = meta.get("finalizers") or []
+        if meta.get("deletionTimestamp") and FINALIZER in finalizers:
+            namespace = await kube.get_namespace(meta["namespace"])
+            if namespace is not None and (namespace.get("status") or {}).get("phase") == "Terminating":
+                kept = [f for f in finalizers if f != FINALIZER]
+                await kube.set_job_finalizers(meta["namespace"], meta["name"], kept, meta["resourceVersion"])
+                log.info("released %s/%s, deleted while no operator ran", meta["namespace"], meta["name"])
+
+
 @kopf.index("", "v1", "pods", labels={LABEL_JOB_UID: kopf.PRESENT})
 def job_pods(
     body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any

@@ -117,6 +117,36 @@ async def patch_job_status(namespace: str, name: str, status: Obj) -> None:
     )
 
 
+async def list_jobs() -> list[Obj]:
+    """Every TrainingJob in the cluster."""
+    resp = await _call(
+        "list TrainingJobs",
+        _custom().list_cluster_custom_object,
+        GROUP,
+        VERSION,
+        "trainingjobs",
+        _preload_content=False,
+    )
+    items: list[Obj] = _json(resp)["items"]
+    return items
+
+
+async def set_job_finalizers(namespace: str, name: str, finalizers: list[str], resource_version: str) -> None:
+    """Replace the job's finalizers, only if it did not change since `resource_version`."""
+    body = {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
+    await _call(
+        f"patch finalizers of TrainingJob {namespace}/{name}",
+        _custom().patch_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        namespace,
+        "trainingjobs",
+        name,
+        body,
+        ok=(404, 409),
+    )
+
+
 # --------------------------------------------------------------------------- children
 
 
