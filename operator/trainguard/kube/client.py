@@ -18,6 +18,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from trainguard.api.conditions import format_time
 from trainguard.api.constants import GROUP, VERSION
 
 Obj = dict[str, Any]
@@ -189,7 +190,7 @@ async def delete_pod(namespace: str, name: str) -> None:
 async def post_event(obj: Obj, type_: str, reason: str, message: str, component: str = "trainguard") -> None:
     """Record a core/v1 Event about `obj` (what `kubectl describe` shows)."""
     meta = obj["metadata"]
-    now = datetime.datetime.now(datetime.UTC).isoformat()
+    now = format_time(datetime.datetime.now(datetime.UTC))
     namespace = meta.get("namespace", "default")
     event: Obj = {
         "apiVersion": "v1",
