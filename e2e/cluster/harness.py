@@ -206,6 +206,26 @@ class TenantSpace:
             },
         }
 
+    def user(self, who: str) -> str:
+        """The tenant's people: `owner` (a member who creates jobs), `teammate` (another member),
+        `admin` (a tenant admin)."""
+        suffix = self.tenant.removeprefix("tenant-")
+        return {"owner": f"researcher-{suffix}", "teammate": f"teammate-{suffix}", "admin": f"admin-{suffix}"}[who]
+
+    def as_(self, who: str) -> list[str]:
+        """kubectl flags to act as one of the tenant's people, once their role binding exists."""
+        flags = ["--as", self.user(who)]
+        if who in ("owner", "teammate"):
+            flags += ["--as-group", f"group-{self.tenant.removeprefix('tenant-')}"]
+        wait_for(
+            f"{who}'s role binding in {self.namespace}",
+            lambda: self.cluster.kubectl(
+                "auth", "can-i", "create", "tj", "-n", self.namespace, *flags, check=False
+            ).stdout.strip()
+            == "yes",
+        )
+        return flags
+
     def list(self, kind: str, selector: str = "") -> list[dict[str, Any]]:
         args = ["get", kind, "-n", self.namespace, "-o", "json"] + (["-l", selector] if selector else [])
         items: list[dict[str, Any]] = json.loads(self.cluster.kubectl(*args).stdout)["items"]
@@ -224,7 +244,11 @@ def make_tenant(
         "metadata": {"name": tenant},
         "spec": {
             "namespaces": [ns],
-            "members": {"users": [f"researcher-{suffix}"], "groups": [f"group-{suffix}"]},
+            "members": {
+                "users": [f"researcher-{suffix}", f"teammate-{suffix}"],
+                "groups": [f"group-{suffix}"],
+            },
+            "admins": {"users": [f"admin-{suffix}"]},
             "quota": {"nominalGPUs": quota.get("nominal", 32)},
             "sharedStorage": [{"name": "dataset", "kind": "Dataset", "claimName": "dataset"}],
             "trustedSigners": [{"name": "release", "publicKey": signed.public_key}] if signed else [],

@@ -22,6 +22,10 @@ class SidecarProcess:
     replica: int = 0
     mode: str = "Enforce"
     report_url: str | None = None  # the operator's endpoint for this job, as the pod spec sets it
+    # As in a pod: ask the operator (`key_url`) for the job's key with a pod-bound token instead
+    # of reading `key` from a file (`key` is then not the job's key).
+    key_url: str | None = None
+    token: str | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -37,23 +41,36 @@ class SidecarProcess:
         # Its own folder outside the shared one, as the pod mounts the key Secret: the trainer never sees it.
         key_dir = self.folder.parent / f"key-{self.replica}"
         key_dir.mkdir(exist_ok=True)
-        key_file = key_dir / "key"
-        key_file.write_bytes(self.key)
-        key_file.chmod(0o600)
-        argv = [sys.executable, "-m", "trainguard.sidecar", "--socket", str(self.socket),
-                "--key-file", str(key_file), "--replica", str(self.replica), "--mode", self.mode,
+        if self.key_url:
+            assert self.token, "a sidecar that asks for its key needs its pod's token"
+            token_file = key_dir / "token"
+            token_file.write_text(self.token)
+            token_file.chmod(0o600)
+            source = ["--key-url", self.key_url, "--token-file", str(token_file)]
+        else:
+            key_file = key_dir / "key"
+            key_file.write_bytes(self.key)
+            key_file.chmod(0o600)
+            source = ["--key-file", str(key_file)]
+        argv = [sys.executable, "-m", "trainguard.sidecar", "--socket", str(self.socket), *source,
+                "--replica", str(self.replica), "--mode", self.mode,
                 "--report", str(self.reports_path)]  # fmt: skip
         if self.report_url:
             argv += ["--report-url", self.report_url]
-        log = (self.folder.parent / f"sidecar-{self.replica}.log").open("ab")
+        log = self.log_path.open("ab")
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         wait_for("the sidecar socket", lambda: self.socket.exists() or self._died())
         return self
 
+    @property
+    def log_path(self) -> Path:
+        return self.folder.parent / f"sidecar-{self.replica}.log"
+
     def _died(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"the sidecar exited with {self.proc.returncode}")
+            output = self.log_path.read_text(errors="replace")[-2000:]
+            raise AssertionError(f"the sidecar exited with {self.proc.returncode}:\n{output}")
         return False
 
     def reports(self) -> list[Report]:

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from trainguard.api.models import IntegrityVerdict, Tenant
 from trainguard.integrity.reports import JobIntegrity
 from trainguard.kube import client as kube
@@ -23,6 +25,7 @@ JobKey = tuple[str, str]  # (namespace, name)
 Tenants = Mapping[str, Iterable[Tenant]]
 TenantNamespaces = Mapping[str, Iterable[str]]
 JobPods = Mapping[tuple[str, str], Iterable[PodView]]  # (namespace, job uid) -> pods
+JobNames = Mapping[str, Iterable[str]]  # namespace -> names of its TrainingJobs
 
 # Verified steps alone reach a job's status at most this often; a violation at once.
 VERIFIED_FLUSH_SECONDS = 5.0
@@ -51,6 +54,8 @@ class IntegrityInbox:
     trackers: dict[tuple[str, str, str], JobIntegrity] = field(default_factory=dict)
     pending: dict[JobKey, list[IntegrityVerdict]] = field(default_factory=dict)
     flushed: dict[JobKey, float] = field(default_factory=dict)
+    # Which pods got their job's key (the key endpoint hands each pod its key once).
+    deliveries: KeyDeliveries = field(default_factory=lambda: KeyDeliveries())
 
     def tracker(self, key: JobKey, uid: str, replicas: int) -> JobIntegrity:
         return self.trackers.setdefault((*key, uid), JobIntegrity(replicas))
@@ -133,3 +138,55 @@ def tenant_namespaces_index(kwargs: Mapping[str, Any]) -> TenantNamespaces:
 def job_pods_index(kwargs: Mapping[str, Any]) -> JobPods:
     index: JobPods = kwargs["job_pods"]
     return index
+
+
+def jobs_index(kwargs: Mapping[str, Any]) -> JobNames:
+    index: JobNames = kwargs["jobs_by_namespace"]
+    return index
+
+
+class KeyDelivery(BaseModel):
+    """One hand-over of a job's key to one pod: which pod, when, and the id of the token shown."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    pod: str
+    time: str
+    credential: str = ""  # the token's credential id ("JTI=..."), as the TokenReview names it
+
+
+@dataclass
+class KeyDeliveries:
+    """job uid -> pod uid -> the delivery of the job's key to that pod: each pod gets it once.
+
+    Checking and recording happen in one step with no await between them, so two requests for one
+    pod cannot both pass. The handler also keeps the record with the key (it survives a restart)."""
+
+    delivered: dict[str, dict[str, KeyDelivery]] = field(default_factory=dict)
+
+    def claim(
+        self, job_uid: str, pod_uid: str, delivery: KeyDelivery, recorded: Mapping[str, KeyDelivery]
+    ) -> KeyDelivery | None:
+        """Record `delivery` unless the pod got the key before (here, or in `recorded`, what the
+        key's Secret remembers); then return that earlier delivery and record nothing."""
+        pods = self.delivered.setdefault(job_uid, {})
+        earlier = pods.get(pod_uid) or recorded.get(pod_uid)
+        if earlier is not None:
+            pods.setdefault(pod_uid, earlier)
+            return earlier
+        pods[pod_uid] = delivery
+        return None
+
+    def release(self, job_uid: str, pod_uid: str) -> None:
+        """Undo a claim whose delivery did not happen (the record could not be kept)."""
+        self.delivered.get(job_uid, {}).pop(pod_uid, None)
+
+    def keep_only(self, job_uid: str, pod_uids: Iterable[str]) -> None:
+        """Forget the pods that no longer exist (a token bound to a deleted pod is never valid)."""
+        live = set(pod_uids)
+        pods = self.delivered.get(job_uid, {})
+        for gone in [uid for uid in pods if uid not in live]:
+            del pods[gone]
+
+    def forget(self, job_uid: str) -> None:
+        self.delivered.pop(job_uid, None)

@@ -48,6 +48,17 @@ def admission_denied(reason: str) -> None:
     ADMISSION_DENIED.labels(reason=reason).inc()
 
 
+POD_CONNECTS = Counter(
+    "trainguard_pod_connect_total",
+    "exec, attach and port-forward requests into TrainingJob pods (who asked is in the Event).",
+    ["action", "decision", "reason"],
+)
+
+
+def pod_connect(action: str, decision: str, reason: str) -> None:
+    POD_CONNECTS.labels(action=action, decision=decision, reason=reason).inc()
+
+
 INTEGRITY_VIOLATIONS = Counter(
     "trainguard_integrity_violations_total", "Integrity violations reported by sidecars.", ["tenant", "kind"]
 )
@@ -64,3 +75,14 @@ def integrity_violation(tenant: str, kind: str) -> None:
 
 def integrity_verified(tenant: str) -> None:
     INTEGRITY_VERIFIED_STEPS.labels(tenant=tenant).inc()
+
+
+INTEGRITY_KEY_REQUESTS = Counter(
+    "trainguard_integrity_key_requests_total",
+    "Sidecars' requests for their job's integrity key, by outcome (delivered, or why it was refused).",
+    ["outcome"],
+)
+
+
+def integrity_key_request(outcome: str) -> None:
+    INTEGRITY_KEY_REQUESTS.labels(outcome=outcome).inc()

@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     sidecar_image: str = WorkloadSettings.sidecar_image
 
     # Where the operator runs (its own objects, such as jobs' integrity keys, live there).
-    operator_namespace: str = "trainguard-system"
+    operator_namespace: str = WorkloadSettings.operator_namespace
 
     # Tenants and reconciliation.
     researcher_role: str = "trainguard-researcher"
@@ -51,7 +51,10 @@ class Settings(BaseSettings):
     def workload(self) -> WorkloadSettings:
         """What the pure builders need of these settings."""
         return WorkloadSettings(
-            sidecar_image=self.sidecar_image, report_url=self.integrity_url, dns_namespace=self.dns_namespace
+            sidecar_image=self.sidecar_image,
+            report_url=self.integrity_url,
+            dns_namespace=self.dns_namespace,
+            operator_namespace=self.operator_namespace,
         )
 
     def retry_delay(self, retry: int) -> float:

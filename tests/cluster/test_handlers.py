@@ -24,8 +24,11 @@ HANDLERS = ["-m", "trainguard.handlers.jobs", "-m", "trainguard.handlers.tenants
 
 
 @pytest.fixture
-def settings_env(crds: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The handlers' settings, as `trainguard run` would read them from its environment."""
+def settings_env(crds: Cluster, operator: OperatorProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handlers' settings, as `trainguard run` would read them from its environment, and the
+    operator's own identity (the chart's ServiceAccount): only it may make a job's pods."""
+    assert operator.kubeconfig is not None
+    monkeypatch.setenv("KUBECONFIG", str(operator.kubeconfig))
     monkeypatch.setenv("TRAINGUARD_WEBHOOK_PORT", "0")  # the session's operator admits
     monkeypatch.setenv("TRAINGUARD_INTEGRITY_PORT", "0")
     monkeypatch.setenv("TRAINGUARD_PLAIN_HTTP_REGISTRIES", json.dumps([crds.registry]))

@@ -3,7 +3,6 @@ control plane: verified steps and violations reach the TrainingJob's status; Enf
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import torch
 
 from e2e.cluster.harness import OperatorProcess, TenantSpace
 from e2e.cluster.integrity import SidecarProcess
+from e2e.cluster.integrity_keys import job_pods, key_url, pod_token
 from e2e.cluster.waiting import wait_for
 from trainguard.integrity.reports import sign_report
 from trainguard.trainer import IntegrityGuard, IntegrityViolation
@@ -31,20 +31,24 @@ def conditions(space: TenantSpace, name: str) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in status.get("conditions", [])}
 
 
-def integrity_key(space: TenantSpace, name: str) -> bytes | None:
-    """The job's key, as only the sidecar (and the operator) may read it; None until it exists."""
-    args = ["get", "secret", f"{name}-integrity", "-n", space.namespace, "-o", "json"]
-    got = space.cluster.kubectl(*args, check=False)
-    return base64.b64decode(json.loads(got.stdout)["data"]["key"]) if got.returncode == 0 else None
-
-
 class TwoReplicas:
-    """Two data-parallel replicas of one job: a sidecar process each (sharing the job's key and
-    reporting to the operator) and identical tiny models trained in this process."""
+    """Two data-parallel replicas of one job: a sidecar process each (getting the job's key from
+    the operator with its pod's token, as in the pod, and reporting to the operator) and identical
+    tiny models trained in this process."""
 
-    def __init__(self, folder: Path, key: bytes, url: str) -> None:
+    def __init__(self, folder: Path, space: TenantSpace, name: str, operator: OperatorProcess) -> None:
+        pods = job_pods(space, name, 2)
+        report_url = f"{operator.integrity_url}/{space.namespace}/{name}"
+        asks = key_url(operator.integrity_url, space, name)
         self.sidecars = [
-            SidecarProcess(folder / f"r{r}", key=key, replica=r, report_url=url).start() for r in (0, 1)
+            SidecarProcess(
+                folder / f"r{r}",
+                replica=r,
+                report_url=report_url,
+                key_url=asks,
+                token=pod_token(space, name, pod),
+            ).start()
+            for r, pod in enumerate(pods)
         ]
         torch.manual_seed(0)
         self.nets = [torch.nn.Linear(8, 8) for _ in (0, 1)]
@@ -76,9 +80,7 @@ def test_verified_steps_and_a_violation_reach_the_job_and_enforce_stops_it(
     wait_for(
         "the job to run", lambda: conditions(space, "guarded").get("Running", {}).get("status") == "True"
     )
-    key = wait_for("the integrity key", lambda: integrity_key(space, "guarded"))
-    url = f"{operator.integrity_url}/{space.namespace}/guarded"
-    replicas = TwoReplicas(tmp_path, key, url)
+    replicas = TwoReplicas(tmp_path, space, "guarded", operator)
     try:
         replicas.train(range(3))
         verified = wait_for(
@@ -133,7 +135,7 @@ def test_a_report_not_signed_with_the_jobs_key_is_refused(
 ) -> None:
     space = tenant_space
     space.apply(job(space, "forged"))
-    wait_for("the integrity key", lambda: integrity_key(space, "forged"))
+    job_pods(space, "forged", 2)  # the job runs, its key exists
     forged = sign_report(
         b"\x00" * 32,
         {"replica": 0, "kind": "Violation", "step": 1, "violation": "X", "message": "x", "time": 0.0},
@@ -152,9 +154,7 @@ def test_replicas_that_disagree_are_named_in_the_jobs_status(
 ) -> None:
     space = tenant_space
     space.apply(job(space, "split"))
-    key = wait_for("the integrity key", lambda: integrity_key(space, "split"))
-    url = f"{operator.integrity_url}/{space.namespace}/split"
-    replicas = TwoReplicas(tmp_path, key, url)
+    replicas = TwoReplicas(tmp_path, space, "split", operator)
     try:
         replicas.train(range(2), drift=(1, 1))
         violation = wait_for(

@@ -81,8 +81,8 @@ def test_simulated_pods_finish_when_a_test_asks(cluster: Cluster, namespace: str
         wait_for(
             f"{name} to run", lambda n=name: pod(cluster, namespace, n)["status"].get("phase") == "Running"
         )
-    cluster.kubectl("annotate", "pod", "ok", "-n", namespace, "trainguard.dev/simulate-exit-code=0")
-    cluster.kubectl("annotate", "pod", "bad", "-n", namespace, "trainguard.dev/simulate-exit-code=3")
+    cluster.kubectl("annotate", "pod", "ok", "-n", namespace, "kwok.trainguard.test/exit-code=0")
+    cluster.kubectl("annotate", "pod", "bad", "-n", namespace, "kwok.trainguard.test/exit-code=3")
     wait_for("ok to succeed", lambda: pod(cluster, namespace, "ok")["status"]["phase"] == "Succeeded")
     wait_for("bad to fail", lambda: pod(cluster, namespace, "bad")["status"]["phase"] == "Failed")
     state = pod(cluster, namespace, "bad")["status"]["containerStatuses"][0]["state"]

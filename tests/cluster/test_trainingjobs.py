@@ -49,7 +49,7 @@ def finish(space: TenantSpace, pod: str, code: int) -> None:
         pod,
         "-n",
         space.namespace,
-        f"trainguard.dev/simulate-exit-code={code}",
+        f"kwok.trainguard.test/exit-code={code}",
         "--overwrite",
     )
 

@@ -53,7 +53,7 @@ def test_golden_pod(job: TrainingJob, tenant: Tenant) -> None:
 def test_golden_children(job: TrainingJob) -> None:
     for child in b.build_children(job, SETTINGS):
         check_golden(child["kind"].lower(), child)
-    check_golden("secret", b.build_integrity_secret(job, bytes(32)))
+    check_golden("secret", b.build_integrity_secret(job, bytes(32), SETTINGS))
 
 
 def test_pod_is_hardened(job: TrainingJob, tenant: Tenant) -> None:
@@ -108,7 +108,7 @@ def test_shared_storage_is_read_only_at_the_volume_level(job: TrainingJob, tenan
             if mount["name"].startswith("shared-"):
                 assert mount["readOnly"] is True
     sidecar_mounts = {m["name"] for m in pod["spec"]["initContainers"][0]["volumeMounts"]}
-    assert sidecar_mounts == {"integrity", "integrity-key", "output", "sidecar-tmp"}, (
+    assert sidecar_mounts == {"integrity", "integrity-token", "output", "sidecar-tmp"}, (
         "the sidecar never sees shared storage"
     )
     sidecar_output = next(
@@ -116,9 +116,55 @@ def test_shared_storage_is_read_only_at_the_volume_level(job: TrainingJob, tenan
     )
     assert sidecar_output["readOnly"] is True, "the sidecar reads checkpoints, it never writes them"
     trainer_mounts = {m["name"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
-    assert "integrity-key" not in trainer_mounts, "the trainer never sees the integrity key"
-    key_volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "integrity-key")
-    assert key_volume["secret"]["secretName"] == "llm-finetune-integrity"
+    assert "integrity-token" not in trainer_mounts, "the trainer never sees the sidecar's token"
+
+
+def test_no_key_in_the_pod_only_the_sidecars_token_to_ask_for_it(job: TrainingJob, tenant: Tenant) -> None:
+    pod = b.build_pod(job, tenant, 0, 0, SETTINGS)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert not any("secret" in v for v in volumes.values()), (
+        "no Secret is mounted: the key is not in the namespace"
+    )
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    token = volumes["integrity-token"]["projected"]
+    assert token["sources"] == [
+        {
+            "serviceAccountToken": {
+                "audience": "trainguard.dev/integrity",
+                "expirationSeconds": 600,
+                "path": "token",
+            }
+        }
+    ]
+    sidecar = pod["spec"]["initContainers"][0]
+    mount = next(m for m in sidecar["volumeMounts"] if m["name"] == "integrity-token")
+    assert mount == {"name": "integrity-token", "mountPath": "/var/run/trainguard-token", "readOnly": True}
+    assert "--token-file=/var/run/trainguard-token/token" in sidecar["args"]
+    base = SETTINGS.report_url
+    assert f"--key-url={base}/keys/team-a/llm-finetune" in sidecar["args"]
+    assert f"--report-url={base}/team-a/llm-finetune" in sidecar["args"]
+    assert not any(a.startswith("--key-file") for a in sidecar["args"])
+    for container in pod["spec"]["containers"]:
+        assert "integrity-token" not in {m["name"] for m in container["volumeMounts"]}
+
+
+def test_the_key_lives_in_the_operators_namespace_named_by_the_jobs_uid(job: TrainingJob) -> None:
+    settings = b.WorkloadSettings(operator_namespace="platform-trainguard")
+    secret = b.build_integrity_secret(job, b"k" * 32, settings)
+    meta = secret["metadata"]
+    assert meta["namespace"] == "platform-trainguard"
+    assert meta["name"] == "integrity-key-11111111-2222-3333-4444-555555555555"
+    assert meta["name"] == b.integrity_secret_name(job.metadata.uid)
+    assert "ownerReferences" not in meta, "owner references cannot cross namespaces"
+    assert meta["labels"] == {
+        c.LABEL_MANAGED_BY: "trainguard",
+        c.LABEL_COMPONENT: "integrity-key",
+        c.LABEL_JOB: "llm-finetune",
+        c.LABEL_JOB_UID: job.metadata.uid,
+        c.LABEL_TENANT: "team-a",
+        "trainguard.dev/job-namespace": "team-a",
+    }
+    assert secret["data"] == {"key": "a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s="}
 
 
 def test_unknown_shared_storage_is_never_built(job: TrainingJob, tenant: Tenant) -> None:
@@ -221,7 +267,18 @@ def test_webhook_configurations_fail_closed_and_scope_the_pod_guard() -> None:
         "pod-guard.trainguard.dev": True,
         "pod-guard-ephemeral.trainguard.dev": True,
         "pod-connect-guard.trainguard.dev": True,
+        "namespace-guard.trainguard.dev": False,  # selected by the namespace object itself instead
     }
+    namespace_guard = validating["webhooks"][4]
+    assert namespace_guard["objectSelector"] == {
+        "matchExpressions": [{"key": "trainguard.dev/tenant", "operator": "Exists"}]
+    }
+    assert validating["webhooks"][0]["rules"][0]["operations"] == ["CREATE", "UPDATE", "DELETE"]
+    assert validating["webhooks"][3]["rules"][0]["resources"] == [
+        "pods/exec",
+        "pods/attach",
+        "pods/portforward",
+    ]
     service = in_cluster[1]["webhooks"][3]["clientConfig"]["service"]
     assert service == {
         "namespace": "trainguard-system",

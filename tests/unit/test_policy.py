@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from trainguard.api.models import Tenant, TrainingJob
 from trainguard.policy.errors import format_errors
-from trainguard.policy.pods import validate_foreign_pod
+from trainguard.policy.pods import NamespaceView, validate_foreign_pod
 from trainguard.policy.trainingjob import validate_training_job
 
 TENANT = Tenant.model_validate(
@@ -89,10 +89,12 @@ def test_env_names_that_trainguard_sets_are_reserved() -> None:
 def test_plain_pods_may_not_ask_the_nvidia_runtime_for_gpus() -> None:
     pod = {
         "spec": {
+            # Non-root (the pod guard's allowlist), so the variable is the pod's only problem.
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 1000},
             "containers": [
                 {"name": "m", "image": "x", "env": [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]}
-            ]
+            ],
         }
     }
-    errors = validate_foreign_pod(pod, {})
+    errors = validate_foreign_pod(pod, NamespaceView(shared_claims={}))
     assert [(e.path, e.reason) for e in errors] == [("spec.containers[0].env[0]", "GPUOutsideJob")]

@@ -13,6 +13,7 @@ VALIDATE_JOB = "validate-trainingjob"
 POD_GUARD = "pod-guard"
 POD_GUARD_EPHEMERAL = "pod-guard-ephemeral"
 POD_CONNECT_GUARD = "pod-connect-guard"
+NAMESPACE_GUARD = "namespace-guard"
 TIMEOUT_SECONDS = 10
 
 
@@ -63,7 +64,8 @@ def _rule(group: str, version: str, resources: list[str], operations: list[str])
 
 def build_webhook_configurations(name: str, endpoint: Endpoint) -> list[Manifest]:
     """The mutating and validating configurations pointing at the operator's webhook server."""
-    jobs = _rule(GROUP, VERSION, ["trainingjobs"], ["CREATE", "UPDATE"])
+    creates = _rule(GROUP, VERSION, ["trainingjobs"], ["CREATE"])
+    jobs_and_deletes = _rule(GROUP, VERSION, ["trainingjobs"], ["CREATE", "UPDATE", "DELETE"])
     labels = {LABEL_MANAGED_BY: MANAGED_BY}
     mutating = {
         "apiVersion": "admissionregistration.k8s.io/v1",
@@ -71,7 +73,7 @@ def build_webhook_configurations(name: str, endpoint: Endpoint) -> list[Manifest
         "metadata": {"name": name, "labels": labels},
         "webhooks": [
             {
-                **_webhook(PIN_IMAGE, endpoint, [jobs], False),
+                **_webhook(PIN_IMAGE, endpoint, [creates], False),
                 "reinvocationPolicy": "Never",
             }
         ],
@@ -81,7 +83,7 @@ def build_webhook_configurations(name: str, endpoint: Endpoint) -> list[Manifest
         "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": name, "labels": labels},
         "webhooks": [
-            _webhook(VALIDATE_JOB, endpoint, [jobs], False),
+            _webhook(VALIDATE_JOB, endpoint, [jobs_and_deletes], False),
             _webhook(
                 POD_GUARD,
                 endpoint,
@@ -97,9 +99,16 @@ def build_webhook_configurations(name: str, endpoint: Endpoint) -> list[Manifest
             _webhook(
                 POD_CONNECT_GUARD,
                 endpoint,
-                [_rule("", "v1", ["pods/exec", "pods/attach"], ["CONNECT"])],
+                [_rule("", "v1", ["pods/exec", "pods/attach", "pods/portforward"], ["CONNECT"])],
                 True,
             ),
+            {
+                # Selected by the object, old or new: an update that removes the label is seen.
+                **_webhook(NAMESPACE_GUARD, endpoint, [_rule("", "v1", ["namespaces"], ["UPDATE"])], False),
+                "objectSelector": {
+                    "matchExpressions": [{"key": TENANT_NAMESPACE_LABEL, "operator": "Exists"}]
+                },
+            },
         ],
     }
     return [mutating, validating]

@@ -90,6 +90,7 @@ class SharedStorage(Model):
 class TenantSpec(Model):
     namespaces: list[DNSLabel] = Field(min_length=1, max_length=64)
     members: Members = Field(default_factory=Members)
+    admins: Members = Field(default_factory=Members)
     quota: TenantQuota
     trusted_signers: list[TrustedSigner] = Field(default_factory=list, max_length=16)
     shared_storage: list[SharedStorage] = Field(default_factory=list, max_length=64)
@@ -169,6 +170,18 @@ class Integrity(Model):
     every_steps: int = Field(default=1, ge=1, le=100_000)
 
 
+class Owner(Model):
+    """Who created the job: written by the admission webhook from the request, never from the body."""
+
+    user: Annotated[str, StringConstraints(max_length=256)]
+    groups: list[str] = Field(default_factory=list, max_length=64)
+
+
+class Debugging(enum.StrEnum):
+    ALLOWED = "Allowed"
+    DISALLOWED = "Disallowed"
+
+
 class TrainingJobSpec(Model):
     tenant: DNSLabel
     image: Annotated[str, StringConstraints(max_length=512)]
@@ -187,10 +200,21 @@ class TrainingJobSpec(Model):
     max_run_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
     failure_policy: FailurePolicy = Field(default_factory=FailurePolicy)
     integrity: Integrity = Field(default_factory=Integrity)
+    owner: Owner | None = None  # None only for jobs admitted before owners were recorded
+    collaborators: Members = Field(default_factory=Members)
+    debugging: Debugging | None = None  # None: decided by the integrity mode
 
     @property
     def total_gpus(self) -> int:
         return self.replicas * self.resources.gpus_per_replica
+
+    @property
+    def debugging_allowed(self) -> bool:
+        """Whether anyone may exec, attach or port-forward into the trainer: off by default for
+        Enforce jobs, whose weights must not be touched by hand."""
+        if self.debugging is not None:
+            return self.debugging == Debugging.ALLOWED
+        return self.integrity.mode != IntegrityMode.ENFORCE
 
 
 class ReplicaCounts(Model):

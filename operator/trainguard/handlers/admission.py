@@ -1,9 +1,14 @@
-"""Admission webhooks: signed images pinned to digests, tenant rules, and the pod guard.
+"""Admission webhooks: signed images pinned to digests, who may do what to a job, the pod guard,
+and the tenant namespaces' labels.
 
 Thin: every rule lives in `policy/` and `signing/`; these handlers gather the objects the rules
-need (the Tenant, the namespace's tenant), run them, and turn errors into one denial that lists
-every problem with its field and fix. A denial also posts an Event and counts
-`trainguard_admission_denied_total{reason}`.
+need (the Tenant, the namespace's tenant and jobs, the pod's job), run them, and turn errors into
+one denial that lists every problem with its field and fix. A denial also posts an Event and
+counts `trainguard_admission_denied_total{reason}`.
+
+The webhooks fail closed, and their configurations outlive the operator: a stopping operator
+leaves them in place, so while none runs, TrainingJob creates and guarded pod operations are
+refused ("failed calling webhook") instead of admitted unchecked.
 """
 
 from __future__ import annotations
@@ -22,22 +27,42 @@ from pydantic import ValidationError
 
 from trainguard import metrics
 from trainguard.admission import configurations
-from trainguard.api.constants import API_VERSION, GROUP, LABEL_TENANT, VERSION
-from trainguard.api.models import Tenant, TrainingJob
+from trainguard.api.constants import API_VERSION, GROUP, LABEL_TENANT, TENANT_NAMESPACE_LABEL, VERSION
+from trainguard.api.models import Debugging, IntegrityMode, Tenant, TrainingJob
 from trainguard.context import (
+    JobNames,
     OperatorContext,
     TenantNamespaces,
     Tenants,
     context_of,
     find_tenant,
+    jobs_index,
     tenant_namespaces_index,
     tenants_index,
 )
 from trainguard.kube import client as kube
-from trainguard.policy.access import connect_refusal, job_pod_refusal
+from trainguard.policy.access import (
+    CLUSTER_ADMINS,
+    Identity,
+    collaborator_errors,
+    connect_refusal,
+    delete_refusal,
+    is_operator,
+    job_pod_refusal,
+    may_clean_up,
+    owner_errors,
+    update_errors,
+)
 from trainguard.policy.errors import FieldError, format_errors, schema_errors
-from trainguard.policy.images import digest_only, image_error
-from trainguard.policy.pods import images, is_exempt, is_job_pod, validate_foreign_pod
+from trainguard.policy.images import image_error
+from trainguard.policy.namespaces import protected_label_changes
+from trainguard.policy.pods import (
+    NamespaceView,
+    images,
+    is_job_pod,
+    only_metadata_changed,
+    validate_foreign_pod,
+)
 from trainguard.policy.trainingjob import validate_training_job
 from trainguard.signing.verifier import VerificationFailed
 from trainguard.tls import certs
@@ -105,14 +130,6 @@ async def start_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **kw
         await kube.apply_webhook_configuration(manifest)
 
 
-@kopf.on.cleanup()
-async def stop_admission(memo: kopf.Memo, **_: Any) -> None:
-    config = context_of(memo).settings
-    if config.webhook_port:
-        for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
-            await kube.delete_webhook_configuration(kind, config.webhook_config_name)
-
-
 # --------------------------------------------------------------------------- shared steps
 
 
@@ -137,17 +154,10 @@ async def deny(obj: Mapping[str, Any], errors: list[FieldError]) -> None:
     raise kopf.AdmissionError(message, code=403)
 
 
-def _identity(userinfo: Mapping[str, Any]) -> tuple[str, list[str]]:
-    return str(userinfo.get("username", "")), list(userinfo.get("groups") or [])
-
-
-async def _image_errors(
-    context: OperatorContext, path: str, image: str, tenant: Tenant, checked: str | None = None
-) -> list[FieldError]:
-    """The refusal of `image` at `path` if it (or `checked`, the form of it to verify) does not
-    verify under the tenant's trust."""
+async def _image_errors(context: OperatorContext, path: str, image: str, tenant: Tenant) -> list[FieldError]:
+    """The refusal of `image` at `path` if it does not verify under the tenant's trust."""
     try:
-        await context.images.verify(checked or image, tenant)
+        await context.images.verify(image, tenant)
     except VerificationFailed as failure:
         return [image_error(path, image, tenant, failure.reason, str(failure))]
     except ValueError as exc:
@@ -158,16 +168,21 @@ async def _image_errors(
 # --------------------------------------------------------------------------- TrainingJobs
 
 
-@kopf.on.mutate(GROUP, VERSION, "trainingjobs", id=configurations.PIN_IMAGE, operations=["CREATE", "UPDATE"])
-async def pin_image(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any) -> None:
-    """Resolve the tag to a digest and write it into the job: what runs is what was verified."""
-    old: kopf.Body | None = kwargs.get("old")
+@kopf.on.mutate(GROUP, VERSION, "trainingjobs", id=configurations.PIN_IMAGE, operations=["CREATE"])
+async def admit_job(
+    body: kopf.Body, patch: kopf.Patch, userinfo: Mapping[str, Any], memo: kopf.Memo, **kwargs: Any
+) -> None:
+    """At creation: record who creates the job (from the request, never from the body), settle
+    whether it may be debugged, and pin the image's tag to the verified digest."""
     spec = body.get("spec") or {}
+    who = Identity.from_userinfo(userinfo)
+    patch.setdefault("spec", {})["owner"] = who.owner().to_api()
+    if "debugging" not in spec:
+        enforce = (spec.get("integrity") or {}).get("mode") == IntegrityMode.ENFORCE.value
+        patch["spec"]["debugging"] = (Debugging.DISALLOWED if enforce else Debugging.ALLOWED).value
     image, tenant_name = spec.get("image"), spec.get("tenant")
     if not isinstance(image, str) or not isinstance(tenant_name, str):
         return  # the schema reports it
-    if old is not None and (old.get("spec") or {}).get("image") == image and "@" in image:
-        return
     tenant = await find_tenant(tenants_index(kwargs), tenant_name)
     if tenant is None:
         return  # validation reports it, with every other problem
@@ -176,49 +191,66 @@ async def pin_image(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kwarg
     except (VerificationFailed, ValueError):
         return  # validation reports it, with every other problem
     if verified.pinned != image:
-        patch.setdefault("spec", {})["image"] = verified.pinned
+        patch["spec"]["image"] = verified.pinned
 
 
 @kopf.on.validate(
-    GROUP, VERSION, "trainingjobs", id=configurations.VALIDATE_JOB, operations=["CREATE", "UPDATE"]
+    GROUP, VERSION, "trainingjobs", id=configurations.VALIDATE_JOB, operations=["CREATE", "UPDATE", "DELETE"]
 )
-async def validate_job(
-    body: kopf.Body,
-    userinfo: Mapping[str, Any],
-    memo: kopf.Memo,
-    **kwargs: Any,
-) -> None:
+async def validate_job(body: kopf.Body, userinfo: Mapping[str, Any], memo: kopf.Memo, **kwargs: Any) -> None:
     context = context_of(memo)
+    operation = str(kwargs.get("operation"))
     old: kopf.Body | None = kwargs.get("old")
-    raw = dict(body)
-    if old is not None and old.get("spec") == raw.get("spec"):
-        return  # metadata only (labels, kopf's finalizer): nothing that decides what runs changed
+    who = Identity.from_userinfo(userinfo)
+    raw = dict(body if operation != "DELETE" or old is None else old)
+    target = {**raw, "apiVersion": API_VERSION, "kind": "TrainingJob"}
     try:
         job = TrainingJob.model_validate(raw)
     except ValidationError as exc:
-        await deny(raw, schema_errors(exc))
+        if operation == "DELETE":
+            return  # a body trainguard cannot read is no job of trainguard's to protect
+        await deny(target, schema_errors(exc))
         return
-    user, groups = _identity(userinfo)
-    exempt = is_exempt(user, groups, context.settings.operator_users)
     tenant = await find_tenant(tenants_index(kwargs), job.spec.tenant)
-    errors = validate_training_job(job, tenant, "" if exempt else user, tuple(groups))
+    operators = context.settings.operator_users
+    if operation == "DELETE":
+        refusal = None if may_clean_up(who, operators) else delete_refusal(job, tenant, who)
+        if refusal is not None:
+            await deny(target, [refusal])
+        return
+    if operation == "UPDATE" and old is not None:
+        if is_operator(who, operators):
+            return  # status is a subresource: the operator only adds and removes its finalizer here
+        errors = update_errors(old, raw, job, tenant, who)
+        if errors:
+            await deny(target, errors)
+        return
+    # Cluster admins may create jobs under any tenant (they can do anything else too).
+    member = "" if CLUSTER_ADMINS in who.groups else who.user
+    errors = validate_training_job(job, tenant, member, who.groups)
+    errors += owner_errors(job, who)
     if tenant is not None:
+        errors += collaborator_errors(job, tenant)
         image = job.spec.image
-        unchanged = old is not None and (old.get("spec") or {}).get("image") == image
-        try:
-            checked = digest_only(image) if unchanged else image
-        except ValueError:
-            checked = image
-        image_errors = await _image_errors(context, "spec.image", image, tenant, checked)
+        image_errors = await _image_errors(context, "spec.image", image, tenant)
         if not image_errors and "@" not in image:  # verified, yet the mutating webhook did not pin it
             message = f"{image} was not pinned to a digest at admission"
             image_errors = [image_error("spec.image", image, tenant, "NotPinned", message)]
         errors += image_errors
     if errors:
-        await deny({**raw, "apiVersion": API_VERSION, "kind": "TrainingJob"}, errors)
+        await deny(target, errors)
 
 
 # --------------------------------------------------------------------------- the pod guard
+
+
+def _namespace_view(namespace: str, tenant: Tenant, jobs: JobNames) -> NamespaceView:
+    names = list(jobs.get(namespace, ()))
+    return NamespaceView(
+        shared_claims={s.claim_name: s.name for s in tenant.spec.shared_storage},
+        job_claims=frozenset(f"{n}-output" for n in names),
+        job_service_accounts=frozenset(f"{n}-runner" for n in names),
+    )
 
 
 async def _guard_pod(
@@ -228,22 +260,34 @@ async def _guard_pod(
     userinfo: Mapping[str, Any],
     operation: str,
     namespace: str | None,
-    tenants: Tenants,
-    tenant_namespaces: TenantNamespaces,
+    kwargs: Mapping[str, Any],
 ) -> None:
-    user, groups = _identity(userinfo)
-    if is_exempt(user, groups, context.settings.operator_users) or not namespace:
+    """Every pod operation in a tenant namespace, whoever asks (controllers too): a job's pods are
+    the operator's alone; every other pod gets the allowlist."""
+    who = Identity.from_userinfo(userinfo)
+    operators = context.settings.operator_users
+    if not namespace:
         return
     pod = dict(body)
-    if is_job_pod(dict(old) if old is not None else pod) or is_job_pod(pod):
+    before = dict(old) if old is not None else None
+    if is_job_pod(before or pod) or is_job_pod(pod):
+        terminating = bool((before or pod).get("metadata", {}).get("deletionTimestamp"))
+        if is_operator(who, operators):
+            return
+        if operation == "DELETE" and (terminating or may_clean_up(who, operators)):
+            return  # garbage collection, namespace deletion, nodes finishing a deletion
+        bookkeeping = operation == "UPDATE" and before is not None and only_metadata_changed(before, pod)
+        if bookkeeping and may_clean_up(who, operators):
+            return  # controllers' and cluster admins' bookkeeping: what runs is unchanged
         await deny(pod, [job_pod_refusal(pod, operation)])
     if operation == "DELETE":
         return
-    tenant = await _tenant_of_namespace(namespace, tenants, tenant_namespaces)
+    if operation == "UPDATE" and before is not None and only_metadata_changed(before, pod):
+        return  # controllers' bookkeeping (owner references, finalizers): the pod runs as admitted
+    tenant = await _tenant_of_namespace(namespace, tenants_index(kwargs), tenant_namespaces_index(kwargs))
     if tenant is None:
         return
-    shared = {s.claim_name: s.name for s in tenant.spec.shared_storage}
-    errors = validate_foreign_pod(pod, shared)
+    errors = validate_foreign_pod(pod, _namespace_view(namespace, tenant, jobs_index(kwargs)))
     for path, image in images(pod):
         errors += await _image_errors(context, path, image, tenant)
     if errors:
@@ -264,22 +308,10 @@ async def _tenant_of_namespace(
 
 @kopf.on.validate("", "v1", "pods", id=configurations.POD_GUARD, operations=["CREATE", "UPDATE", "DELETE"])
 async def guard_pod(
-    body: kopf.Body,
-    userinfo: Mapping[str, Any],
-    namespace: str | None,
-    memo: kopf.Memo,
-    **kwargs: Any,
+    body: kopf.Body, userinfo: Mapping[str, Any], namespace: str | None, memo: kopf.Memo, **kwargs: Any
 ) -> None:
-    await _guard_pod(
-        context_of(memo),
-        body,
-        kwargs.get("old"),
-        userinfo,
-        str(kwargs.get("operation")),
-        namespace,
-        tenants_index(kwargs),
-        tenant_namespaces_index(kwargs),
-    )
+    operation = str(kwargs.get("operation"))
+    await _guard_pod(context_of(memo), body, kwargs.get("old"), userinfo, operation, namespace, kwargs)
 
 
 @kopf.on.validate(
@@ -291,61 +323,82 @@ async def guard_pod(
     operations=["UPDATE"],
 )
 async def guard_ephemeral_containers(
-    body: kopf.Body,
-    userinfo: Mapping[str, Any],
-    namespace: str | None,
-    memo: kopf.Memo,
-    **kwargs: Any,
+    body: kopf.Body, userinfo: Mapping[str, Any], namespace: str | None, memo: kopf.Memo, **kwargs: Any
 ) -> None:
-    await _guard_pod(
-        context_of(memo),
-        body,
-        kwargs.get("old"),
-        userinfo,
-        "UPDATE",
-        namespace,
-        tenants_index(kwargs),
-        tenant_namespaces_index(kwargs),
-    )
+    await _guard_pod(context_of(memo), body, kwargs.get("old"), userinfo, "UPDATE", namespace, kwargs)
+
+
+# --------------------------------------------------------------------------- tenant namespaces
+
+
+@kopf.on.validate("", "v1", "namespaces", id=configurations.NAMESPACE_GUARD, operations=["UPDATE"])
+async def guard_namespace(
+    body: kopf.Body, userinfo: Mapping[str, Any], memo: kopf.Memo, **kwargs: Any
+) -> None:
+    """A tenant namespace's labels (its tenant, Pod Security enforcement) are the operator's."""
+    who = Identity.from_userinfo(userinfo)
+    old: kopf.Body | None = kwargs.get("old")
+    if old is None or is_operator(who, context_of(memo).settings.operator_users):
+        return
+    old_labels = dict(old.get("metadata", {}).get("labels") or {})
+    new_labels = dict(body.get("metadata", {}).get("labels") or {})
+    errors = protected_label_changes(old_labels, new_labels, old_labels.get(TENANT_NAMESPACE_LABEL))
+    if errors:
+        await deny({**dict(body), "apiVersion": "v1", "kind": "Namespace"}, errors)
+
+
+# --------------------------------------------------------------------------- exec, attach, port-forward
 
 
 async def review_connect(
     context: OperatorContext, tenants: Tenants, review: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """`kubectl exec` / `attach` into a job's pod: the decision is `policy.access.connect_refusal`."""
+    """`kubectl exec` / `attach` / `port-forward` into a job's pod: the decision is
+    `policy.access.connect_refusal`; every one allowed or refused is an Event naming who."""
     request = review.get("request") or {}
     uid, namespace, name = request.get("uid", ""), request.get("namespace", ""), request.get("name", "")
-    user, groups = _identity(request.get("userInfo") or {})
+    who = Identity.from_userinfo(request.get("userInfo") or {})
+    action = str(request.get("subResource", "exec"))
     response: dict[str, Any] = {"uid": uid, "allowed": True}
-    if not is_exempt(user, groups, context.settings.operator_users):
-        pod = await kube.get_pod(namespace, name)
-        if pod is not None and is_job_pod(pod):
-            options = request.get("object") or {}  # PodExecOptions / PodAttachOptions
-            tenant_name = (pod["metadata"].get("labels") or {}).get(LABEL_TENANT, "")
-            tenant = await find_tenant(tenants, tenant_name) if tenant_name else None
-            refusal = connect_refusal(
-                name,
-                request.get("subResource", "exec"),
-                options.get("container"),
-                tenant_name,
-                tenant,
-                user,
-                groups,
+    pod = await kube.get_pod(namespace, name)
+    if pod is not None and is_job_pod(pod) and not is_operator(who, context.settings.operator_users):
+        options = request.get("object") or {}  # PodExecOptions / PodAttachOptions / PodPortForwardOptions
+        job = await _job_of_pod(pod)
+        tenant_name = (pod["metadata"].get("labels") or {}).get(LABEL_TENANT, "")
+        tenant = await find_tenant(tenants, tenant_name) if tenant_name else None
+        refusal = connect_refusal(job, tenant, name, action, options.get("container"), who)
+        metrics.pod_connect(action, "Refused" if refusal else "Allowed", refusal.reason if refusal else "")
+        if refusal is None:
+            message = f"{who.user} was allowed pods/{action} into {name}"
+            await kube.post_event(
+                pod, "Normal", "PodConnectAllowed", message, component="trainguard-admission"
             )
-            if refusal is not None:
-                metrics.admission_denied(refusal.reason)
-                await kube.post_event(
-                    pod,
-                    "Warning",
-                    "AdmissionDenied",
-                    f"{user}: {refusal.message}",
-                    component="trainguard-admission",
-                )
-                response.update(
-                    allowed=False, status={"code": 403, "message": refusal.message, "reason": "Forbidden"}
-                )
+        else:
+            metrics.admission_denied(refusal.reason)
+            await kube.post_event(
+                pod,
+                "Warning",
+                "AdmissionDenied",
+                f"{who.user}: {refusal.message}",
+                component="trainguard-admission",
+            )
+            response.update(
+                allowed=False, status={"code": 403, "message": refusal.message, "reason": "Forbidden"}
+            )
     return {
         "apiVersion": review.get("apiVersion", "admission.k8s.io/v1"),
         "kind": "AdmissionReview",
         "response": response,
     }
+
+
+async def _job_of_pod(pod: Mapping[str, Any]) -> TrainingJob | None:
+    """The TrainingJob that controls `pod` (by owner reference uid), if it still exists."""
+    meta = pod.get("metadata") or {}
+    owner = next((o for o in meta.get("ownerReferences") or [] if o.get("kind") == "TrainingJob"), None)
+    if owner is None:
+        return None
+    raw = await kube.get_job(meta.get("namespace", ""), owner.get("name", ""))
+    if raw is None or raw["metadata"].get("uid") != owner.get("uid"):
+        return None
+    return TrainingJob.model_validate(raw)

@@ -22,7 +22,15 @@ from typing import Any, NoReturn
 import kopf
 
 from trainguard import metrics
-from trainguard.api.constants import FINALIZER, GROUP, LABEL_JOB, LABEL_JOB_UID, VERSION
+from trainguard.api.constants import (
+    FINALIZER,
+    GROUP,
+    LABEL_JOB,
+    LABEL_JOB_UID,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    VERSION,
+)
 from trainguard.api.models import TrainingJob
 from trainguard.context import (
     VERIFIED_FLUSH_SECONDS,
@@ -36,7 +44,7 @@ from trainguard.context import (
 )
 from trainguard.kube import client as kube
 from trainguard.signing.verifier import VerificationFailed
-from trainguard.workload.lifecycle import ImageProblem, PodView, plan
+from trainguard.workload.lifecycle import ImageProblem, Plan, PodView, name_taken, plan
 
 log = logging.getLogger("trainguard.jobs")
 
@@ -49,12 +57,39 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.finalizer = FINALIZER  # kept while a job's daemon runs
 
 
+RELEASER = "release_task"  # the background release, kept in the memo to stop it at cleanup
+
+
 @kopf.on.startup()
-async def release_jobs_in_terminating_namespaces(**_: Any) -> None:
+async def start_releasing(memo: kopf.Memo, **_: Any) -> None:
     """kopf does not serve a namespace that was already being deleted when it started, so the
     daemon finalizer of a job deleted there while no operator ran would never be removed, and
     the namespace would never go. Such a job has no daemon to stop (its children go with it by
-    their owner references): release it."""
+    their owner references): release it. In the background, because removing a finalizer is an
+    update that passes the webhooks, which this very process serves only once started."""
+    memo[RELEASER] = asyncio.create_task(_release_until_done(context_of(memo)))
+
+
+@kopf.on.cleanup()
+async def stop_releasing(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get(RELEASER)
+    if isinstance(task, asyncio.Task):
+        task.cancel()
+
+
+async def _release_until_done(context: OperatorContext, attempts: int = 30) -> None:
+    for attempt in range(attempts):
+        try:
+            await _release_jobs_in_terminating_namespaces()
+            return
+        except kube.KubeError as exc:
+            metrics.reconcile_failed("api")
+            delay = context.settings.retry_delay(attempt)
+            log.info("releasing jobs of terminating namespaces failed (%s); again in %.0f s", exc, delay)
+            await asyncio.sleep(delay)
+
+
+async def _release_jobs_in_terminating_namespaces() -> None:
     for raw in await kube.list_jobs():
         meta = raw["metadata"]
         finalizers = meta.get("finalizers") or []
@@ -69,9 +104,23 @@ async def release_jobs_in_terminating_namespaces(**_: Any) -> None:
 @kopf.index("", "v1", "pods", labels={LABEL_JOB_UID: kopf.PRESENT})
 def job_pods(
     body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
-) -> dict[tuple[str, str], PodView]:
-    """Every job pod, by (namespace, job uid): the planner's view of a job's pods."""
-    return {(namespace or "", labels[LABEL_JOB_UID]): PodView.from_manifest(dict(body))}
+) -> dict[tuple[str, str], PodView] | None:
+    """Every pod the operator made for a job, by (namespace, job uid): the planner's view of a
+    job's pods. A pod wearing a job's labels without being the job's own is no replica of it."""
+    uid = labels[LABEL_JOB_UID]
+    owners = body.get("metadata", {}).get("ownerReferences") or []
+    owned = any(
+        o.get("kind") == "TrainingJob" and o.get("controller") and o.get("uid") == uid for o in owners
+    )
+    if not owned or labels.get(LABEL_MANAGED_BY) != MANAGED_BY:
+        return None
+    return {(namespace or "", uid): PodView.from_manifest(dict(body))}
+
+
+@kopf.index(GROUP, VERSION, "trainingjobs")
+def jobs_by_namespace(name: str, namespace: str | None, **_: Any) -> dict[str, str]:
+    """namespace -> its TrainingJobs' names: the pod guard keeps other pods off their children."""
+    return {namespace or "": name}
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT})
@@ -166,32 +215,67 @@ async def reconcile(
             verdicts=verdicts,
             new_key=os.urandom(32),
         )
-        new_status = decided.status.to_api()
-        if new_status != raw.get("status"):
-            await kube.patch_job_status(namespace, name, new_status)
+        if decided.status.to_api() != raw.get("status"):
+            await _write(raw, job, decided)
+        else:
+            await _post_events(raw, job, decided)
     except BaseException:
         context.integrity.give_back(key, verdicts)
         raise
-    for event in decided.events:
-        await kube.post_event(raw, event.type, event.reason, event.message, component=event.component)
-        metrics.job_transition(job.spec.tenant, event.transition, event.reason)
     for pod in decided.delete_pods:
         await kube.delete_pod(namespace, pod)
-    for child in decided.children:
-        await kube.create(child)  # an existing child (409) is kept as it is, its key too
-    if decided.create_pods:
-        await _create_gang(namespace, decided.create_pods)
+    taken = [
+        f"{child['kind']} {child['metadata']['name']}"
+        for child in decided.children
+        if not await kube.create(child) and not await _owned(child, job)
+    ]
+    if decided.create_pods and not taken:
+        taken = await _create_gang(namespace, decided.create_pods, job)
+    if taken:
+        now = job.model_copy(update={"status": decided.status})
+        await _write(raw, job, name_taken(now, taken, datetime.datetime.now(datetime.UTC)))
+        return None
     return decided.requeue_after
 
 
-async def _create_gang(namespace: str, pods: list[dict[str, Any]]) -> None:
-    """All pods of an attempt or none: on a failure, remove the ones already created."""
+async def _owned(child: dict[str, Any], job: TrainingJob) -> bool:
+    """An existing child counts only when this job controls it (an owner reference is not enough
+    for a namespaced object anyone could have made; the controller uid must be the job's)."""
+    meta = child["metadata"]
+    if meta["namespace"] != job.namespace:
+        return True  # kept in the operator's own namespace (the job's key), where no tenant writes
+    return await kube.controller_uid(child["kind"], meta["namespace"], meta["name"]) == job.metadata.uid
+
+
+async def _write(raw: dict[str, Any], job: TrainingJob, decided: Plan) -> None:
+    """The pass's one status patch, then its events (counted by their transitions)."""
+    await kube.patch_job_status(job.namespace, job.name, decided.status.to_api())
+    await _post_events(raw, job, decided)
+
+
+async def _post_events(raw: dict[str, Any], job: TrainingJob, decided: Plan) -> None:
+    for event in decided.events:
+        await kube.post_event(raw, event.type, event.reason, event.message, component=event.component)
+        metrics.job_transition(job.spec.tenant, event.transition, event.reason)
+
+
+async def _create_gang(namespace: str, pods: list[dict[str, Any]], job: TrainingJob) -> list[str]:
+    """All pods of an attempt or none: on a failure, remove the ones already created. Returns
+    the pods whose names another object holds (then none of the gang is left)."""
     created: list[str] = []
+    taken: list[str] = []
     try:
         for pod in pods:
             if await kube.create(pod):
                 created.append(pod["metadata"]["name"])
+            elif not await _owned(pod, job):
+                taken.append(f"Pod {pod['metadata']['name']}")
+                break
     except Exception:
         for pod_name in created:
             await kube.delete_pod(namespace, pod_name)
         raise
+    if taken:
+        for pod_name in created:
+            await kube.delete_pod(namespace, pod_name)
+    return taken

@@ -14,6 +14,7 @@ from trainguard.api.constants import GROUP, TENANT_NAMESPACE_LABEL, VERSION
 from trainguard.api.models import Tenant
 from trainguard.context import OperatorContext, context_of, tenants_index
 from trainguard.kube import client as kube
+from trainguard.policy.namespaces import tenant_namespace_labels
 from trainguard.tenancy.bindings import build_members_binding
 
 log = logging.getLogger("trainguard.tenants")
@@ -50,22 +51,33 @@ async def tenant_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) 
 
 
 @kopf.on.event("", "v1", "namespaces")
-async def namespace_changed(type: str, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
-    """A tenant's namespace created after the tenant gets its label and binding too."""
-    if type in (None, "ADDED"):
-        for tenants in tenants_index(kwargs).values():
-            for tenant in tenants:
-                if name in tenant.spec.namespaces:
-                    await _set_up_namespace(context_of(memo), tenant, name)
+async def namespace_changed(
+    type: str, name: str, labels: Mapping[str, str], memo: kopf.Memo, **kwargs: Any
+) -> None:
+    """A tenant's namespace created after the tenant gets its labels and binding too, and one
+    whose labels were changed past the namespace guard (by a webhook outage, say) gets them back."""
+    if type == "DELETED":
+        return
+    for tenants in tenants_index(kwargs).values():
+        for tenant in tenants:
+            if name not in tenant.spec.namespaces:
+                continue
+            wanted = tenant_namespace_labels(tenant.metadata.name)
+            if type in (None, "ADDED") or any(labels.get(k) != v for k, v in wanted.items()):
+                await _set_up_namespace(context_of(memo), tenant, name)
 
 
 async def _set_up_namespace(context: OperatorContext, tenant: Tenant, namespace: str) -> None:
-    """Label the namespace (it scopes the pod guard's webhooks) and bind the tenant's members."""
+    """Label the namespace (its tenant, which scopes the pod guard's webhooks, and Pod Security
+    enforcement) and bind the tenant's members."""
     binding = build_members_binding(tenant, namespace, context.settings.researcher_role)
-    try:
-        await kube.label_namespace(namespace, {TENANT_NAMESPACE_LABEL: tenant.metadata.name})
-        await kube.apply_role_binding(binding)
-    except kube.KubeError as exc:
-        if exc.status != 404:
-            raise
+    current = await kube.get_namespace(namespace)
+    if current is None:
         log.info("namespace %s of tenant %s does not exist yet", namespace, tenant.metadata.name)
+        return
+    labels = current["metadata"].get("labels") or {}
+    wanted = tenant_namespace_labels(tenant.metadata.name)
+    if any(labels.get(k) != v for k, v in wanted.items()):
+        # An update the namespace guard sees: only this operator may make it.
+        await kube.label_namespace(namespace, dict(wanted))
+    await kube.apply_role_binding(binding)

@@ -161,6 +161,27 @@ _CREATORS: dict[str, Callable[[], Callable[..., Any]]] = {
 }
 
 
+_READERS: dict[str, Callable[[], Callable[..., Any]]] = {
+    "Pod": lambda: _core().read_namespaced_pod,
+    "Service": lambda: _core().read_namespaced_service,
+    "ServiceAccount": lambda: _core().read_namespaced_service_account,
+    "PersistentVolumeClaim": lambda: _core().read_namespaced_persistent_volume_claim,
+    "NetworkPolicy": lambda: client.NetworkingV1Api().read_namespaced_network_policy,
+    "Secret": lambda: _core().read_namespaced_secret,
+}
+
+
+async def controller_uid(kind: str, namespace: str, name: str) -> str | None:
+    """The uid of the object's controlling owner; None when it has none or does not exist."""
+    resp = await _call(
+        f"get {kind} {namespace}/{name}", _READERS[kind](), name, namespace, _preload_content=False, ok=(404,)
+    )
+    if resp is None:
+        return None
+    owners = _json(resp)["metadata"].get("ownerReferences") or []
+    return next((str(o.get("uid")) for o in owners if o.get("controller")), None)
+
+
 async def create(manifest: Obj) -> bool:
     """Create the object; return False when it already exists (creation is idempotent)."""
     kind, meta = manifest["kind"], manifest["metadata"]
@@ -253,17 +274,16 @@ async def label_namespace(name: str, labels: dict[str, str | None]) -> None:
     )
 
 
-_WEBHOOK_CONFIGS: dict[str, tuple[str, str, str]] = {
-    # kind -> (create, replace, delete) method names on AdmissionregistrationV1Api
+_WEBHOOK_CONFIGS: dict[str, tuple[str, str]] = {
+    # kind -> (create, replace) method names on AdmissionregistrationV1Api; the operator never
+    # deletes its configurations: while it is down its webhooks fail closed.
     "ValidatingWebhookConfiguration": (
         "create_validating_webhook_configuration",
         "replace_validating_webhook_configuration",
-        "delete_validating_webhook_configuration",
     ),
     "MutatingWebhookConfiguration": (
         "create_mutating_webhook_configuration",
         "replace_mutating_webhook_configuration",
-        "delete_mutating_webhook_configuration",
     ),
 }
 
@@ -271,7 +291,7 @@ _WEBHOOK_CONFIGS: dict[str, tuple[str, str, str]] = {
 async def apply_webhook_configuration(config: Obj) -> None:
     """Create the configuration, or replace an existing one of the same name."""
     api = client.AdmissionregistrationV1Api()
-    create, replace, _ = _WEBHOOK_CONFIGS[config["kind"]]
+    create, replace = _WEBHOOK_CONFIGS[config["kind"]]
     name = config["metadata"]["name"]
     created = await _call(f"create {config['kind']} {name}", getattr(api, create), config, ok=(409,))
     if created is None:
@@ -289,11 +309,6 @@ async def apply_webhook_configuration(config: Obj) -> None:
             },
         }
         await _call(f"replace {config['kind']} {name}", getattr(api, replace), name, body)
-
-
-async def delete_webhook_configuration(kind: str, name: str) -> None:
-    api = client.AdmissionregistrationV1Api()
-    await _call(f"delete {kind} {name}", getattr(api, _WEBHOOK_CONFIGS[kind][2]), name, ok=(404,))
 
 
 async def get_pod(namespace: str, name: str) -> Obj | None:
@@ -322,3 +337,75 @@ async def get_secret_data(namespace: str, name: str, key: str) -> bytes | None:
         return None
     value = (_json(resp).get("data") or {}).get(key)
     return base64.b64decode(value) if value else None
+
+
+# --------------------------------------------------------------------------- integrity keys
+
+
+async def review_token(token: str, audiences: list[str]) -> Obj:
+    """The API server's TokenReview of `token` for `audiences`: its `status` (authenticated,
+    user with extra, audiences, error), as served."""
+    body = {
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "spec": {"token": token, "audiences": audiences},
+    }
+    resp = await _call(
+        "review a token", client.AuthenticationV1Api().create_token_review, body, _preload_content=False
+    )
+    status: Obj = _json(resp).get("status") or {}
+    return status
+
+
+async def get_secret(namespace: str, name: str) -> Obj | None:
+    resp = await _call(
+        f"get secret {namespace}/{name}",
+        _core().read_namespaced_secret,
+        name,
+        namespace,
+        _preload_content=False,
+        ok=(404,),
+    )
+    return None if resp is None else _json(resp)
+
+
+async def list_secrets(namespace: str, selector: str) -> list[Obj]:
+    resp = await _call(
+        f"list secrets in {namespace}",
+        _core().list_namespaced_secret,
+        namespace,
+        label_selector=selector,
+        _preload_content=False,
+    )
+    items: list[Obj] = _json(resp)["items"]
+    return items
+
+
+async def annotate_secret(namespace: str, name: str, annotations: dict[str, str | None]) -> None:
+    """Set (None: remove) annotations of a Secret; each key on its own, so writers of other keys
+    never undo each other."""
+    await _call(
+        f"annotate secret {namespace}/{name}",
+        _core().patch_namespaced_secret,
+        name,
+        namespace,
+        {"metadata": {"annotations": annotations}},
+    )
+
+
+async def delete_secret(namespace: str, name: str) -> None:
+    await _call(
+        f"delete secret {namespace}/{name}", _core().delete_namespaced_secret, name, namespace, ok=(404,)
+    )
+
+
+async def list_pod_uids(namespace: str, selector: str) -> set[str]:
+    """The uids of the pods in `namespace` that match `selector`."""
+    resp = await _call(
+        f"list pods in {namespace}",
+        _core().list_namespaced_pod,
+        namespace,
+        label_selector=selector,
+        _preload_content=False,
+    )
+    return {str(item["metadata"]["uid"]) for item in _json(resp)["items"]}

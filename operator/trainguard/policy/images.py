@@ -31,9 +31,3 @@ def image_error(path: str, image: str, tenant: Tenant, reason: str, message: str
     else:
         fix = "write the full reference, e.g. registry.example.com/team/trainer:v1"
     return FieldError(path, reason, message, fix)
-
-
-def digest_only(image: str) -> str:
-    """`repo:tag@digest` -> `repo@digest`: an unchanged pinned image is checked by digest alone."""
-    ref = parse(image)
-    return f"{ref.name}@{ref.digest}" if ref.digest else image

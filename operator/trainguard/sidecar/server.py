@@ -1,8 +1,16 @@
 """The weight-verification sidecar: its own process (and container), the only holder of the key.
 
     python -m trainguard.sidecar --socket /run/trainguard/sidecar.sock \\
-        --key-file /var/run/trainguard-key/key --replica 0 --mode Enforce \\
+        --key-url http://trainguard-integrity.trainguard-system.svc:8082/keys/<namespace>/<job> \\
+        --token-file /var/run/trainguard-token/token --replica 0 --mode Enforce \\
         --report /run/trainguard/reports.jsonl
+
+(`--key-file <path>` instead of `--key-url`/`--token-file`: a key from a file, for local runs.)
+
+In a pod the key never touches the tenant's namespace: at start the sidecar shows the operator
+its projected ServiceAccount token (the job's ServiceAccount, bound to this pod, for the
+operator's audience only), and the operator, having checked it with a TokenReview and the pod
+with the API server, answers with the job's key, once per pod.
 
 The trainer shares its training state once (see `trainguard.trainer`: parameters, buffers and optimizer
 state, one flat buffer per kind and device: a file on the shared emptyDir mapped by both
@@ -20,6 +28,7 @@ needs it), the trainer still cannot read the sidecar's memory, signal it or reac
 from __future__ import annotations
 
 import argparse
+import base64
 import ctypes
 import hashlib
 import json
@@ -28,6 +37,7 @@ import os
 import socket
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -379,6 +389,58 @@ def probe(socket_path: Path) -> int:
     return 0
 
 
+class NoKey(RuntimeError):
+    """The operator did not hand over the job's key: the sidecar cannot run."""
+
+
+# Statuses worth asking again for: the operator is starting, or has not made the job's key yet.
+RETRY_STATUSES = frozenset({404, 429, 500, 502, 503, 504})
+KEY_ATTEMPTS = 6
+KEY_FIRST_DELAY = 0.5  # seconds; doubled after each failed attempt (about 15 s in all)
+
+
+def fetch_key(
+    url: str, token_file: Path, attempts: int = KEY_ATTEMPTS, first_delay: float = KEY_FIRST_DELAY
+) -> bytes:
+    """The job's key from the operator, in exchange for this pod's ServiceAccount token (bound to
+    the pod, for the operator's audience). Retries unreachable or not-yet-ready answers with
+    back-off; a refusal is final (the operator hands a pod its key once)."""
+    if not url.startswith(("http://", "https://")):
+        raise NoKey(f"--key-url must be http(s), got {url!r}")
+    problem = ""
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(first_delay * 2 ** (attempt - 1))
+        try:
+            token = token_file.read_text().strip()  # read again each time: the kubelet rotates it
+        except OSError as exc:
+            problem = f"cannot read the pod's token {token_file}: {exc}"
+            continue
+        request = urllib.request.Request(  # noqa: S310 - scheme checked above
+            url, data=b"", method="POST", headers={"Authorization": f"Bearer {token}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310 - the operator's endpoint
+                body = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            text = exc.read().decode(errors="replace").strip()
+            problem = f"the operator answered {exc.code}: {text}"
+            if exc.code not in RETRY_STATUSES:
+                raise NoKey(problem) from exc
+            continue
+        except (OSError, ValueError) as exc:  # unreachable, or not JSON
+            problem = f"no answer from the operator: {exc}"
+            continue
+        try:
+            key = base64.b64decode(body["key"], validate=True)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise NoKey(f"the operator's answer holds no key: {exc}") from exc
+        if len(key) < 32:
+            raise NoKey(f"the operator's key is {len(key)} bytes, fewer than 32")
+        return key
+    raise NoKey(f"{problem} (after {attempts} attempts)")
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -386,18 +448,37 @@ def main(argv: list[str] | None = None) -> int:
         return probe(Path(argv[1]))
     parser = argparse.ArgumentParser(prog="trainguard-sidecar")
     parser.add_argument("--socket", type=Path, required=True)
-    parser.add_argument("--key-file", type=Path, required=True, help="the job's 32-byte integrity key")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--key-file", type=Path, help="the job's 32-byte integrity key (local runs, tests)")
+    source.add_argument("--key-url", help="ask the operator here for the job's key (in a pod)")
+    parser.add_argument(
+        "--token-file", type=Path, help="with --key-url: the pod's projected ServiceAccount token"
+    )
     parser.add_argument("--replica", type=int, default=0)
     parser.add_argument("--mode", choices=MODES, default="Audit")
     parser.add_argument("--every-steps", type=int, default=1)
     parser.add_argument("--report", type=Path, default=None, help="append signed reports here")
     parser.add_argument("--report-url", default=None, help="POST signed reports to the operator here")
     args = parser.parse_args(argv)
+    if args.key_url and args.token_file is None:
+        parser.error("--key-url needs --token-file")
     harden_process()  # before the key is read
-    key = args.key_file.read_bytes()
+    if args.key_file is not None:
+        key, private_dir = args.key_file.read_bytes(), args.key_file.parent
+    else:
+        try:
+            key = fetch_key(args.key_url, args.token_file)
+        except NoKey as exc:
+            print(
+                f"sidecar: no integrity key for this pod from {args.key_url}: {exc}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 3
+        private_dir = args.token_file.parent
     sidecar = Sidecar(
         key, args.replica, args.mode, args.every_steps, args.report, args.report_url,
-        folder=args.socket.parent, key_dir=args.key_file.parent,
+        folder=args.socket.parent, key_dir=private_dir,
     )  # fmt: skip
     sidecar.serve(args.socket)
     return 0

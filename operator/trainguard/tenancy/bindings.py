@@ -11,15 +11,12 @@ Manifest = dict[str, Any]
 
 
 def build_members_binding(tenant: Tenant, namespace: str, role: str) -> Manifest:
-    """Bind the tenant's users and groups to the researcher ClusterRole in one of its namespaces."""
-    subjects = [
-        {"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": u}
-        for u in tenant.spec.members.users
-    ]
-    subjects += [
-        {"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": g}
-        for g in tenant.spec.members.groups
-    ]
+    """Bind the tenant's members and admins to the researcher ClusterRole in one of its namespaces
+    (what each may do to a given job is then the admission webhook's decision)."""
+    users = dict.fromkeys([*tenant.spec.members.users, *tenant.spec.admins.users])
+    groups = dict.fromkeys([*tenant.spec.members.groups, *tenant.spec.admins.groups])
+    subjects = [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": u} for u in users]
+    subjects += [{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": g} for g in groups]
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",

@@ -35,7 +35,13 @@ RUN_AS = 65532  # the conventional "nonroot" user of distroless images
 SIDECAR_RUN_AS = 65531
 INTEGRITY_DIR = "/run/trainguard"
 INTEGRITY_SOCKET = f"{INTEGRITY_DIR}/sidecar.sock"
-INTEGRITY_KEY_DIR = "/var/run/trainguard-key"
+INTEGRITY_TOKEN_DIR = "/var/run/trainguard-token"  # noqa: S105 - a path, not a secret
+# The audience of the sidecar's projected ServiceAccount token: good for asking the operator for
+# the job's key, and for nothing else (the API server refuses it, it names another audience).
+INTEGRITY_TOKEN_AUDIENCE = "trainguard.dev/integrity"  # noqa: S105 - a name, not a secret
+INTEGRITY_TOKEN_SECONDS = 600  # the shortest lifetime the API server allows
+# On a job's key Secret (in the operator's namespace): the namespace of the job it belongs to.
+LABEL_JOB_NAMESPACE = "trainguard.dev/job-namespace"
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,8 @@ class WorkloadSettings:
     # Where sidecars post their signed reports (the operator's integrity endpoint).
     report_url: str = "http://trainguard-integrity.trainguard-system.svc:8082"
     dns_namespace: str = "kube-system"
+    # Where the operator runs: jobs' integrity keys live there, out of reach of tenant roles.
+    operator_namespace: str = "trainguard-system"
 
 
 # --------------------------------------------------------------------------- names
@@ -67,8 +75,10 @@ def network_policy_name(job: TrainingJob) -> str:
     return f"{job.name}-isolation"
 
 
-def integrity_secret_name(job_name: str) -> str:
-    return f"{job_name}-integrity"
+def integrity_secret_name(job_uid: str) -> str:
+    """The job's key Secret, in the operator's namespace: named by the job's uid, which nobody can
+    choose in advance, so no Secret made before the job can ever pass for its key."""
+    return f"integrity-key-{job_uid}"
 
 
 def pod_name(job: TrainingJob, replica: int, attempt: int) -> str:
@@ -242,12 +252,25 @@ def build_pod(
     if integrity:
         # Socket and the shared weight buffer: node-local disk, served from the page cache.
         volumes.append({"name": "integrity", "emptyDir": {}})
-        # The job's integrity key: mounted into the sidecar only, never into the trainer.
+        # The sidecar's proof of identity, mounted into the sidecar only, never into the trainer: a
+        # token of the job's ServiceAccount, bound to this pod and good only for asking the
+        # operator for the job's key (the key itself never exists in the tenant's namespace).
         volumes.append(
             {
-                "name": "integrity-key",
-                # Owner and group read: the sidecar reads it through the pod's group.
-                "secret": {"secretName": integrity_secret_name(job.name), "defaultMode": 0o440},
+                "name": "integrity-token",
+                "projected": {
+                    # Owner and group read: the sidecar reads it through the pod's group.
+                    "defaultMode": 0o440,
+                    "sources": [
+                        {
+                            "serviceAccountToken": {
+                                "audience": INTEGRITY_TOKEN_AUDIENCE,
+                                "expirationSeconds": INTEGRITY_TOKEN_SECONDS,
+                                "path": "token",
+                            }
+                        }
+                    ],
+                },
             }
         )
         mounts.append({"name": "integrity", "mountPath": INTEGRITY_DIR})
@@ -327,7 +350,8 @@ def build_pod(
 
 
 def build_sidecar(job: TrainingJob, replica: int, settings: WorkloadSettings, gpu: bool) -> Manifest:
-    """The weight-verification sidecar: the only container that mounts the job's integrity key."""
+    """The weight-verification sidecar: the only container that mounts the pod's token, with which
+    it asks the operator for the job's integrity key at start."""
     spec = job.spec
     env: list[Manifest] = [
         {"name": "TRAINGUARD_JOB", "value": job.name},
@@ -338,7 +362,7 @@ def build_sidecar(job: TrainingJob, replica: int, settings: WorkloadSettings, gp
     ]
     mounts: list[Manifest] = [
         {"name": "integrity", "mountPath": INTEGRITY_DIR},
-        {"name": "integrity-key", "mountPath": INTEGRITY_KEY_DIR, "readOnly": True},
+        {"name": "integrity-token", "mountPath": INTEGRITY_TOKEN_DIR, "readOnly": True},
         # To hash the checkpoints the trainer saves there; it never writes them.
         {"name": "output", "mountPath": spec.output.mount_path, "readOnly": True},
     ]
@@ -383,7 +407,8 @@ def build_sidecar(job: TrainingJob, replica: int, settings: WorkloadSettings, gp
         "command": ["python", "-m", "trainguard.sidecar"],
         "args": [
             f"--socket={INTEGRITY_SOCKET}",
-            f"--key-file={INTEGRITY_KEY_DIR}/key",
+            f"--key-url={settings.report_url}/keys/{job.namespace}/{job.name}",
+            f"--token-file={INTEGRITY_TOKEN_DIR}/token",
             f"--replica={replica}",
             f"--mode={spec.integrity.mode.value}",
             f"--every-steps={spec.integrity.every_steps}",
@@ -401,14 +426,20 @@ def build_pods(job: TrainingJob, tenant: Tenant, attempt: int, settings: Workloa
     return [build_pod(job, tenant, i, attempt, settings) for i in range(job.spec.replicas)]
 
 
-def build_integrity_secret(job: TrainingJob, key: bytes) -> Manifest:
+def build_integrity_secret(job: TrainingJob, key: bytes, settings: WorkloadSettings) -> Manifest:
     """The job's integrity key (random, made by the operator): sidecars sign with it, the operator
-    checks their reports with it. Researchers cannot read Secrets; the trainer never mounts it."""
+    checks their reports with it. It lives in the operator's namespace, where no tenant role
+    reaches, named by the job's uid; the operator hands it to the job's own sidecars only, on proof
+    of identity. No owner reference (none can cross namespaces): the operator deletes it with the job."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
-        "metadata": metadata(job, integrity_secret_name(job.name), "integrity-key"),
+        "metadata": {
+            "name": integrity_secret_name(job.metadata.uid),
+            "namespace": settings.operator_namespace,
+            "labels": {**labels(job, "integrity-key"), LABEL_JOB_NAMESPACE: job.namespace},
+        },
         "data": {"key": base64.b64encode(key).decode()},
     }
 

@@ -227,7 +227,7 @@ def plan(
     st.condition(C.QUEUED, "False", "Admitted", "the job is not waiting for quota")
     out.children = build_children(job, settings)
     if job.spec.integrity.mode != IntegrityMode.OFF:
-        out.children.append(build_integrity_secret(job, new_key))
+        out.children.append(build_integrity_secret(job, new_key, settings))
 
     violation = find(conds, C.INTEGRITY_VIOLATION.value)
     if (
@@ -347,3 +347,19 @@ def _counts(pods: list[PodView]) -> ReplicaCounts:
         succeeded=sum(p.phase == "Succeeded" for p in pods),
         failed=sum(p.phase == "Failed" for p in pods),
     )
+
+
+def name_taken(job: TrainingJob, objects: list[str], now: datetime.datetime) -> Plan:
+    """The job's children's names are held by objects that are not the job's: it fails, and none
+    of them is used (a foreign Secret as its key, a foreign claim as its output)."""
+    st = _Status(job, now)
+    out = Plan(status=st.value)
+    if is_true(job.status.conditions, C.FAILED):
+        return out
+    message = (
+        f"{', '.join(objects)} already exist{'s' if len(objects) == 1 else ''} and belong"
+        f"{'s' if len(objects) == 1 else ''} to no part of this job; trainguard never adopts objects it "
+        "did not make: delete them, or create the job under another name"
+    )
+    _fail(st, out, [], "ChildNameTaken", message, now)
+    return out
