@@ -23,6 +23,7 @@ from e2e.cluster.registry import Registry
 from e2e.cluster.waiting import wait_for
 
 RESEARCHER = ["--as=researcher-a", "--as-group=team-a"]
+TEAMMATE = ["--as=teammate-a", "--as-group=team-a"]
 OUTSIDER = ["--as=researcher-b", "--as-group=team-b"]
 EXAMPLES = ROOT / "examples"
 
@@ -139,6 +140,13 @@ def main() -> int:
         )
         show(cluster, "get", "tj", "-n", "team-a", "-o", "wide", *RESEARCHER)
         show(cluster, "get", "pods,pvc,svc,networkpolicy", "-n", "team-a", "-o", "wide")
+
+        step("Teammate A (same tenant, same access): the job is not theirs to change, delete or enter")
+        show(cluster, "get", "tj", "llm-finetune", "-n", "team-a", "-o", "jsonpath={.spec.owner}{'\\n'}")
+        show(cluster, "patch", "tj", "llm-finetune", "-n", "team-a", "--type=merge",
+             "-p", '{"spec":{"maxRunSeconds":60}}', *TEAMMATE)  # fmt: skip
+        show(cluster, "delete", "tj", "llm-finetune", "-n", "team-a", *TEAMMATE)
+        show(cluster, *TEAMMATE, "exec", "llm-finetune-0-a0", "-n", "team-a", "-c", "trainer", "--", "true")
 
         step("Only the operator touches a job's pods; other teams see nothing")
         show(cluster, "delete", "pod", "llm-finetune-0-a0", "-n", "team-a", *RESEARCHER)

@@ -210,7 +210,11 @@ class TenantSpace:
         """The tenant's people: `owner` (a member who creates jobs), `teammate` (another member),
         `admin` (a tenant admin)."""
         suffix = self.tenant.removeprefix("tenant-")
-        return {"owner": f"researcher-{suffix}", "teammate": f"teammate-{suffix}", "admin": f"admin-{suffix}"}[who]
+        return {
+            "owner": f"researcher-{suffix}",
+            "teammate": f"teammate-{suffix}",
+            "admin": f"admin-{suffix}",
+        }[who]
 
     def as_(self, who: str) -> list[str]:
         """kubectl flags to act as one of the tenant's people, once their role binding exists."""
@@ -219,10 +223,12 @@ class TenantSpace:
             flags += ["--as-group", f"group-{self.tenant.removeprefix('tenant-')}"]
         wait_for(
             f"{who}'s role binding in {self.namespace}",
-            lambda: self.cluster.kubectl(
-                "auth", "can-i", "create", "tj", "-n", self.namespace, *flags, check=False
-            ).stdout.strip()
-            == "yes",
+            lambda: (
+                self.cluster.kubectl(
+                    "auth", "can-i", "create", "tj", "-n", self.namespace, *flags, check=False
+                ).stdout.strip()
+                == "yes"
+            ),
         )
         return flags
 

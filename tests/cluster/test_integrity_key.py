@@ -23,7 +23,7 @@ from e2e.cluster.harness import RELEASE_NAMESPACE, OperatorProcess, TenantSpace,
 from e2e.cluster.integrity import SidecarProcess
 from e2e.cluster.integrity_keys import events, job_pods, key_url, mint_token, pod_token, request_key
 from e2e.cluster.localcluster import Cluster
-from e2e.cluster.waiting import wait_for
+from e2e.cluster.waiting import free_port, wait_for
 from trainguard.integrity.reports import sign_report
 
 KEY_REQUESTS = "trainguard_integrity_key_requests_total"
@@ -49,8 +49,21 @@ def can_i(space: TenantSpace, flags: list[str], verb: str, resource: str, namesp
     return space.cluster.kubectl(*args, check=False).stdout.strip() == "yes"
 
 
-def post_report(operator: OperatorProcess, space: TenantSpace, name: str, key: bytes) -> int:
-    report = {"replica": 0, "kind": "Violation", "step": 1, "violation": "X", "message": "x", "time": 0.0}
+# What a forger would send (in Enforce mode, it would stop the job), and a harmless report.
+VIOLATION = {"replica": 0, "kind": "Violation", "step": 1, "violation": "X", "message": "x", "time": 0.0}
+REGISTERED = {
+    "replica": 0,
+    "kind": "Registered",
+    "region": "parameters@cpu",
+    "tensors": 1,
+    "bytes": 4,
+    "time": 0.0,
+}
+
+
+def post_report(
+    operator: OperatorProcess, space: TenantSpace, name: str, key: bytes, report: dict[str, Any] = VIOLATION
+) -> int:
     request = urllib.request.Request(  # noqa: S310 - the operator on loopback
         f"{operator.integrity_url}/{space.namespace}/{name}",
         data=json.dumps(sign_report(key, report)).encode(),
@@ -108,7 +121,7 @@ def test_an_editor_reads_no_key_and_gets_no_report_accepted(
     assert delivered[0].startswith(
         f"Normal: delivered the integrity key to pod {pods[0]['metadata']['name']} "
     )
-    assert post_report(operator, space, "target", key) == 202  # the control: the job's key works
+    assert post_report(operator, space, "target", key, REGISTERED) == 202  # the control: the key works
 
     # Any key the editor can make is not the job's: his reports are refused.
     for made_up in (os.urandom(32), bytes(32)):
@@ -208,9 +221,10 @@ def test_a_secret_an_editor_made_before_the_job_is_never_its_key(
     assert key != planted
     assert key != base64.b64encode(planted)
     assert post_report(operator, space, "early", planted) == 403
-    assert post_report(operator, space, "early", key) == 202
+    assert post_report(operator, space, "early", key, REGISTERED) == 202
     assert not [v for p in pods for v in p["spec"]["volumes"] if "secret" in v]
-    assert conditions(space, "early")["Running"]["status"] == "True"
+    wait_for("the job to run", lambda: conditions(space, "early").get("Running", {}).get("status") == "True")
+    assert "IntegrityViolation" not in conditions(space, "early")
 
 
 def test_the_key_goes_with_its_job_and_orphans_are_swept_at_start(
@@ -249,3 +263,38 @@ def test_the_key_goes_with_its_job_and_orphans_are_swept_at_start(
         space.cluster.kubectl(
             "delete", "secret", f"integrity-key-{orphan}", "-n", RELEASE_NAMESPACE, check=False
         )
+
+
+def test_an_operator_that_restarted_still_hands_each_pod_its_key_once(
+    tenant_space: TenantSpace, operator: OperatorProcess, helm_release: Cluster, tmp_path: Path
+) -> None:
+    """Which pods got the key is kept with the key (an annotation of its Secret), so an operator
+    with an empty memory (restarted, or another instance) refuses a second request all the same."""
+    space = tenant_space
+    space.apply(job(space, "kept"))
+    pods = job_pods(space, "kept", 2)
+    uid = space.get("trainingjob", "kept")["metadata"]["uid"]
+    status, _ = request_key(key_url(operator.integrity_url, space, "kept"), pod_token(space, "kept", pods[0]))
+    assert status == 200
+    secret = key_secret(space.cluster, uid)
+    assert secret is not None
+    recorded = json.loads(
+        secret["metadata"]["annotations"][f"delivered.trainguard.dev/{pods[0]['metadata']['uid']}"]
+    )
+    assert recorded["pod"] == pods[0]["metadata"]["name"]
+    assert recorded["credential"].startswith("JTI=")
+
+    kubeconfig = service_account_kubeconfig(helm_release, tmp_path, RELEASE_NAMESPACE, "trainguard")
+    fresh = OperatorProcess(tmp_path / "operator.log", ["restarted-none-*"], kubeconfig, admission=False)
+    fresh.integrity_port = free_port()  # its own key endpoint, nothing in memory
+    fresh.extra_args = ("--integrity-port", str(fresh.integrity_port))
+    try:
+        fresh.start()
+        url = key_url(fresh.integrity_url, space, "kept")
+        status, text = request_key(url, pod_token(space, "kept", pods[0]))
+        assert status == 409, text
+        assert recorded["credential"] in str(text)
+        status, _ = request_key(url, pod_token(space, "kept", pods[1]))
+        assert status == 200, "a pod that never asked still gets its key"
+    finally:
+        fresh.stop()

@@ -355,11 +355,15 @@ async def receive(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------- the keys' lifetime
 
 
-@kopf.on.event(GROUP, VERSION, "trainingjobs")
-async def delete_key_of_deleted_job(event: kopf.RawEvent, uid: str, memo: kopf.Memo, **_: Any) -> None:
+def _deleted(event: kopf.RawEvent, **_: Any) -> bool:
+    return event.get("type") == "DELETED"
+
+
+@kopf.on.event(GROUP, VERSION, "trainingjobs", when=_deleted)
+async def delete_key_of_deleted_job(uid: str, memo: kopf.Memo, **_: Any) -> None:
     """A job's key cannot be owned by the job (owner references do not cross namespaces): it
     goes when the job is gone."""
-    if event.get("type") != "DELETED" or not uid:
+    if not uid:
         return
     context = context_of(memo)
     await kube.delete_secret(context.settings.operator_namespace, integrity_secret_name(uid))
