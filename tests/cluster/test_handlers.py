@@ -33,7 +33,7 @@ def settings_env(crds: Cluster, operator: OperatorProcess, monkeypatch: pytest.M
     monkeypatch.setenv("TRAINGUARD_INTEGRITY_PORT", "0")
     monkeypatch.setenv("TRAINGUARD_PLAIN_HTTP_REGISTRIES", json.dumps([crds.registry]))
     monkeypatch.setenv("TRAINGUARD_RETRY_BACKOFF_SECONDS", "0.5")
-    kube.configure()
+    kube.configure(str(operator.kubeconfig))
 
 
 def handlers(namespace: str) -> kopf.testing.KopfRunner:

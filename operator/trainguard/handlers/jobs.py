@@ -49,6 +49,14 @@ from trainguard.workload.lifecycle import ImageProblem, Plan, PodView, name_take
 log = logging.getLogger("trainguard.jobs")
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's own credentials: the pod's service account, else $KUBECONFIG as it is now. (kopf's
+    default would load the kubernetes library's configuration again, replacing the one
+    `kube.configure` set with whatever $KUBECONFIG was when the library was imported.)"""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     context_of(memo)  # built once, in the root memo every object's memo copies

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import datetime
 import json
+import os
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -39,12 +40,13 @@ def _message(exc: ApiException) -> str:
         return str(exc.body)
 
 
-def configure() -> None:
-    """Load credentials: in-cluster when running as a pod, the kubeconfig otherwise."""
+def configure(kubeconfig: str | None = None) -> None:
+    """Load credentials: in-cluster when running as a pod, else `kubeconfig` or $KUBECONFIG (read
+    now, not when the library was imported)."""
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config()
+        config.load_kube_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"))
 
 
 def _json(response: Any) -> Obj:
