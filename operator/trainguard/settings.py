@@ -55,6 +55,7 @@ class Settings(BaseSettings):
             report_url=self.integrity_url,
             dns_namespace=self.dns_namespace,
             operator_namespace=self.operator_namespace,
+            operator_port=self.integrity_port or WorkloadSettings.operator_port,
         )
 
     def retry_delay(self, retry: int) -> float:

@@ -127,15 +127,24 @@ def test_an_editor_reads_no_key_and_gets_no_report_accepted(
     for made_up in (os.urandom(32), bytes(32)):
         assert post_report(operator, space, "target", made_up) == 403
 
-    # Tokens he can mint that are not bound to a pod of the job prove nothing.
+    # RBAC (edit) lets him ask for tokens, but not of a job's service account: the token guard
+    # leaves those to the kubelet.
     assert can_i(space, as_editor, "create", "serviceaccounts/token"), "edit may mint tokens"
-    minted, unbound = mint_token(space, "target-runner", None, *as_editor)
+    for pod in (None, pods[1]):
+        minted, refusal = mint_token(space, "target-runner", pod, *as_editor)
+        assert minted != 0, "an editor minted a token of the job's service account"
+        assert 'admission webhook "token-guard.trainguard.dev" denied the request' in refusal
+        assert "are minted by the kubelet for the job's own pods only" in refusal
+
+    # Tokens that are not bound to a pod of the job prove nothing, however obtained (here: minted
+    # by the cluster admin, as a stolen one would be).
+    minted, unbound = mint_token(space, "target-runner", None)
     assert minted == 0, unbound
     status, text = request_key(url, unbound)
     assert status == 403
     assert "bound to no pod" in str(text)
     minted, wrong_audience = mint_token(
-        space, "target-runner", pods[1], *as_editor, audience="https://kubernetes.default.svc"
+        space, "target-runner", pods[1], audience="https://kubernetes.default.svc"
     )
     assert minted == 0, wrong_audience
     status, text = request_key(url, wrong_audience)
@@ -150,9 +159,9 @@ def test_an_editor_reads_no_key_and_gets_no_report_accepted(
     assert all(r.startswith("Warning: ") for r in refused)
     assert any("bound to no pod" in r for r in refused), refused
 
-    # A token bound to a real job pod (edit allows it: the residual risk) for a pod whose sidecar
+    # A token bound to a real job pod (a node's credentials could mint it) for a pod whose sidecar
     # already has the key: refused, and recorded with both tokens named.
-    minted, stolen = mint_token(space, "target-runner", pods[0], *as_editor)
+    minted, stolen = mint_token(space, "target-runner", pods[0])
     assert minted == 0, stolen
     status, text = request_key(url, stolen)
     assert status == 409, text
@@ -172,15 +181,19 @@ def test_an_editor_reads_no_key_and_gets_no_report_accepted(
 def test_a_thief_who_asks_first_is_seen_and_the_pod_gets_no_key(
     tenant_space: TenantSpace, operator: OperatorProcess, tmp_path: Path
 ) -> None:
-    """The residual risk, measured: edit may mint a token bound to a job pod whose sidecar has not
-    asked yet. He then gets the key, but never silently: the sidecar is refused and exits (its
-    startup probe fails, the trainer never starts) and the Warning names both requests."""
+    """The residual risk: whoever holds a node's (or a cluster admin's) power to mint a token bound
+    to a job pod whose sidecar has not asked yet gets the key, but never silently: the sidecar is
+    refused and exits (its startup probe fails, the trainer never starts) and the Warning names
+    both requests. (Tenant roles cannot mint such tokens: the token guard refuses them.)"""
     space = tenant_space
     as_editor = editor(space)
     space.apply(job(space, "raced"))
     pods = job_pods(space, "raced", 2)
     url = key_url(operator.integrity_url, space, "raced")
-    minted, stolen = mint_token(space, "raced-runner", pods[1], *as_editor)
+    minted, refused = mint_token(space, "raced-runner", pods[1], *as_editor)
+    assert minted != 0, "an editor minted a token of the job's service account"
+    assert "token-guard.trainguard.dev" in refused
+    minted, stolen = mint_token(space, "raced-runner", pods[1])
     assert minted == 0, stolen
     status, _ = request_key(url, stolen)
     assert status == 200, "the residual risk: the first request for a pod gets the key"

@@ -267,9 +267,10 @@ def test_webhook_configurations_fail_closed_and_scope_the_pod_guard() -> None:
         "pod-guard.trainguard.dev": True,
         "pod-guard-ephemeral.trainguard.dev": True,
         "pod-connect-guard.trainguard.dev": True,
+        "token-guard.trainguard.dev": True,
         "namespace-guard.trainguard.dev": False,  # selected by the namespace object itself instead
     }
-    namespace_guard = validating["webhooks"][4]
+    namespace_guard = validating["webhooks"][5]
     assert namespace_guard["objectSelector"] == {
         "matchExpressions": [{"key": "trainguard.dev/tenant", "operator": "Exists"}]
     }

@@ -14,6 +14,7 @@ POD_GUARD = "pod-guard"
 POD_GUARD_EPHEMERAL = "pod-guard-ephemeral"
 POD_CONNECT_GUARD = "pod-connect-guard"
 NAMESPACE_GUARD = "namespace-guard"
+TOKEN_GUARD = "token-guard"  # noqa: S105 - a webhook name, not a secret
 TIMEOUT_SECONDS = 10
 
 
@@ -100,6 +101,12 @@ def build_webhook_configurations(name: str, endpoint: Endpoint) -> list[Manifest
                 POD_CONNECT_GUARD,
                 endpoint,
                 [_rule("", "v1", ["pods/exec", "pods/attach", "pods/portforward"], ["CONNECT"])],
+                True,
+            ),
+            _webhook(
+                TOKEN_GUARD,
+                endpoint,
+                [_rule("", "v1", ["serviceaccounts/token"], ["CREATE"])],
                 True,
             ),
             {

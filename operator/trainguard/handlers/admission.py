@@ -51,6 +51,7 @@ from trainguard.policy.access import (
     job_pod_refusal,
     may_clean_up,
     owner_errors,
+    token_refusal,
     update_errors,
 )
 from trainguard.policy.errors import FieldError, format_errors, schema_errors
@@ -74,18 +75,25 @@ log = logging.getLogger("trainguard.admission")
 
 
 class GuardedWebhookServer(kopf.WebhookServer):
-    """kopf's webhook server, plus `pods/exec|attach` CONNECT reviews, which kopf's handlers
-    cannot see (their object is PodExecOptions; the pod is only named in the request)."""
+    """kopf's webhook server, plus the reviews kopf's handlers cannot see: `pods/exec|attach|
+    portforward` CONNECT (their object is PodExecOptions; the pod is only named in the request) and
+    `serviceaccounts/token` (a TokenRequest; the account is only named in the request)."""
 
-    def __init__(self, context: OperatorContext, tenants: Tenants, **kwargs: Any) -> None:
+    def __init__(self, context: OperatorContext, tenants: Tenants, jobs: JobNames, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.operator_context = context  # not `context`: kopf's server keeps its SSL context there
         self.tenants = tenants
+        self.jobs = jobs
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
         async def guarded(request: Any, **kwargs: Any) -> Any:
-            if (request.get("request") or {}).get("operation") == "CONNECT":
+            inner = request.get("request") or {}
+            if inner.get("operation") == "CONNECT":
                 return await review_connect(self.operator_context, self.tenants, request)
+            if (inner.get("resource") or {}).get("resource") == "serviceaccounts" and inner.get(
+                "subResource"
+            ) == "token":
+                return await review_token_request(self.operator_context, self.jobs, request)
             return await fn(request, **kwargs)
 
         async for client_config in super().__call__(guarded):
@@ -108,6 +116,7 @@ async def start_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **kw
     settings.admission.server = GuardedWebhookServer(
         context,
         tenants_index(kwargs),
+        jobs_index(kwargs),
         addr=config.webhook_listen,
         port=config.webhook_port,
         host=config.webhook_host,
@@ -402,3 +411,36 @@ async def _job_of_pod(pod: Mapping[str, Any]) -> TrainingJob | None:
     if raw is None or raw["metadata"].get("uid") != owner.get("uid"):
         return None
     return TrainingJob.model_validate(raw)
+
+
+async def review_token_request(
+    context: OperatorContext, jobs: JobNames, review: Mapping[str, Any]
+) -> dict[str, Any]:
+    """`kubectl create token <job>-runner` and any TokenRequest for a job's service account."""
+    request = review.get("request") or {}
+    uid, namespace, account = request.get("uid", ""), request.get("namespace", ""), request.get("name", "")
+    who = Identity.from_userinfo(request.get("userInfo") or {})
+    response: dict[str, Any] = {"uid": uid, "allowed": True}
+    refusal = token_refusal(account, jobs.get(namespace, ()), who, context.settings.operator_users)
+    if refusal is not None:
+        metrics.admission_denied(refusal.reason)
+        target = {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": account, "namespace": namespace},
+        }
+        await kube.post_event(
+            target,
+            "Warning",
+            "AdmissionDenied",
+            f"{who.user}: {refusal.message}",
+            component="trainguard-admission",
+        )
+        response.update(
+            allowed=False, status={"code": 403, "message": refusal.message, "reason": "Forbidden"}
+        )
+    return {
+        "apiVersion": review.get("apiVersion", "admission.k8s.io/v1"),
+        "kind": "AdmissionReview",
+        "response": response,
+    }

@@ -15,7 +15,7 @@ depend on who created the job. Pure.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -253,6 +253,25 @@ def connect_refusal(
             "spec.debugging: Allowed to debug by hand",
         )
     return None
+
+
+def token_refusal(
+    account: str, job_names: Iterable[str], who: Identity, operator_users: frozenset[str]
+) -> Refusal | None:
+    """A token of a job's service account (`<job>-runner`) proves to the operator that it comes
+    from the job's own pod, and buys the job's integrity key: only the kubelet (a node) mints
+    those, for the pods it runs. Cluster admins and the operator may too."""
+    jobs = [name for name in job_names if account == f"{name}-runner"]
+    if not jobs:
+        return None
+    if NODES in who.groups or CLUSTER_ADMINS in who.groups or is_operator(who, operator_users):
+        return None
+    return Refusal(
+        "JobTokenRequest",
+        f"tokens of service account {account!r} of TrainingJob {jobs[0]!r} are minted by the kubelet for "
+        "the job's own pods only: they prove to trainguard that a request comes from the job; run your "
+        "code as a TrainingJob of your own instead",
+    )
 
 
 def job_pod_refusal(pod: dict[str, Any], operation: str) -> FieldError:

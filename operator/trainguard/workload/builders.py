@@ -54,6 +54,8 @@ class WorkloadSettings:
     dns_namespace: str = "kube-system"
     # Where the operator runs: jobs' integrity keys live there, out of reach of tenant roles.
     operator_namespace: str = "trainguard-system"
+    # The operator's integrity endpoint (key delivery, reports): sidecars may reach it, nothing else.
+    operator_port: int = 8082
 
 
 # --------------------------------------------------------------------------- names
@@ -196,9 +198,21 @@ def build_network_policy(job: TrainingJob, settings: WorkloadSettings) -> Manife
                     ],
                     "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
                 },
+                *_operator_egress(job, settings),
             ],
         },
     }
+
+
+def _operator_egress(job: TrainingJob, settings: WorkloadSettings) -> list[Manifest]:
+    """The integrity sidecar fetches the job's key from the operator and reports to it."""
+    if job.spec.integrity.mode == IntegrityMode.OFF:
+        return []
+    operator = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.operator_namespace}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "trainguard"}},
+    }
+    return [{"to": [operator], "ports": [{"protocol": "TCP", "port": settings.operator_port}]}]
 
 
 def hardened_container_security(user: int = RUN_AS) -> Manifest:
