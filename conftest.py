@@ -23,6 +23,7 @@ from e2e.cluster.harness import (
     make_tenant,
     service_account_kubeconfig,
     signed_image,
+    wait_for_terminating_namespaces,
 )
 from e2e.cluster.localcluster import Cluster, ClusterError, LocalCluster, bin_dir
 
@@ -99,6 +100,9 @@ def operator(helm_release: Cluster, tmp_path_factory: pytest.TempPathFactory) ->
     )
     op.start()
     yield op
+    # The webhooks fail closed once the operator stops: let the namespaces the tests deleted go
+    # first, or they would wait for the next operator (their jobs' and pods' deletes need it).
+    wait_for_terminating_namespaces(helm_release, timeout=120)
     op.stop()
 
 

@@ -17,6 +17,7 @@ from e2e.cluster.harness import (
     install_chart,
     publish_example_image,
     service_account_kubeconfig,
+    wait_for_terminating_namespaces,
 )
 from e2e.cluster.localcluster import Cluster, LocalCluster
 from e2e.cluster.registry import Registry
@@ -80,7 +81,9 @@ def main() -> int:
     operator.start()
     try:
         step("Platform team: a Tenant for team A, its namespace and its shared (read-only) volumes")
-        cluster.kubectl("delete", "namespace", "team-a", "--ignore-not-found", "--timeout=60s")
+        # A team-a left by an earlier run is deleted now that an operator serves the webhooks.
+        cluster.kubectl("delete", "namespace", "team-a", "--ignore-not-found", "--wait=false")
+        wait_for_terminating_namespaces(cluster, timeout=300, only=("team-a",))
         cluster.kubectl("create", "namespace", "team-a")
         show(cluster, "apply", "-f", str(EXAMPLES / "tenant-team-a.yaml"))
         show(cluster, "apply", "-f", str(EXAMPLES / "shared-storage-team-a.yaml"))

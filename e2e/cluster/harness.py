@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from dataclasses import dataclass
@@ -140,6 +141,25 @@ class OperatorProcess:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+def wait_for_terminating_namespaces(
+    cluster: Cluster, timeout: float, only: tuple[str, ...] = ()
+) -> list[str]:
+    """Wait until no namespace (of `only`, when given) is being deleted, at most `timeout`
+    seconds; return those still being deleted."""
+    deadline = time.monotonic() + timeout
+    while True:
+        items = json.loads(cluster.kubectl("get", "namespaces", "-o", "json").stdout)["items"]
+        left = [
+            n["metadata"]["name"]
+            for n in items
+            if (n.get("status") or {}).get("phase") == "Terminating"
+            and (not only or n["metadata"]["name"] in only)
+        ]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(1)
 
 
 def service_account_kubeconfig(cluster: Cluster, folder: Path, namespace: str, account: str) -> Path:
