@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.unit.manifests import ROOT, SETTINGS, load
 from trainguard.admission.configurations import Endpoint, build_webhook_configurations
 from trainguard.api import constants as c
 from trainguard.api.models import Tenant, TrainingJob
 from trainguard.workload import builders as b
 
-ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden"
-SETTINGS = b.WorkloadSettings(sidecar_image="registry.example.com/trainguard/integrity-sidecar:0.1.0")
-
-
-def load(path: str, **meta: Any) -> dict[str, Any]:
-    obj: dict[str, Any] = yaml.safe_load((ROOT / path).read_text())
-    obj["metadata"].update(meta)
-    return obj
 
 
 @pytest.fixture

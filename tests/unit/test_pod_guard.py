@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.unit.manifests import ROOT, SETTINGS, load
 from trainguard.api.constants import TENANT_NAMESPACE_LABEL
 from trainguard.api.models import Tenant, TrainingJob
 from trainguard.policy.namespaces import (
@@ -24,7 +24,6 @@ from trainguard.policy.pods import NamespaceView, containers, only_metadata_chan
 from trainguard.workload import builders as b
 
 Pod = dict[str, Any]
-ROOT = Path(__file__).resolve().parents[2]
 
 VIEW = NamespaceView(
     shared_claims={"imagenet": "imagenet"},
@@ -554,14 +553,6 @@ def test_every_problem_at_once_in_every_container_list() -> None:
 
 
 # --------------------------------------------------------------------------- trainguard's own pods
-
-SETTINGS = b.WorkloadSettings(sidecar_image="registry.example.com/trainguard/integrity-sidecar:0.1.0")
-
-
-def load(path: str, **meta: Any) -> dict[str, Any]:
-    obj: dict[str, Any] = yaml.safe_load((ROOT / path).read_text())
-    obj["metadata"].update(meta)
-    return obj
 
 
 @pytest.fixture

@@ -44,6 +44,7 @@ from trainguard.kube import client as kube
 from trainguard.policy.access import (
     CLUSTER_ADMINS,
     Identity,
+    Refusal,
     collaborator_errors,
     connect_refusal,
     delete_refusal,
@@ -383,22 +384,8 @@ async def review_connect(
                 pod, "Normal", "PodConnectAllowed", message, component="trainguard-admission"
             )
         else:
-            metrics.admission_denied(refusal.reason)
-            await kube.post_event(
-                pod,
-                "Warning",
-                "AdmissionDenied",
-                f"{who.user}: {refusal.message}",
-                component="trainguard-admission",
-            )
-            response.update(
-                allowed=False, status={"code": 403, "message": refusal.message, "reason": "Forbidden"}
-            )
-    return {
-        "apiVersion": review.get("apiVersion", "admission.k8s.io/v1"),
-        "kind": "AdmissionReview",
-        "response": response,
-    }
+            await _refuse(response, pod, who, refusal)
+    return _review(review, response)
 
 
 async def _job_of_pod(pod: Mapping[str, Any]) -> TrainingJob | None:
@@ -423,22 +410,28 @@ async def review_token_request(
     response: dict[str, Any] = {"uid": uid, "allowed": True}
     refusal = token_refusal(account, jobs.get(namespace, ()), who, context.settings.operator_users)
     if refusal is not None:
-        metrics.admission_denied(refusal.reason)
         target = {
             "apiVersion": "v1",
             "kind": "ServiceAccount",
             "metadata": {"name": account, "namespace": namespace},
         }
-        await kube.post_event(
-            target,
-            "Warning",
-            "AdmissionDenied",
-            f"{who.user}: {refusal.message}",
-            component="trainguard-admission",
-        )
-        response.update(
-            allowed=False, status={"code": 403, "message": refusal.message, "reason": "Forbidden"}
-        )
+        await _refuse(response, target, who, refusal)
+    return _review(review, response)
+
+
+async def _refuse(
+    response: dict[str, Any], target: Mapping[str, Any], who: Identity, refusal: Refusal
+) -> None:
+    """A raw review's refusal: counted, recorded as an Event naming who asked, and answered 403."""
+    metrics.admission_denied(refusal.reason)
+    message = f"{who.user}: {refusal.message}"
+    await kube.post_event(
+        dict(target), "Warning", "AdmissionDenied", message, component="trainguard-admission"
+    )
+    response.update(allowed=False, status={"code": 403, "message": refusal.message, "reason": "Forbidden"})
+
+
+def _review(review: Mapping[str, Any], response: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": review.get("apiVersion", "admission.k8s.io/v1"),
         "kind": "AdmissionReview",

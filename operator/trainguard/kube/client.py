@@ -327,17 +327,8 @@ async def get_pod(namespace: str, name: str) -> Obj | None:
 
 async def get_secret_data(namespace: str, name: str, key: str) -> bytes | None:
     """One value of a Secret, decoded; None when the Secret or the value is absent."""
-    resp = await _call(
-        f"get secret {namespace}/{name}",
-        _core().read_namespaced_secret,
-        name,
-        namespace,
-        _preload_content=False,
-        ok=(404,),
-    )
-    if resp is None:
-        return None
-    value = (_json(resp).get("data") or {}).get(key)
+    secret = await get_secret(namespace, name)
+    value = ((secret or {}).get("data") or {}).get(key)
     return base64.b64decode(value) if value else None
 
 
