@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 import kopf
 
 from trainguard import metrics
+from trainguard.api.conditions import format_time
 from trainguard.api.constants import (
     FINALIZER,
     GROUP,
@@ -47,6 +48,10 @@ from trainguard.signing.verifier import VerificationFailed
 from trainguard.workload.lifecycle import ImageProblem, Plan, PodView, name_taken, plan
 
 log = logging.getLogger("trainguard.jobs")
+# A pass also runs this often when nothing woke it: kopf stops watching a namespace as soon as it
+# is being deleted, so a job there hears of neither its own deletion nor its pods'.
+RESYNC_SECONDS = 30.0
+GONE = -1.0  # a pass's answer when the job is gone or going: its daemon ends
 
 
 @kopf.on.login()
@@ -98,15 +103,36 @@ async def _release_until_done(context: OperatorContext, attempts: int = 30) -> N
 
 
 async def _release_jobs_in_terminating_namespaces() -> None:
+    """Jobs of namespaces being deleted while no operator ran: deleted (the namespace controller's
+    own delete may have met the closed webhooks) and released; then the namespace controller is
+    nudged, since it backs off for minutes after the refusals it met meanwhile."""
+    phases: dict[str, str] = {}
+    nudge: set[str] = set()
     for raw in await kube.list_jobs():
-        meta = raw["metadata"]
-        finalizers = meta.get("finalizers") or []
-        if meta.get("deletionTimestamp") and FINALIZER in finalizers:
-            namespace = await kube.get_namespace(meta["namespace"])
-            if namespace is not None and (namespace.get("status") or {}).get("phase") == "Terminating":
-                kept = [f for f in finalizers if f != FINALIZER]
-                await kube.set_job_finalizers(meta["namespace"], meta["name"], kept, meta["resourceVersion"])
-                log.info("released %s/%s, deleted while no operator ran", meta["namespace"], meta["name"])
+        namespace, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
+        if namespace not in phases:
+            found = await kube.get_namespace(namespace)
+            phases[namespace] = ((found or {}).get("status") or {}).get("phase", "")
+        if phases[namespace] != "Terminating":
+            continue
+        if not raw["metadata"].get("deletionTimestamp"):
+            await kube.delete_job(namespace, name)
+            raw = await kube.get_job(namespace, name) or raw
+        await _release(raw)
+        nudge.add(namespace)
+    now = format_time(datetime.datetime.now(datetime.UTC))
+    for namespace in sorted(nudge):
+        await kube.annotate_namespace(namespace, {f"{GROUP}/jobs-released": now})
+
+
+async def _release(raw: dict[str, Any]) -> None:
+    """Remove the daemon finalizer of a job being deleted (its children go by owner references)."""
+    meta = raw["metadata"]
+    finalizers = meta.get("finalizers") or []
+    if FINALIZER in finalizers:
+        kept = [f for f in finalizers if f != FINALIZER]
+        await kube.set_job_finalizers(meta["namespace"], meta["name"], kept, meta["resourceVersion"])
+        log.info("released %s/%s, which is being deleted", meta["namespace"], meta["name"])
 
 
 @kopf.index("", "v1", "pods", labels={LABEL_JOB_UID: kopf.PRESENT})
@@ -147,6 +173,7 @@ async def reconcile_job(
     **kwargs: Any,
 ) -> None:
     context = context_of(memo)
+    delay: float | None = None
     job_pods, tenants = job_pods_index(kwargs), tenants_index(kwargs)
     assert namespace, "a TrainingJob is namespaced"
     key = (namespace, name)
@@ -161,11 +188,13 @@ async def reconcile_job(
             except Exception as exc:
                 retry(memo, exc, context)
             memo["failures"] = 0
+            if delay is GONE:
+                return
             if context.integrity.has_pending(key):
                 delay = min(delay if delay is not None else VERIFIED_FLUSH_SECONDS, VERIFIED_FLUSH_SECONDS)
-            await _sleep(wake, stopped, delay)
+            await _sleep(wake, stopped, min(delay if delay is not None else RESYNC_SECONDS, RESYNC_SECONDS))
     finally:
-        if stopped:
+        if stopped or delay is GONE:
             context.wakeups.forget(key)
             context.integrity.forget(key)
 
@@ -201,8 +230,11 @@ async def reconcile(
     """One pass: read, plan, apply. Returns when to look again (None: when something changes)."""
     namespace, name = key
     raw = await kube.get_job(namespace, name)
-    if raw is None or raw["metadata"].get("deletionTimestamp"):
-        return None
+    if raw is None:
+        return GONE
+    if raw["metadata"].get("deletionTimestamp"):
+        await _release(raw)
+        return GONE
     job = TrainingJob.model_validate(raw)
     tenant = await find_tenant(tenants, job.spec.tenant)
     image: Any = None

@@ -134,6 +134,19 @@ async def list_jobs() -> list[Obj]:
     return items
 
 
+async def delete_job(namespace: str, name: str) -> None:
+    await _call(
+        f"delete TrainingJob {namespace}/{name}",
+        _custom().delete_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        namespace,
+        "trainingjobs",
+        name,
+        ok=(404,),
+    )
+
+
 async def set_job_finalizers(namespace: str, name: str, finalizers: list[str], resource_version: str) -> None:
     """Replace the job's finalizers, only if it did not change since `resource_version`."""
     body = {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
@@ -274,6 +287,11 @@ async def label_namespace(name: str, labels: dict[str, str | None]) -> None:
     await _call(
         f"label namespace {name}", _core().patch_namespace, name, {"metadata": {"labels": labels}}, ok=(404,)
     )
+
+
+async def annotate_namespace(name: str, annotations: dict[str, str | None]) -> None:
+    body = {"metadata": {"annotations": annotations}}
+    await _call(f"annotate namespace {name}", _core().patch_namespace, name, body, ok=(404,))
 
 
 _WEBHOOK_CONFIGS: dict[str, tuple[str, str]] = {
