@@ -420,6 +420,35 @@ REFUSED: list[tuple[str, Callable[[Pod], None], str, str, str]] = [
         "ReservedAnnotation",
         "annotations under trainguard.dev/ are trainguard's",
     ),
+    # ways to GPU nodes or devices past the device plugin
+    (
+        "nodeName",
+        set_in("spec", "nodeName", value="gpu-node-0"),
+        "spec.nodeName",
+        "GPUOutsideJob",
+        "places the pod past the scheduler",
+    ),
+    (
+        "GPU taint toleration",
+        set_in("spec", "tolerations", value=[{"key": "nvidia.com/gpu", "operator": "Exists"}]),
+        "spec.tolerations[0]",
+        "GPUOutsideJob",
+        "lets the pod onto GPU nodes",
+    ),
+    (
+        "tolerate every taint",
+        set_in("spec", "tolerations", value=[{"operator": "Exists"}]),
+        "spec.tolerations[0]",
+        "GPUOutsideJob",
+        "lets the pod onto GPU nodes",
+    ),
+    (
+        "DRA claim",
+        set_in("spec", "resourceClaims", value=[{"name": "gpu", "resourceClaimName": "any-gpu"}]),
+        "spec.resourceClaims",
+        "GPUOutsideJob",
+        "dynamic resource claims",
+    ),
 ]
 
 
@@ -438,6 +467,17 @@ def test_refused(change: Callable[[Pod], None], path: str, reason: str, fragment
 # --------------------------------------------------------------------------- allowed: one per rule
 
 ALLOWED: list[tuple[str, Callable[[Pod], None]]] = [
+    (
+        "the API server's default tolerations",
+        set_in(
+            "spec",
+            "tolerations",
+            value=[
+                {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute"},
+                {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"},
+            ],
+        ),
+    ),
     ("emptyDir in memory", add_volume({"emptyDir": {"medium": "Memory"}})),
     (
         "an own claim, read-only",

@@ -125,6 +125,7 @@ def validate_foreign_pod(pod: dict[str, Any], namespace: NamespaceView) -> list[
                     "of your own",
                 )
             )
+    errors += _gpu_route_errors(spec)
     pod_security = spec.get("securityContext") or {}
     if _is_root(pod_security.get("runAsUser")):
         errors.append(
@@ -139,6 +140,43 @@ def validate_foreign_pod(pod: dict[str, Any], namespace: NamespaceView) -> list[
         errors += _volume_errors(f"spec.volumes[{i}]", volume, namespace)
     for path, container in containers(pod):
         errors += _container_errors(path, container, pod_security, namespace)
+    return errors
+
+
+def _gpu_route_errors(spec: dict[str, Any]) -> list[FieldError]:
+    """Ways to a GPU node or device past the device plugin's `nvidia.com/*` resources."""
+    errors: list[FieldError] = []
+    fix = "run GPU work as a TrainingJob, which trainguard places on GPU nodes itself"
+    if spec.get("nodeName"):
+        errors.append(
+            FieldError(
+                "spec.nodeName",
+                "GPUOutsideJob",
+                "spec.nodeName places the pod past the scheduler, GPU nodes included",
+                f"remove spec.nodeName; {fix}",
+            )
+        )
+    for i, toleration in enumerate(spec.get("tolerations") or []):
+        if str(toleration.get("key", "")).startswith(GPU_RESOURCE_PREFIX) or (
+            toleration.get("operator") == "Exists" and not toleration.get("key")
+        ):
+            errors.append(
+                FieldError(
+                    f"spec.tolerations[{i}]",
+                    "GPUOutsideJob",
+                    "the toleration lets the pod onto GPU nodes, which keep their taint for TrainingJobs",
+                    f"remove the toleration; {fix}",
+                )
+            )
+    if spec.get("resourceClaims"):
+        errors.append(
+            FieldError(
+                "spec.resourceClaims",
+                "GPUOutsideJob",
+                "dynamic resource claims can hand the pod devices past the GPU quota",
+                f"remove spec.resourceClaims; {fix}",
+            )
+        )
     return errors
 
 
