@@ -46,6 +46,7 @@ from trainguard.api.models import TrainingJob
 from trainguard.context import KeyDelivery, OperatorContext, context_of
 from trainguard.integrity.reports import ForgedReport, open_report
 from trainguard.kube import client as kube
+from trainguard.policy.pods import job_uid_of
 from trainguard.workload.builders import (
     INTEGRITY_TOKEN_AUDIENCE,
     integrity_secret_name,
@@ -150,16 +151,10 @@ def identify(review: TokenReviewStatus, namespace: str, account: str) -> PodIden
 
 def check_pod(pod: Mapping[str, Any] | None, who: PodIdentity, job: TrainingJob) -> Refusal | None:
     """None when `pod` is the very pod the token is bound to and trainguard made it for `job`."""
-    meta = (pod or {}).get("metadata") or {}
-    if pod is None or meta.get("uid") != who.pod_uid:
+    if pod is None or (pod.get("metadata") or {}).get("uid") != who.pod_uid:
         return Refusal(403, "not_job_pod", f"pod {who.pod} (uid {who.pod_uid}) does not exist")
-    owned = any(
-        o.get("kind") == "TrainingJob" and o.get("controller") and o.get("uid") == job.metadata.uid
-        for o in meta.get("ownerReferences") or []
-    )
-    made_by_us = (meta.get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGED_BY
     account = (pod.get("spec") or {}).get("serviceAccountName")
-    if not owned or not made_by_us or account != service_account_name(job):
+    if job_uid_of(pod) != job.metadata.uid or account != service_account_name(job):
         return Refusal(
             403, "not_job_pod", f"pod {who.pod} is not a pod trainguard made for TrainingJob {job.name}"
         )
@@ -330,7 +325,7 @@ async def receive(request: web.Request) -> web.Response:
     key = None
     if raw is not None:
         secret = integrity_secret_name(raw["metadata"]["uid"])
-        key = await kube.get_secret_data(context.settings.operator_namespace, secret, "key")
+        key = secret_key(await kube.get_secret(context.settings.operator_namespace, secret))
     if key is None or raw is None:
         return web.Response(status=404, text="no such job, or it has no integrity key")
     try:

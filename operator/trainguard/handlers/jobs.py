@@ -28,8 +28,6 @@ from trainguard.api.constants import (
     GROUP,
     LABEL_JOB,
     LABEL_JOB_UID,
-    LABEL_MANAGED_BY,
-    MANAGED_BY,
     VERSION,
 )
 from trainguard.api.models import TrainingJob
@@ -44,6 +42,7 @@ from trainguard.context import (
     tenants_index,
 )
 from trainguard.kube import client as kube
+from trainguard.policy.pods import job_uid_of
 from trainguard.signing.verifier import VerificationFailed
 from trainguard.workload.lifecycle import ImageProblem, Plan, PodView, name_taken, plan
 
@@ -142,11 +141,7 @@ def job_pods(
     """Every pod the operator made for a job, by (namespace, job uid): the planner's view of a
     job's pods. A pod wearing a job's labels without being the job's own is no replica of it."""
     uid = labels[LABEL_JOB_UID]
-    owners = body.get("metadata", {}).get("ownerReferences") or []
-    owned = any(
-        o.get("kind") == "TrainingJob" and o.get("controller") and o.get("uid") == uid for o in owners
-    )
-    if not owned or labels.get(LABEL_MANAGED_BY) != MANAGED_BY:
+    if job_uid_of(body) != uid:
         return None
     return {(namespace or "", uid): PodView.from_manifest(dict(body))}
 

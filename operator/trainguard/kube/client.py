@@ -8,7 +8,6 @@ them; parsing into models happens in the handlers, once.
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime
 import json
 import os
@@ -341,13 +340,6 @@ async def get_pod(namespace: str, name: str) -> Obj | None:
         ok=(404,),
     )
     return None if resp is None else _json(resp)
-
-
-async def get_secret_data(namespace: str, name: str, key: str) -> bytes | None:
-    """One value of a Secret, decoded; None when the Secret or the value is absent."""
-    secret = await get_secret(namespace, name)
-    value = ((secret or {}).get("data") or {}).get(key)
-    return base64.b64decode(value) if value else None
 
 
 # --------------------------------------------------------------------------- integrity keys

@@ -21,10 +21,6 @@ from trainguard.api.constants import GROUP, LABEL_MANAGED_BY, MANAGED_BY
 from trainguard.policy.errors import FieldError
 
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
-# Identities that manage pods for the cluster itself: trusted like the operator.
-SYSTEM_GROUPS = frozenset({"system:masters"})
-SYSTEM_USERS = frozenset({"system:kube-controller-manager", "system:kube-scheduler"})
-SYSTEM_ACCOUNT_PREFIX = "system:serviceaccount:kube-system:"
 
 # Label and annotation keys only trainguard sets (a job's identity, verification claims).
 RESERVED_KEY_PREFIX = f"{GROUP}/"
@@ -52,22 +48,23 @@ class NamespaceView:
     job_service_accounts: frozenset[str] = frozenset()  # "<job>-runner"
 
 
-def is_exempt(user: str, groups: list[str], operator_users: frozenset[str]) -> bool:
-    """The operator, cluster admins and kube-system controllers (GC, namespace deletion)."""
-    return (
-        user in operator_users
-        or user in SYSTEM_USERS
-        or user.startswith(SYSTEM_ACCOUNT_PREFIX)
-        or any(g in SYSTEM_GROUPS for g in groups)
-    )
-
-
-def is_job_pod(pod: dict[str, Any]) -> bool:
+def job_uid_of(pod: Mapping[str, Any]) -> str | None:
+    """The uid of the TrainingJob that controls `pod`, when trainguard made it; else None."""
     meta = pod.get("metadata") or {}
-    owned = any(
-        o.get("kind") == "TrainingJob" and o.get("controller") for o in meta.get("ownerReferences") or []
+    if (meta.get("labels") or {}).get(LABEL_MANAGED_BY) != MANAGED_BY:
+        return None
+    return next(
+        (
+            str(o.get("uid"))
+            for o in meta.get("ownerReferences") or []
+            if o.get("kind") == "TrainingJob" and o.get("controller")
+        ),
+        None,
     )
-    return owned and (meta.get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGED_BY
+
+
+def is_job_pod(pod: Mapping[str, Any]) -> bool:
+    return job_uid_of(pod) is not None
 
 
 def containers(pod: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
