@@ -44,8 +44,28 @@ lint: venv ## ruff, mypy (strict) and import-linter: the Python checks, no Go bu
 	$(VENV)/bin/lint-imports
 
 .PHONY: lint-chart
-lint-chart: build ## helm lint of the chart (needs the helm that `make build` makes)
+lint-chart: chart-deps ## helm lint of the chart (needs the helm that `make build` makes)
 	helm lint --strict charts/trainguard
+
+# The chart's `kueue` dependency. Kueue publishes it at oci://registry.k8s.io/kueue/charts/kueue;
+# offline, package the same chart from the Go module that `make build` downloads, with the release
+# images that Kueue's own packaging (hack/helm-chart-package.sh) writes into its values.
+KUEUE_VERSION = $(shell sed -n 's/^KUEUE_VERSION=//p' e2e/cluster/versions.env)
+CHART_DEPS := charts/trainguard/charts
+
+.PHONY: chart-deps
+chart-deps: build ## Package the Kueue subchart from the Go module cache into charts/trainguard/charts/ (gitignored)
+	@src="$$(go env GOMODCACHE)/sigs.k8s.io/kueue@$(KUEUE_VERSION)/charts/kueue"; \
+	[[ -f "$$src/Chart.yaml" ]] || { echo "no Kueue chart at $$src: run 'e2e/cluster/build.sh kueue'"; exit 1; }; \
+	stage=$$(mktemp -d); trap 'rm -rf "$$stage"' EXIT; \
+	cp -R "$$src" "$$stage/kueue"; chmod -R u+w "$$stage"; \
+	sed -i -e 's|us-central1-docker.pkg.dev/k8s-staging-images/kueue/|registry.k8s.io/kueue/|' \
+	  -e 's|^\( *tag: \)release-[0-9.]*$$|\1$(KUEUE_VERSION)|' \
+	  -e 's|^\( *pullPolicy: \)Always$$|\1IfNotPresent|' "$$stage/kueue/values.yaml"; \
+	if grep -nE 'k8s-staging-images|tag: release-|pullPolicy: Always' "$$stage/kueue/values.yaml"; then \
+	  echo "Kueue's values.yaml changed shape: update the chart-deps target"; exit 1; fi; \
+	mkdir -p $(CHART_DEPS); rm -f $(CHART_DEPS)/kueue-*.tgz; \
+	v=$(KUEUE_VERSION); helm package --version "$${v#v}" --app-version "$$v" "$$stage/kueue" -d $(CHART_DEPS)
 
 .PHONY: chart-crds
 chart-crds: ## Copy the canonical CRDs from crds/ into the Helm chart

@@ -3,8 +3,10 @@
 # PyTorch + Triton already installed (no cluster, no network):
 #   1. tests/gpu: the compiled Triton kernel against the CPU reference, and the CUDA IPC path
 #      (trainer and sidecar as separate processes, a third process tampering between steps);
-#   2. bench/gpu_fingerprint.py: keyed fingerprint vs a plain read-only kernel vs torch.sum,
-#      GB/s, fraction of the read limit, cost per step for an 8B-parameter bf16 model;
+#   2. bench/gpu_fingerprint.py: keyed fingerprint vs a read-only kernel on the same grid that loads
+#      the same bytes the same way (and the plain read-only kernel of earlier runs) vs torch.sum,
+#      GB/s, the keyed/read-only fraction (target 0.98), cost per step for an 8B-parameter bf16
+#      model; it exits 1 if the timed kernel's output differs from the CPU reference;
 #   3. bench/guard_bench.py --cuda: the whole step boundary (trainer guard, socket, sidecar process, CUDA
 #      IPC, both fingerprints) on an 8 GiB bf16 model, against one in-process fingerprint.
 # Results (logs and JSON) go to $OUT when set, else bench/results/.
@@ -19,9 +21,22 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee 
 # --noconftest: the root conftest wires the local cluster, which a GPU machine does not run.
 "$python" -m pytest --noconftest -p no:cacheprovider -q -rs tests/gpu 2>&1 | tee "$out/gpu_tests.log"
 tests=${PIPESTATUS[0]}
+rm -f "$out/fingerprint_gpu.json"  # the summary below must never show an earlier run's figures
 "$python" -m bench.gpu_fingerprint 2>&1 | tee "$out/gpu_bench.log"
 bench=${PIPESTATUS[0]}
 "$python" -m bench.guard_bench --cuda 2>&1 | tee "$out/gpu_guard.log"
 guard=${PIPESTATUS[0]}
+# The headline figures, from the JSON the fingerprint bench wrote in this run.
+"$python" - "$out/fingerprint_gpu.json" <<'PY' || bench=1
+import json, sys
+r = json.load(open(sys.argv[1]))
+g = r["gb_per_second"]
+print(f"fingerprint on {r['device']}: keyed {g['trainguard_keyed_nh']:.0f} GB/s, read-only (same loads, same grid) "
+      f"{g['read_only_triton']:.0f} GB/s, fraction {r['fraction_of_read_limit']:.3f} "
+      f"(median {r['fraction_of_read_limit_median']:.3f}; target {r['target_fraction']}: "
+      f"{'met' if r['meets_target'] else 'NOT met'}); plain read-only {g['read_only_triton_plain']:.0f} GB/s "
+      f"(fraction {r['fraction_of_plain_read_only']:.3f}); bit-identical to the CPU reference: "
+      f"{'yes' if r['bit_identical_to_cpu_reference'] else 'NO: ' + '; '.join(r['differences'])}")
+PY
 echo "gpu tests exit $tests, gpu bench exit $bench, guard bench exit $guard"
 exit $(( tests != 0 || bench != 0 || guard != 0 ))

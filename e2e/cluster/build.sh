@@ -14,6 +14,7 @@ bin="$cache/bin"
 if [[ "${1:-}" == "--print" ]]; then echo "$bin"; exit 0; fi
 mkdir -p "$bin" "$cache/stamps"
 export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:--trimpath}"
+buildlog="$cache/build.log"
 log() { printf '[build] %s\n' "$*" >&2; }
 
 # build_component NAME VERSION FUNCTION: runs FUNCTION into a staging folder once per version.
@@ -22,8 +23,13 @@ build_component() {
   [[ -f "$stamp" ]] && return 0
   local start=$SECONDS stage
   stage=$(mktemp -d "$cache/stage.XXXXXX")
-  log "$name $version: building (first time only)"
-  "$fn" "$stage" "$version"
+  log "$name $version: building (first time only; full log in $buildlog)"
+  if ! { echo "=== $name $version"; "$fn" "$stage" "$version"; } >> "$buildlog" 2>&1; then
+    log "$name $version: FAILED after $((SECONDS - start)) s; the last lines of $buildlog:"
+    tail -n 25 "$buildlog" >&2
+    rm -rf "$stage"
+    exit 1
+  fi
   mv -f "$stage"/* "$bin/"
   rmdir "$stage"
   echo "$((SECONDS - start))" > "$stamp"
@@ -48,6 +54,11 @@ helm() { GOBIN="$1" go install -ldflags "-s -w -X helm.sh/helm/v3/internal/versi
 cosign() { goinstall "$1" "github.com/sigstore/cosign/v3/cmd/cosign@$2"; }
 crane() { goinstall "$1" "github.com/google/go-containerregistry/cmd/crane@$2"; }
 registry() { goinstall "$1" "github.com/distribution/distribution/v3/cmd/registry@$2"; }
+kueue() { # the manager, and the CRDs of the same module (the local cluster applies them)
+  goinstall "$1" "sigs.k8s.io/kueue/cmd/kueue@$2"
+  cp -r "$(go env GOMODCACHE)/sigs.k8s.io/kueue@$2/config/components/crd/bases" "$1/kueue-crds"
+  chmod -R u+w "$1/kueue-crds"
+}
 
 only=${1:-all}
 want() { [[ "$only" == all || ",$only," == *",$1,"* ]]; }
@@ -58,4 +69,5 @@ want helm && build_component helm "$HELM_VERSION" helm
 want crane && build_component crane "$CRANE_VERSION" crane
 want registry && build_component registry "$REGISTRY_VERSION" registry
 want cosign && build_component cosign "$COSIGN_VERSION" cosign
+want kueue && build_component kueue "$KUEUE_VERSION" kueue
 echo "$bin"

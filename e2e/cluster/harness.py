@@ -38,7 +38,9 @@ def install_chart(cluster: Cluster, *values: str) -> None:
         "--namespace",
         RELEASE_NAMESPACE,
     ]
-    helm += ["--create-namespace", "--set", "operator.deploy=false", "--wait"]
+    # Kueue runs beside the local control plane as a process (localcluster.py), as it runs in
+    # clusters that already have it: the chart's Kueue subchart stays off.
+    helm += ["--create-namespace", "--set", "operator.deploy=false", "--set", "kueue.enabled=false", "--wait"]
     for value in values:
         helm += ["--set", value]
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}

@@ -43,8 +43,10 @@ COMPONENTS = (
     "kwok",
     "provisioner",
     "registry",
+    "kueue",
 )
 LOOPBACK = "127.0.0.1"
+KUEUE_USER = "system:serviceaccount:kueue-system:kueue-controller-manager"
 GPU_RESOURCE = "nvidia.com/gpu"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 
@@ -74,10 +76,13 @@ class Ports:
     scheduler: int
     kwok: int
     registry: int
+    kueue_health: int
+    kueue_metrics: int
+    kueue_webhook: int
 
     @classmethod
     def from_base(cls, base: int) -> Ports:
-        return cls(*range(base, base + 7))
+        return cls(*range(base, base + 10))
 
     def all(self) -> list[int]:
         return list(asdict(self).values())
@@ -329,6 +334,7 @@ class LocalCluster:
                 self._apiserver_ready()
                 and self._component_healthy(self.ports.controller_manager)
                 and self._component_healthy(self.ports.scheduler)
+                and self._kueue_ready()
             )
         except (OSError, urllib.error.URLError, ssl.SSLError):
             return False
@@ -345,7 +351,7 @@ class LocalCluster:
         if busy:
             raise ClusterError(
                 f"ports {busy} on {LOOPBACK} are taken by another program; "
-                "stop it or set TRAINGUARD_CLUSTER_PORT_BASE to a free range of seven ports"
+                "stop it or set TRAINGUARD_CLUSTER_PORT_BASE to a free range of ten ports"
             )
         for sub in ("logs", "etcd"):
             shutil.rmtree(self.state / sub, ignore_errors=True)
@@ -358,6 +364,7 @@ class LocalCluster:
         self._start_registry(pids)
         self._create_nodes()
         self._wait_ready()
+        self._start_kueue(pids)
         (self.state / "startup-seconds").write_text(f"{time.monotonic() - started:.1f}\n")
         return self.handle()
 
@@ -394,6 +401,7 @@ class LocalCluster:
             "kwok",
             "kubectl",
             "registry",
+            "kueue",
         ]
         missing = [b for b in needed if not (self.bin / b).exists()]
         if missing:
@@ -426,8 +434,12 @@ class LocalCluster:
         pki.ensure_leaf(d, "scheduler", ca, common_name="system:kube-scheduler", client=True)
         # kwok plays every kubelet: it writes node and pod status cluster-wide.
         pki.ensure_leaf(d, "kwok", ca, common_name="kwok", organization="system:masters", client=True)
+        # Kueue acts as the identity the chart's Kueue has (its ServiceAccount's user name), so the
+        # operator's default settings name it; its rights here are a cluster admin's.
+        pki.ensure_leaf(d, "kueue", ca, common_name=KUEUE_USER, organization="system:masters", client=True)
+        pki.ensure_leaf(d, "kueue-serving", ca, common_name="kueue", server_names=(LOOPBACK, "localhost"))
         pki.ensure_service_account_keys(d)
-        for user in ("admin", "controller-manager", "scheduler", "kwok"):
+        for user in ("admin", "controller-manager", "scheduler", "kwok", "kueue"):
             _kubeconfig(
                 self.state / f"{user}.kubeconfig" if user != "admin" else self.kubeconfig,
                 self.server,
@@ -572,6 +584,64 @@ class LocalCluster:
             ],
             pids,
         )
+
+    def _kueue_ready(self) -> bool:
+        url = f"http://{LOOPBACK}:{self.ports.kueue_health}/readyz"
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+
+    def _start_kueue(self, pids: dict[str, int]) -> None:
+        """Kueue's CRDs (from the module Kueue was built from), its namespace, then the manager.
+
+        With internal certificate management off, Kueue reads its metrics certificate from a fixed
+        /etc/kueue/metrics/certs. It runs in a mount namespace of its own where /etc is an overlay
+        holding that folder, so the machine's /etc is never written."""
+        cluster, s, p = self.handle(), self.state, self.ports
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(self.bin / "kueue-crds"))
+        cluster.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s", "-f", str(self.bin / "kueue-crds")
+        )
+        cluster.kubectl("create", "namespace", "kueue-system", check=False)
+        serving = s / "kueue-serving"
+        overlay = s / "kueue-etc"
+        certs = overlay / "upper" / "kueue" / "metrics" / "certs"
+        for folder in (serving, certs, overlay / "work"):
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+        for folder in (serving, certs):
+            shutil.copy(self.pki_dir / "kueue-serving.crt", folder / "tls.crt")
+            shutil.copy(self.pki_dir / "kueue-serving.key", folder / "tls.key")
+        config = s / "kueue-config.yaml"
+        config.write_text(
+            (HERE / "kueue-config.yaml")
+            .read_text()
+            .format(
+                health_port=p.kueue_health,
+                metrics_port=p.kueue_metrics,
+                webhook_port=p.kueue_webhook,
+                cert_dir=serving,
+            )
+        )
+        script = (
+            f"mount -t overlay overlay -o lowerdir=/etc,upperdir={overlay / 'upper'},"
+            f"workdir={overlay / 'work'} /etc && exec {self.bin / 'kueue'} --config={config} "
+            "--zap-log-level=info"
+        )
+        env_kubeconfig = s / "kueue.kubeconfig"
+        proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+            cwd=REPO,
+            env={**os.environ, "KUBECONFIG": str(env_kubeconfig)},
+            stdout=(s / "logs" / "kueue.log").open("ab"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+        pids["kueue"] = proc.pid
+        _write_pids(s, pids)
+        self.procs["kueue"] = proc
+        _wait("Kueue", self._kueue_ready, 90, s / "logs" / "kueue.log", proc)
 
     @property
     def registry_host(self) -> str:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from trainguard.api.models import IntegrityVerdict, Tenant
 from trainguard.integrity.reports import JobIntegrity
 from trainguard.kube import client as kube
+from trainguard.quota.queueing import QuotaUsage, WorkloadView
 from trainguard.settings import Settings
 from trainguard.signing.tenants import TenantImages
 from trainguard.workload.lifecycle import PodView
@@ -125,6 +126,21 @@ async def find_tenant(index: Tenants, name: str) -> Tenant | None:
 
 
 # kopf hands every handler its indexes as keyword arguments named after the index functions.
+def workloads_index(kwargs: Mapping[str, Any]) -> Mapping[tuple[str, str], Iterable[WorkloadView]]:
+    index: Mapping[tuple[str, str], Iterable[WorkloadView]] = kwargs["job_workloads"]
+    return index
+
+
+def tenant_workloads_index(kwargs: Mapping[str, Any]) -> Mapping[str, Iterable[WorkloadView]]:
+    index: Mapping[str, Iterable[WorkloadView]] = kwargs["tenant_workloads"]
+    return index
+
+
+def quota_index(kwargs: Mapping[str, Any]) -> Mapping[str, Iterable[QuotaUsage]]:
+    index: Mapping[str, Iterable[QuotaUsage]] = kwargs["tenant_quota"]
+    return index
+
+
 def tenants_index(kwargs: Mapping[str, Any]) -> Tenants:
     index: Tenants = kwargs["tenants_by_name"]
     return index

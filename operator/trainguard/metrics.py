@@ -5,7 +5,9 @@ Labels are tenant and reason only, never job or pod names.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import contextlib
+
+from prometheus_client import Counter, Gauge, Histogram
 
 from trainguard.workload.lifecycle import Transition
 
@@ -24,9 +26,55 @@ JOBS_NOT_ADMITTED = Counter(
 )
 
 
+QUOTA_PREEMPTIONS = Counter(
+    "trainguard_quota_preemptions_total", "Jobs Kueue evicted to give quota back (preemption).", ["tenant"]
+)
+QUOTA_ADMISSION_WAIT = Histogram(
+    "trainguard_quota_admission_wait_seconds",
+    "Time from a job's creation to Kueue's first admission of it.",
+    ["tenant"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600),
+)
+QUOTA_GPUS = Gauge(
+    "trainguard_quota_gpus",
+    "A tenant's GPUs in Kueue: nominal quota, borrowing limit, admitted (reserved) and borrowed.",
+    ["tenant", "kind"],
+)
+QUOTA_JOBS_WAITING = Gauge("trainguard_quota_jobs_waiting", "A tenant's jobs waiting in Kueue.", ["tenant"])
+KUEUE_DRIFT_REVERTED = Counter(
+    "trainguard_kueue_drift_reverted_total",
+    "Kueue objects or GPU ResourceQuotas changed by hand and put back from their Tenant.",
+    ["kind"],
+)
+
+
+def quota_figures(
+    tenant: str, nominal: int, borrowing: int, reserved: int, borrowed: int, waiting: int
+) -> None:
+    for kind, value in (
+        ("nominal", nominal),
+        ("borrowing_limit", borrowing),
+        ("admitted", reserved),
+        ("borrowed", borrowed),
+    ):
+        QUOTA_GPUS.labels(tenant=tenant, kind=kind).set(value)
+    QUOTA_JOBS_WAITING.labels(tenant=tenant).set(waiting)
+
+
+def forget_tenant(tenant: str) -> None:
+    """Drop a deleted tenant's series."""
+    for labels in [(tenant, kind) for kind in ("nominal", "borrowing_limit", "admitted", "borrowed")]:
+        with contextlib.suppress(KeyError):
+            QUOTA_GPUS.remove(*labels)
+    with contextlib.suppress(KeyError):
+        QUOTA_JOBS_WAITING.remove(tenant)
+
+
 def job_transition(tenant: str, transition: Transition, reason: str) -> None:
     """Count what a reconcile pass decided happened to a job."""
-    if transition is Transition.RESTARTED:
+    if transition is Transition.PREEMPTED:
+        QUOTA_PREEMPTIONS.labels(tenant=tenant).inc()
+    elif transition is Transition.RESTARTED:
         JOB_RESTARTS.labels(tenant=tenant).inc()
     elif transition in (Transition.SUCCEEDED, Transition.FAILED):
         JOBS_FINISHED.labels(tenant=tenant, outcome=transition.value).inc()

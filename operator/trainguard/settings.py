@@ -12,6 +12,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from trainguard.workload.builders import WorkloadSettings
 
 
+def _default_flavors() -> dict[str, dict[str, str]]:
+    return {"gpu": {}}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRAINGUARD_", frozen=True, extra="forbid")
 
@@ -42,6 +46,13 @@ class Settings(BaseSettings):
     # Where the operator runs (its own objects, such as jobs' integrity keys, live there).
     operator_namespace: str = WorkloadSettings.operator_namespace
 
+    # Kueue: the GPU flavors (ResourceFlavors) trainguard renders, name -> node labels of the
+    # nodes with that GPU product ({} selects every node); tenants' quotas name one of them.
+    gpu_flavors: dict[str, dict[str, str]] = Field(default_factory=_default_flavors)
+    # Kueue's own identities in admission requests: they may change Workloads and LocalQueues in
+    # tenant namespaces (admission, status, finalizers), as trainguard itself may.
+    kueue_users: frozenset[str] = frozenset({"system:serviceaccount:kueue-system:kueue-controller-manager"})
+
     # Tenants and reconciliation.
     researcher_role: str = "trainguard-researcher"
     dns_namespace: str = WorkloadSettings.dns_namespace
@@ -56,6 +67,7 @@ class Settings(BaseSettings):
             dns_namespace=self.dns_namespace,
             operator_namespace=self.operator_namespace,
             operator_port=self.integrity_port or WorkloadSettings.operator_port,
+            gpu_flavors=self.gpu_flavors,
         )
 
     def retry_delay(self, retry: int) -> float:

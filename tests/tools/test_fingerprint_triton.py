@@ -37,6 +37,9 @@ digest, terms = reference.fingerprint_with_chunks(key, buffer)
 gpu_digest, gpu_terms = kernel.fingerprint_with_chunks(key, torch.from_numpy(buffer), cpu)
 same = gpu_digest == digest and gpu_terms.tolist() == terms.view(np.int64).tolist()
 results.append(["per-chunk terms", "same", "same" if same else "differ"])
+view = torch.from_numpy(buffer)[4:]  # whole chunks that do not start on a 64-bit pair: copied once
+name = "a view off the pair boundary"
+results.append([name, cpu_fingerprint(key, [view]), fingerprint_tensors(key, [view], cpu)])
 print(json.dumps(results))
 """
 
@@ -53,6 +56,6 @@ def test_the_triton_kernel_matches_the_reference_bit_for_bit() -> None:
     )
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(results) == 7
+    assert len(results) == 8
     for name, expected, triton in results:
         assert triton == expected, name

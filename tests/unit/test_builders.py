@@ -260,9 +260,14 @@ def test_webhook_configurations_fail_closed_and_scope_the_pod_guard() -> None:
         "pod-guard-ephemeral.trainguard.dev": True,
         "pod-connect-guard.trainguard.dev": True,
         "token-guard.trainguard.dev": True,
+        "kueue-guard.trainguard.dev": True,  # LocalQueues and Workloads of tenant namespaces
+        "kueue-queue-guard.trainguard.dev": False,  # cluster-scoped: selected by trainguard's label
         "namespace-guard.trainguard.dev": False,  # selected by the namespace object itself instead
     }
-    namespace_guard = validating["webhooks"][5]
+    queue_guard = validating["webhooks"][6]
+    assert queue_guard["objectSelector"] == {"matchLabels": {"app.kubernetes.io/managed-by": "trainguard"}}
+    assert queue_guard["rules"][0]["operations"] == ["UPDATE", "DELETE"]
+    namespace_guard = validating["webhooks"][7]
     assert namespace_guard["objectSelector"] == {
         "matchExpressions": [{"key": "trainguard.dev/tenant", "operator": "Exists"}]
     }

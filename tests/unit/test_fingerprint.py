@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trainguard.integrity import nh_native
 from trainguard.integrity.fingerprint import (
     CHUNK_BYTES,
+    CHUNK_WORDS,
+    Backend,
     FingerprintKey,
+    cpu_backend,
     fingerprint,
     fingerprint_with_chunks,
     reference_fingerprint,
@@ -37,13 +42,47 @@ def build(spec: dict[str, Any]) -> np.ndarray:  # type: ignore[type-arg]
     raise ValueError(spec["fill"])
 
 
-def test_shared_vectors() -> None:
+@pytest.mark.parametrize("backend", ["auto", "numba", "numpy"])
+def test_shared_vectors(backend: Backend) -> None:
     data = json.loads(VECTORS.read_text())
     assert data["format"] == 1
     for case in data["cases"]:
         key = FingerprintKey.from_secret(bytes.fromhex(case["key"]))
         tensors = [build(spec) for spec in case["tensors"]]
-        assert fingerprint(key, tensors) == case["fingerprint"], case["name"]
+        assert fingerprint(key, tensors, backend=backend) == case["fingerprint"], case["name"]
+
+
+def test_the_compiled_path_is_the_default() -> None:
+    # numba comes with the `integrity` extra (`make venv` installs it); without it the numpy path
+    # still works (every test here passes with backend="numpy"), only slower.
+    assert cpu_backend() == "numba"
+
+
+def test_without_numba_the_loader_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` raises ImportError
+    kernel, about = nh_native.load()
+    assert kernel is None
+    assert "numba is not installed" in about
+
+
+def test_compiled_and_numpy_paths_agree_bit_for_bit() -> None:
+    rng = np.random.default_rng(11)
+    sizes = [0, 1, 7, 8, 4 * 1024, CHUNK_BYTES - 4, CHUNK_BYTES, CHUNK_BYTES + 3, 5 * CHUNK_BYTES]
+    sizes += [9 * CHUNK_BYTES + 1234, 100_001, 1 << 20]
+    buffers = [rng.integers(0, 256, size=n, dtype=np.uint8) for n in sizes]
+    buffers.append(np.full(3 * CHUNK_BYTES + 5, 0xFF, np.uint8))  # largest products: every sum wraps
+    buffers += [buffers[-2][1:], buffers[-2][4:]]  # views whose 64-bit pairs are not 8-byte aligned
+    for buffer in buffers:
+        fast, fast_terms = fingerprint_with_chunks(KEY, buffer, backend="numba")
+        slow, slow_terms = fingerprint_with_chunks(KEY, buffer, backend="numpy")
+        assert fast == slow, buffer.size
+        assert fast_terms.dtype == slow_terms.dtype
+        assert np.array_equal(fast_terms, slow_terms), buffer.size
+    read_only = np.frombuffer(buffers[-4].tobytes(), dtype=np.float32)
+    assert fingerprint(KEY, [read_only], backend="numba") == fingerprint(KEY, [read_only], backend="numpy")
+    tensors = [*buffers, rng.standard_normal((33, 517)).astype(np.float16), np.arange(12345, dtype=np.int64)]
+    other = FingerprintKey.from_secret(rng.bytes(32))
+    assert fingerprint(other, tensors, backend="numba") == fingerprint(other, tensors, backend="numpy")
 
 
 def test_fast_path_matches_the_word_by_word_definition() -> None:
@@ -114,3 +153,16 @@ def test_chunk_terms_locate_a_change() -> None:
     other, other_terms = fingerprint_with_chunks(KEY, changed)
     assert other != digest
     assert np.flatnonzero((terms != other_terms).any(axis=1)).tolist() == [3]
+
+
+def test_the_gpu_key_table_holds_each_lanes_key_words_as_pairs() -> None:
+    from trainguard.gpu.kernel import CHUNK_PAIRS, lane_key_pairs
+
+    keys = lane_key_pairs(KEY).view(np.uint64)
+    assert keys.shape == (2, CHUNK_PAIRS)
+    assert keys.flags.c_contiguous
+    table = KEY.table.astype(np.uint64)
+    for lane in (0, 1):  # pair p of lane l: K[2p + 2l] in the low half, K[2p + 1 + 2l] in the high half
+        low = table[2 * lane : 2 * lane + CHUNK_WORDS : 2]
+        high = table[2 * lane + 1 : 2 * lane + CHUNK_WORDS : 2]
+        assert np.array_equal(keys[lane], low | (high << np.uint64(32))), lane

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from trainguard.api.conditions import find, is_true, set_condition
 from trainguard.api.models import IntegrityVerdict, PinnedImage, Tenant, TrainingJob
+from trainguard.quota.queueing import QueueState, QuotaUsage, WorkloadView
 from trainguard.workload import lifecycle
 from trainguard.workload.builders import WorkloadSettings
 from trainguard.workload.lifecycle import ImageProblem, Plan, PodView, Transition
@@ -23,9 +24,33 @@ IMAGE = PinnedImage(reference="r.io/img:v1", digest="sha256:" + "ab" * 32, signe
 KEY = b"k" * 32
 
 
-def plan(*args: Any, image: PinnedImage | ImageProblem | None = IMAGE, **kwargs: Any) -> Plan:
-    """The planner, with the job's image verified unless a test says otherwise."""
-    return lifecycle.plan(*args, image=image, new_key=KEY, **kwargs)
+def workload(state: str = "Admitted", **extra: Any) -> WorkloadView:
+    return WorkloadView(
+        name="tj-j-u1",
+        namespace="team-a",
+        uid="w1",
+        tenant="team-a",
+        job_uid="u1",
+        state=QueueState(state),
+        created="2026-11-26T11:59:00Z",
+        gpus=16,
+        flavor="gpu" if state == "Admitted" else None,
+        **extra,
+    )
+
+
+ADMITTED = lifecycle.Queue(workload())
+
+
+def plan(
+    *args: Any,
+    image: PinnedImage | ImageProblem | None = IMAGE,
+    queue: lifecycle.Queue | None = ADMITTED,
+    **kwargs: Any,
+) -> Plan:
+    """The planner, with the job's image verified and its Workload admitted by Kueue unless a
+    test says otherwise."""
+    return lifecycle.plan(*args, image=image, new_key=KEY, queue=queue, **kwargs)
 
 
 def make_job(status: dict[str, Any] | None = None, **spec: Any) -> TrainingJob:
@@ -62,7 +87,7 @@ def test_a_new_job_is_admitted_and_its_whole_gang_created() -> None:
     assert is_true(out.status.conditions, "Admitted")
     kinds = [child["kind"] for child in out.children]
     assert kinds == ["ServiceAccount", "PersistentVolumeClaim", "Service", "NetworkPolicy", "Secret"]
-    assert [e.transition for e in out.events] == [Transition.ADMITTED]
+    assert [e.transition for e in out.events] == [Transition.ADMITTED, Transition.QUOTA_ADMITTED]
     assert [p["metadata"]["name"] for p in out.create_pods] == ["j-0-a0", "j-1-a0"]
     assert out.status.start_time == "2026-11-26T12:00:00Z"
     assert out.status.observed_generation == 2
@@ -283,6 +308,7 @@ def test_a_violation_in_enforce_mode_stops_the_job_in_the_same_pass_and_counts_a
     assert [(e.reason, e.transition) for e in out.events] == [
         ("IntegrityViolation", Transition.INTEGRITY_VIOLATION),
         ("Admitted", Transition.ADMITTED),
+        ("QuotaAdmitted", Transition.QUOTA_ADMITTED),
         ("IntegrityViolation", Transition.FAILED),
     ]
 
@@ -302,3 +328,115 @@ def test_a_job_with_integrity_needs_a_fresh_key() -> None:
     off = make_job(integrity={"mode": "Off"})
     out = lifecycle.plan(off, TENANT, [], NOW, SETTINGS, IMAGE)
     assert "Secret" not in [child["kind"] for child in out.children]
+
+
+# --------------------------------------------------------------------------- Kueue
+
+
+def test_a_job_without_a_workload_gets_one_and_no_pod() -> None:
+    out = plan(make_job(), TENANT, [], NOW, SETTINGS, queue=None)
+    assert out.create_pods == []
+    assert out.create_workload is not None
+    assert out.create_workload["spec"]["podSets"][0]["count"] == 2
+    assert out.create_workload["spec"]["queueName"] == "trainguard"
+    queued = find(out.status.conditions, "Queued")
+    assert queued is not None
+    assert queued.status == "True"
+    assert out.status.queue is not None
+    assert out.status.queue.workload == out.create_workload["metadata"]["name"]
+
+
+def test_a_waiting_job_says_why_with_numbers_and_its_position() -> None:
+    usage = QuotaUsage(tenant="team-a", nominal=16, borrowing_limit=0, cohort=None, reserved=16, borrowed=0)
+    queue = lifecycle.Queue(workload("Pending", message="insufficient quota"), usage, position=2)
+    out = plan(make_job(), TENANT, [], NOW, SETTINGS, queue=queue)
+    queued = find(out.status.conditions, "Queued")
+    assert queued is not None
+    assert queued.status == "True"
+    assert queued.reason == "WaitingForQuota"
+    assert "uses 16 of its 16 nominal" in queued.message
+    assert "needs 16 GPUs" in queued.message
+    assert "position 2" in queued.message
+    assert out.status.queue is not None
+    assert out.status.queue.position == 2
+    assert out.create_pods == []
+    assert out.create_workload is None
+
+
+def test_pods_of_a_job_kueue_has_not_admitted_are_deleted() -> None:
+    queue = lifecycle.Queue(workload("Pending"))
+    out = plan(make_job(running_status()), TENANT, pods(["Running", "Running"]), NOW, SETTINGS, queue=queue)
+    assert sorted(out.delete_pods) == ["j-0-a0", "j-1-a0"]
+
+
+def test_a_silent_kueue_is_named() -> None:
+    queue = lifecycle.Queue(workload("Unseen"))
+    out = plan(make_job(), TENANT, [], NOW, SETTINGS, queue=queue)
+    queued = find(out.status.conditions, "Queued")
+    assert queued is not None
+    assert queued.reason == "KueueUnavailable"
+    assert "60 s" in queued.message
+    assert "Kueue is running" in queued.message
+
+
+def test_preemption_stops_the_pods_counts_once_and_gives_the_quota_back_when_they_are_gone() -> None:
+    message = (
+        "Preempted to accommodate a workload (UID: x, JobUID: y) due to reclamation within the cohort; "
+        "preemptor path: /research/tenant-team-b; preemptee path: /research/tenant-team-a"
+    )
+    evicted = workload(
+        "Evicted",
+        evicted_reason="Preempted",
+        evicted_at="2026-11-26T11:59:30Z",
+        preempted_by="team-b",
+        message=message,
+    )
+    job = make_job(running_status())
+    out = plan(job, TENANT, pods(["Running", "Running"]), NOW, SETTINGS, queue=lifecycle.Queue(evicted))
+    assert sorted(out.delete_pods) == ["j-0-a0", "j-1-a0"]
+    assert out.status.preemptions == 1
+    assert [e.transition for e in out.events][-1:] == [Transition.PREEMPTED]
+    assert "team-b" in out.events[-1].message
+    assert out.release_workload is None  # pods still there
+    # Next pass: the pods are going (attempt 0 is now stale); counted once, not released yet.
+    again = plan(
+        make_job(out.status.to_api()),
+        TENANT,
+        pods(["Running", "Running"]),
+        NOW,
+        SETTINGS,
+        queue=lifecycle.Queue(evicted),
+    )
+    assert again.status.preemptions == 1
+    assert again.events == []
+    assert again.release_workload is None
+    # Pods gone: the quota is handed back, and Kueue queues the job again.
+    gone = plan(make_job(again.status.to_api()), TENANT, [], NOW, SETTINGS, queue=lifecycle.Queue(evicted))
+    assert gone.release_workload is not None
+    assert gone.release_workload["status"]["admission"] is None
+    # Admitted again: a new attempt's pods.
+    back = plan(make_job(gone.status.to_api()), TENANT, [], NOW, SETTINGS)
+    assert [p["metadata"]["name"] for p in back.create_pods] == ["j-0-a1", "j-1-a1"]
+    preempted = find(back.status.conditions, "Preempted")
+    assert preempted is not None
+    assert preempted.status == "False"
+
+
+def test_admitted_pods_go_to_the_flavors_nodes() -> None:
+    settings = WorkloadSettings(gpu_flavors={"gpu": {"nvidia.com/gpu.product": "H100"}})
+    out = plan(make_job(), TENANT, [], NOW, settings)
+    assert all(p["spec"]["nodeSelector"]["nvidia.com/gpu.product"] == "H100" for p in out.create_pods)
+    assert out.status.queue is not None
+    assert out.status.queue.flavor == "gpu"
+
+
+def test_a_finished_job_gives_its_quota_back() -> None:
+    succeeded = {
+        "type": "Succeeded",
+        "status": "True",
+        "reason": "x",
+        "lastTransitionTime": "2026-11-26T11:30:00Z",
+    }
+    status = running_status(conditions=[succeeded])
+    out = plan(make_job(status), TENANT, pods(["Succeeded", "Succeeded"]), NOW, SETTINGS)
+    assert out.delete_workload == "tj-j-u1"

@@ -12,10 +12,11 @@ from e2e.cluster import pki
 from e2e.cluster.localcluster import ClusterConfig, Ports, _node_manifest
 
 
-def test_ports_are_seven_consecutive_and_distinct() -> None:
+def test_ports_are_ten_consecutive_and_distinct() -> None:
     ports = Ports.from_base(50000)
-    assert ports.all() == list(range(50000, 50007))
+    assert ports.all() == list(range(50000, 50010))
     assert ports.registry == 50006
+    assert ports.kueue_webhook == 50009
 
 
 def test_node_manifest_offers_gpus_and_carries_the_gpu_taint() -> None:

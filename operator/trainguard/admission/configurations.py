@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from trainguard.api.constants import GROUP, LABEL_MANAGED_BY, MANAGED_BY, TENANT_NAMESPACE_LABEL, VERSION
+from trainguard.api.constants import (
+    GROUP,
+    KUEUE_GROUP,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    TENANT_NAMESPACE_LABEL,
+    VERSION,
+)
 
 Manifest = dict[str, Any]
 PIN_IMAGE = "pin-image"
@@ -15,6 +22,8 @@ POD_GUARD_EPHEMERAL = "pod-guard-ephemeral"
 POD_CONNECT_GUARD = "pod-connect-guard"
 NAMESPACE_GUARD = "namespace-guard"
 TOKEN_GUARD = "token-guard"  # noqa: S105 - a webhook name, not a secret
+KUEUE_GUARD = "kueue-guard"
+KUEUE_QUEUE_GUARD = "kueue-queue-guard"
 TIMEOUT_SECONDS = 10
 
 
@@ -109,6 +118,28 @@ def build_webhook_configurations(name: str, endpoint: Endpoint) -> list[Manifest
                 [_rule("", "v1", ["serviceaccounts/token"], ["CREATE"])],
                 True,
             ),
+            _webhook(
+                KUEUE_GUARD,
+                endpoint,
+                [_rule(KUEUE_GROUP, "*", ["localqueues", "workloads"], ["CREATE", "UPDATE", "DELETE"])],
+                True,
+            ),
+            {
+                **_webhook(
+                    KUEUE_QUEUE_GUARD,
+                    endpoint,
+                    [
+                        _rule(
+                            KUEUE_GROUP,
+                            "*",
+                            ["clusterqueues", "cohorts", "resourceflavors"],
+                            ["UPDATE", "DELETE"],
+                        )
+                    ],
+                    False,
+                ),
+                "objectSelector": {"matchLabels": {LABEL_MANAGED_BY: MANAGED_BY}},
+            },
             {
                 # Selected by the object, old or new: an update that removes the label is seen.
                 **_webhook(NAMESPACE_GUARD, endpoint, [_rule("", "v1", ["namespaces"], ["UPDATE"])], False),

@@ -17,6 +17,7 @@ class ConditionType(enum.StrEnum):
     SUCCEEDED = "Succeeded"
     INTEGRITY_VIOLATION = "IntegrityViolation"
     RUNNING = "Running"
+    PREEMPTED = "Preempted"
     QUEUED = "Queued"
     ADMITTED = "Admitted"
     INTEGRITY_VERIFIED = "IntegrityVerified"

@@ -30,3 +30,15 @@ MEMBERS_BINDING = "trainguard-tenant-members"
 
 # The finalizer kopf keeps on TrainingJobs while their reconcile daemon runs.
 FINALIZER = f"{GROUP}/finalizer"
+
+# Kueue (kubernetes-sigs/kueue, API v1beta2): the quota and queueing controller trainguard renders
+# each Tenant's objects for. A tenant's ClusterQueue is named after it; each of its namespaces has
+# one LocalQueue, the only one its jobs use.
+KUEUE_GROUP = "kueue.x-k8s.io"
+KUEUE_VERSION = "v1beta2"
+KUEUE_API_VERSION = f"{KUEUE_GROUP}/{KUEUE_VERSION}"
+KUEUE_JOB_UID_LABEL = f"{KUEUE_GROUP}/job-uid"  # Kueue names the preemptor's job by it
+CLUSTER_QUEUE_PREFIX = "tenant-"
+LOCAL_QUEUE = "trainguard"
+GPU_CEILING_QUOTA = "trainguard-gpu-ceiling"  # the ResourceQuota backstop in each tenant namespace
+WORKLOAD_POD_SET = "replicas"

@@ -60,7 +60,11 @@ class Members(Model):
 class TenantQuota(Model):
     nominal_gpus: int = Field(alias="nominalGPUs", ge=0, le=100_000)
     borrowing_limit_gpus: int = Field(default=0, alias="borrowingLimitGPUs", ge=0, le=100_000)
+    # How much of its nominal quota the cohort may borrow while the tenant does not use it (None:
+    # all of it). What stays is kept for the tenant's own bursts, without preemption.
+    lending_limit_gpus: int | None = Field(default=None, alias="lendingLimitGPUs", ge=0, le=100_000)
     cohort: DNSLabel | None = None
+    flavor: DNSLabel = "gpu"  # the Kueue ResourceFlavor (GPU product) the quota is for
 
     @property
     def max_gpus(self) -> int:
@@ -231,8 +235,12 @@ class PinnedImage(Model):
 
 
 class QueueStatus(Model):
-    position: int | None = None
+    position: int | None = None  # 1 = next in the tenant's queue; None when not waiting
     reason: str | None = None
+    workload: str | None = None  # the Kueue Workload that queues the job
+    cluster_queue: str | None = None
+    flavor: str | None = None  # the GPU flavor Kueue admitted the job to
+    last_eviction: str | None = None  # when Kueue last evicted it (each eviction counted once)
 
 
 class IntegrityStatus(Model):
@@ -255,6 +263,7 @@ class TrainingJobStatus(Model):
     conditions: list[Condition] = Field(default_factory=list)
     replicas: ReplicaCounts = Field(default_factory=ReplicaCounts)
     restarts: int = 0
+    preemptions: int = 0  # times Kueue took the job's quota back (each starts a new attempt)
     created_attempt: int | None = None
     last_restart_time: str | None = None
     start_time: str | None = None
@@ -280,3 +289,8 @@ class TrainingJob(Model):
     def namespace(self) -> str:
         assert self.metadata.namespace, "a TrainingJob is namespaced"
         return self.metadata.namespace
+
+    @property
+    def attempt(self) -> int:
+        """The current attempt: a new one after each restart and each preemption."""
+        return self.status.restarts + self.status.preemptions

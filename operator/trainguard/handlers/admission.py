@@ -27,7 +27,15 @@ from pydantic import ValidationError
 
 from trainguard import metrics
 from trainguard.admission import configurations
-from trainguard.api.constants import API_VERSION, GROUP, LABEL_TENANT, TENANT_NAMESPACE_LABEL, VERSION
+from trainguard.api.constants import (
+    API_VERSION,
+    GROUP,
+    KUEUE_GROUP,
+    KUEUE_VERSION,
+    LABEL_TENANT,
+    TENANT_NAMESPACE_LABEL,
+    VERSION,
+)
 from trainguard.api.models import Debugging, IntegrityMode, Tenant, TrainingJob
 from trainguard.context import (
     JobNames,
@@ -50,6 +58,7 @@ from trainguard.policy.access import (
     delete_refusal,
     is_operator,
     job_pod_refusal,
+    kueue_refusal,
     may_clean_up,
     owner_errors,
     token_refusal,
@@ -355,6 +364,39 @@ async def guard_namespace(
     errors = protected_label_changes(old_labels, new_labels, old_labels.get(TENANT_NAMESPACE_LABEL))
     if errors:
         await deny({**dict(body), "apiVersion": "v1", "kind": "Namespace"}, errors)
+
+
+# --------------------------------------------------------------------------- Kueue's objects
+
+
+_KUEUE_KINDS = {
+    "localqueues": "LocalQueue",
+    "workloads": "Workload",
+    "clusterqueues": "ClusterQueue",
+    "cohorts": "Cohort",
+    "resourceflavors": "ResourceFlavor",
+}
+
+
+@kopf.on.validate(KUEUE_GROUP, KUEUE_VERSION, "localqueues", id=configurations.KUEUE_GUARD)
+@kopf.on.validate(KUEUE_GROUP, KUEUE_VERSION, "workloads", id=configurations.KUEUE_GUARD)
+@kopf.on.validate(KUEUE_GROUP, KUEUE_VERSION, "clusterqueues", id=configurations.KUEUE_QUEUE_GUARD)
+@kopf.on.validate(KUEUE_GROUP, KUEUE_VERSION, "cohorts", id=configurations.KUEUE_QUEUE_GUARD)
+@kopf.on.validate(KUEUE_GROUP, KUEUE_VERSION, "resourceflavors", id=configurations.KUEUE_QUEUE_GUARD)
+async def guard_kueue(
+    body: kopf.Body, userinfo: Mapping[str, Any], resource: kopf.Resource, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    """Only trainguard and Kueue write tenants' Kueue objects (`policy.access.kueue_refusal`)."""
+    settings = context_of(memo).settings
+    operation = str(kwargs.get("operation"))
+    kind = _KUEUE_KINDS.get(resource.plural, resource.plural)
+    refusal = kueue_refusal(
+        Identity.from_userinfo(userinfo), operation, kind, settings.operator_users, settings.kueue_users
+    )
+    if refusal is not None:
+        old: kopf.Body | None = kwargs.get("old")
+        raw = dict(body if operation != "DELETE" or old is None else old)
+        await deny({**raw, "apiVersion": f"{KUEUE_GROUP}/{KUEUE_VERSION}", "kind": kind}, [refusal])
 
 
 # --------------------------------------------------------------------------- exec, attach, port-forward

@@ -22,12 +22,17 @@ from typing import Any, NoReturn
 import kopf
 
 from trainguard import metrics
-from trainguard.api.conditions import format_time
+from trainguard.api.conditions import format_time, parse_time
 from trainguard.api.constants import (
     FINALIZER,
     GROUP,
+    KUEUE_GROUP,
+    KUEUE_VERSION,
     LABEL_JOB,
     LABEL_JOB_UID,
+    LABEL_MANAGED_BY,
+    LABEL_TENANT,
+    MANAGED_BY,
     VERSION,
 )
 from trainguard.api.models import TrainingJob
@@ -39,12 +44,17 @@ from trainguard.context import (
     context_of,
     find_tenant,
     job_pods_index,
+    quota_index,
+    tenant_workloads_index,
     tenants_index,
+    workloads_index,
 )
 from trainguard.kube import client as kube
 from trainguard.policy.pods import job_uid_of
+from trainguard.quota.queueing import QuotaUsage, WorkloadView, positions, workload_name
+from trainguard.quota.render import tenant_of_cluster_queue
 from trainguard.signing.verifier import VerificationFailed
-from trainguard.workload.lifecycle import ImageProblem, Plan, PodView, name_taken, plan
+from trainguard.workload.lifecycle import ImageProblem, Plan, PodView, Queue, Transition, name_taken, plan
 
 log = logging.getLogger("trainguard.jobs")
 # A pass also runs this often when nothing woke it: kopf stops watching a namespace as soon as it
@@ -125,8 +135,10 @@ async def _release_jobs_in_terminating_namespaces() -> None:
 
 
 async def _release(raw: dict[str, Any]) -> None:
-    """Remove the daemon finalizer of a job being deleted (its children go by owner references)."""
+    """Give the quota of a job being deleted back (its Workload has no owner reference, see
+    `quota.queueing`) and remove its daemon finalizer (its other children go by owner references)."""
     meta = raw["metadata"]
+    await kube.delete_workload(meta["namespace"], workload_name(TrainingJob.model_validate(raw)))
     finalizers = meta.get("finalizers") or []
     if FINALIZER in finalizers:
         kept = [f for f in finalizers if f != FINALIZER]
@@ -152,6 +164,55 @@ def jobs_by_namespace(name: str, namespace: str | None, **_: Any) -> dict[str, s
     return {namespace or "": name}
 
 
+@kopf.index(KUEUE_GROUP, KUEUE_VERSION, "workloads", labels={LABEL_JOB_UID: kopf.PRESENT})
+def job_workloads(
+    body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
+) -> dict[tuple[str, str], WorkloadView] | None:
+    """Each job's Kueue Workload, by (namespace, job uid). Only trainguard and Kueue may write
+    Workloads in tenant namespaces (RBAC and the Kueue guard), so the label can be trusted."""
+    if labels.get(LABEL_MANAGED_BY) != MANAGED_BY:
+        return None
+    return {(namespace or "", labels[LABEL_JOB_UID]): WorkloadView.from_manifest(dict(body))}
+
+
+@kopf.index(KUEUE_GROUP, KUEUE_VERSION, "workloads", labels={LABEL_TENANT: kopf.PRESENT})
+def tenant_workloads(body: kopf.Body, labels: Mapping[str, str], **_: Any) -> dict[str, WorkloadView] | None:
+    """tenant -> its jobs' Workloads: the order of its queue."""
+    if labels.get(LABEL_MANAGED_BY) != MANAGED_BY:
+        return None
+    return {labels[LABEL_TENANT]: WorkloadView.from_manifest(dict(body))}
+
+
+@kopf.index(KUEUE_GROUP, KUEUE_VERSION, "clusterqueues", labels={LABEL_MANAGED_BY: MANAGED_BY})
+def tenant_quota(name: str, body: kopf.Body, **_: Any) -> dict[str, QuotaUsage] | None:
+    """tenant -> its ClusterQueue's figures (quota, use, borrowing), as Kueue reports them."""
+    tenant = tenant_of_cluster_queue(name)
+    return {tenant: QuotaUsage.from_cluster_queue(dict(body))} if tenant else None
+
+
+@kopf.on.event(KUEUE_GROUP, KUEUE_VERSION, "workloads", labels={LABEL_JOB: kopf.PRESENT})
+async def workload_changed(
+    labels: Mapping[str, str], namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    if namespace and labels.get(LABEL_MANAGED_BY) == MANAGED_BY:
+        context_of(memo).wakeups.wake((namespace, labels[LABEL_JOB]))
+
+
+@kopf.on.event(KUEUE_GROUP, KUEUE_VERSION, "clusterqueues", labels={LABEL_MANAGED_BY: MANAGED_BY})
+def quota_changed(name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Per-tenant quota figures for Prometheus, from Kueue's status of the tenant's queue."""
+    tenant = tenant_of_cluster_queue(name)
+    if not tenant:
+        return
+    if type == "DELETED":
+        metrics.forget_tenant(tenant)
+        return
+    usage = QuotaUsage.from_cluster_queue(dict(body))
+    metrics.quota_figures(
+        tenant, usage.nominal, usage.borrowing_limit, usage.reserved, usage.borrowed, usage.pending
+    )
+
+
 @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT})
 async def pod_changed(labels: Mapping[str, str], namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     if namespace:
@@ -170,6 +231,7 @@ async def reconcile_job(
     context = context_of(memo)
     delay: float | None = None
     job_pods, tenants = job_pods_index(kwargs), tenants_index(kwargs)
+    queues = Queues(workloads_index(kwargs), tenant_workloads_index(kwargs), quota_index(kwargs))
     assert namespace, "a TrainingJob is namespaced"
     key = (namespace, name)
     wake = context.wakeups.event(key)
@@ -179,7 +241,7 @@ async def reconcile_job(
             pods = list(job_pods.get((namespace, uid), ()))
             try:
                 with metrics.RECONCILE_SECONDS.time():
-                    delay = await reconcile(context, key, pods, tenants)
+                    delay = await reconcile(context, key, pods, tenants, queues)
             except Exception as exc:
                 retry(memo, exc, context)
             memo["failures"] = 0
@@ -216,11 +278,29 @@ async def _sleep(wake: asyncio.Event, stopped: kopf.DaemonStopped, delay: float 
             waiter.cancel()
 
 
+class Queues:
+    """The job's place in Kueue, from the operator's indexes of Workloads and ClusterQueues."""
+
+    def __init__(self, workloads: Any, by_tenant: Any, quota: Any) -> None:
+        self.workloads, self.by_tenant, self.quota = workloads, by_tenant, quota
+
+    def of(self, job: TrainingJob) -> Queue:
+        found = next(iter(self.workloads.get((job.namespace, job.metadata.uid), ())), None)
+        usage = next(iter(self.quota.get(job.spec.tenant, ())), None)
+        if usage is not None and usage.cohort:
+            usage = usage.with_peers(u for us in self.quota.values() for u in us)
+        position = None
+        if found is not None:
+            position = positions(self.by_tenant.get(job.spec.tenant, ())).get(found.uid)
+        return Queue(found, usage, position)
+
+
 async def reconcile(
     context: OperatorContext,
     key: JobKey,
     pods: list[PodView],
     tenants: Tenants,
+    queues: Queues,
 ) -> float | None:
     """One pass: read, plan, apply. Returns when to look again (None: when something changes)."""
     namespace, name = key
@@ -249,6 +329,7 @@ async def reconcile(
             image,
             verdicts=verdicts,
             new_key=os.urandom(32),
+            queue=queues.of(job),
         )
         if decided.status.to_api() != raw.get("status"):
             await _write(raw, job, decided)
@@ -259,6 +340,10 @@ async def reconcile(
         raise
     for pod in decided.delete_pods:
         await kube.delete_pod(namespace, pod)
+    if decided.release_workload is not None and decided.status.queue and decided.status.queue.workload:
+        await kube.patch_workload_status(namespace, decided.status.queue.workload, decided.release_workload)
+    if decided.create_workload is not None:
+        await kube.create_object(decided.create_workload)
     taken = [
         f"{child['kind']} {child['metadata']['name']}"
         for child in decided.children
@@ -270,6 +355,8 @@ async def reconcile(
         now = job.model_copy(update={"status": decided.status})
         await _write(raw, job, name_taken(now, taken, datetime.datetime.now(datetime.UTC)))
         return None
+    if decided.delete_workload:
+        await kube.delete_workload(namespace, decided.delete_workload)
     return decided.requeue_after
 
 
@@ -292,6 +379,11 @@ async def _post_events(raw: dict[str, Any], job: TrainingJob, decided: Plan) -> 
     for event in decided.events:
         await kube.post_event(raw, event.type, event.reason, event.message, component=event.component)
         metrics.job_transition(job.spec.tenant, event.transition, event.reason)
+        if event.transition is Transition.QUOTA_ADMITTED and not job.status.preemptions:
+            created = job.metadata.creation_timestamp
+            if created:
+                waited = datetime.datetime.now(datetime.UTC) - parse_time(created)
+                metrics.QUOTA_ADMISSION_WAIT.labels(tenant=job.spec.tenant).observe(waited.total_seconds())
 
 
 async def _create_gang(namespace: str, pods: list[dict[str, Any]], job: TrainingJob) -> list[str]:

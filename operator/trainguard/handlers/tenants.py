@@ -1,8 +1,10 @@
 """Thin kopf handlers for Tenants: the operator's indexes of tenants and of tenant namespaces,
-and the members' researcher role in each of a tenant's namespaces."""
+the members' researcher role in each of a tenant's namespaces, and the tenant's Kueue objects
+(rendered by `quota.render`), kept as rendered: a change by hand is reverted at once."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -10,11 +12,21 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from trainguard.api.constants import GROUP, TENANT_NAMESPACE_LABEL, VERSION
+from trainguard import metrics
+from trainguard.api.constants import (
+    GPU_CEILING_QUOTA,
+    GROUP,
+    KUEUE_GROUP,
+    KUEUE_VERSION,
+    LOCAL_QUEUE,
+    TENANT_NAMESPACE_LABEL,
+    VERSION,
+)
 from trainguard.api.models import Tenant
 from trainguard.context import OperatorContext, context_of, tenants_index
 from trainguard.kube import client as kube
 from trainguard.policy.namespaces import tenant_namespace_labels
+from trainguard.quota import render
 from trainguard.tenancy.bindings import build_members_binding
 
 log = logging.getLogger("trainguard.tenants")
@@ -42,12 +54,71 @@ def tenant_namespaces(name: str, labels: Mapping[str, str], **_: Any) -> dict[st
 
 
 @kopf.on.event(GROUP, VERSION, "tenants")
-async def tenant_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def tenant_changed(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     if type == "DELETED":
-        return  # the garbage collector removes the bindings the tenant owns
+        return  # the garbage collector removes the bindings and Kueue objects the tenant owns
     tenant = Tenant.model_validate(dict(body))
     for namespace in tenant.spec.namespaces:
         await _set_up_namespace(context_of(memo), tenant, namespace)
+    await _sync_quota(context_of(memo), tenant, _all_tenants(kwargs))
+
+
+@kopf.timer(GROUP, VERSION, "tenants", interval=60.0, initial_delay=30.0, idle=0)
+async def tenant_resync(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Every minute, whatever events were missed: the tenant's Kueue objects as rendered."""
+    await _sync_quota(context_of(memo), Tenant.model_validate(dict(body)), _all_tenants(kwargs))
+
+
+@kopf.on.startup()
+async def resource_flavors(memo: kopf.Memo, **_: Any) -> None:
+    """The GPU flavors the platform configured exist before any tenant's queue names them."""
+    for flavor in render.resource_flavors(context_of(memo).settings.gpu_flavors):
+        await _apply(flavor)
+
+
+@kopf.on.event(KUEUE_GROUP, KUEUE_VERSION, "clusterqueues")
+@kopf.on.event(KUEUE_GROUP, KUEUE_VERSION, "localqueues", field="metadata.name", value=LOCAL_QUEUE)
+@kopf.on.event("", "v1", "resourcequotas", field="metadata.name", value=GPU_CEILING_QUOTA)
+async def kueue_object_changed(
+    type: str, name: str, namespace: str | None, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    """A tenant's ClusterQueue, LocalQueue or GPU ceiling changed or went: put it back as its
+    Tenant renders it (a no-op when it already is)."""
+    if type is None:
+        return  # the initial listing: the tenants' own events sync everything
+    owner = render.tenant_of_cluster_queue(name) if namespace is None else None
+    tenants = _all_tenants(kwargs)
+    for tenant in tenants:
+        if tenant.metadata.name == owner or (namespace and namespace in tenant.spec.namespaces):
+            await _sync_quota(context_of(memo), tenant, tenants)
+
+
+def _all_tenants(kwargs: Mapping[str, Any]) -> list[Tenant]:
+    return [t for ts in tenants_index(kwargs).values() for t in ts]
+
+
+async def _sync_quota(context: OperatorContext, tenant: Tenant, tenants: list[Tenant]) -> None:
+    """Create or bring back the tenant's Kueue objects and GPU ceilings, and its cohort."""
+    cohort = tenant.spec.quota.cohort
+    wanted = [c for c in render.cohorts([*tenants, tenant]) if c["metadata"]["name"] == cohort]
+    existing = await asyncio.gather(*(kube.get_namespace(ns) for ns in tenant.spec.namespaces))
+    present = {ns for ns, found in zip(tenant.spec.namespaces, existing, strict=True) if found}
+    for manifest in [*wanted, *render.tenant_objects(tenant)]:
+        namespace = manifest["metadata"].get("namespace")
+        if namespace is not None and namespace not in present:
+            continue  # set up when the namespace appears
+        await _apply(manifest)
+
+
+async def _apply(manifest: dict[str, Any]) -> None:
+    kind, meta = manifest["kind"], manifest["metadata"]
+    current = await kube.get_object(kind, meta["name"], meta.get("namespace"))
+    if current is None:
+        await kube.create_object(manifest)
+    elif render.drifted(manifest, current):
+        await kube.replace_object(manifest, current)
+        metrics.KUEUE_DRIFT_REVERTED.labels(kind=kind).inc()
+        log.warning("%s %s changed by hand: put back as its Tenant renders it", kind, meta["name"])
 
 
 @kopf.on.event("", "v1", "namespaces")
@@ -81,3 +152,5 @@ async def _set_up_namespace(context: OperatorContext, tenant: Tenant, namespace:
         # An update the namespace guard sees: only this operator may make it.
         await kube.label_namespace(namespace, dict(wanted))
     await kube.apply_role_binding(binding)
+    for manifest in (render.local_queue(tenant, namespace), render.gpu_ceiling(tenant, namespace)):
+        await _apply(manifest)

@@ -22,6 +22,11 @@ Everything before the HMAC is integer arithmetic with wrap-around, so a GPU kern
 the same definition gives bit-identical results; `tests/data/fingerprint_vectors.json` holds the
 shared test vectors, and `reference_fingerprint` is a slow, line-by-line version of the formulas.
 
+CPU paths: the NH sums come from a loop compiled by numba (`nh_native.py`, in the `integrity`
+extra; no system compiler) where it loads, else from numpy, several times slower, with the same
+results. `cpu_backend()` names the one in use; the first fingerprint logs it, and why numba is not
+used where it is not. `backend="numpy"` forces the fallback.
+
 Collision bound: for a fixed key unknown to the adversary, NH over 32-bit words is
 2^-32-almost-universal per lane, and two Toeplitz lanes give about 2^-64 for two different inputs
 of the same length; different lengths differ in the trailer. A secret odd multiplier per chunk
@@ -36,13 +41,21 @@ cover those).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+
+from trainguard.integrity import nh_native
+from trainguard.integrity.nh_native import NhKernel
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 CHUNK_WORDS = 4096  # 32-bit words per chunk: 16 KiB of data
@@ -54,6 +67,7 @@ _BLOCK_CHUNKS = 8  # chunks processed per step: keeps temporaries in the CPU's L
 
 U32 = npt.NDArray[np.uint32]
 U64 = npt.NDArray[np.uint64]
+Backend = Literal["auto", "numba", "numpy"]
 
 
 @dataclass(frozen=True)
@@ -113,34 +127,57 @@ def _words(data: memoryview) -> U32:
     return words
 
 
+@functools.cache
+def _native_kernel() -> NhKernel | None:
+    """The compiled NH loop, loaded (compiled, or read from numba's cache) once per process."""
+    kernel, about = nh_native.load()
+    if kernel is None:
+        log.warning("fingerprint CPU path: numpy fallback, several times slower (%s)", about)
+    else:
+        log.info("fingerprint CPU path: compiled NH loop (%s)", about)
+    return kernel
+
+
+def cpu_backend() -> Literal["numba", "numpy"]:
+    """The CPU path `fingerprint` takes by default: "numba" (compiled loop) or "numpy" (fallback)."""
+    return "numba" if _native_kernel() is not None else "numpy"
+
+
+def _kernel_for(backend: Backend) -> NhKernel | None:
+    if backend == "numpy":
+        return None
+    kernel = _native_kernel()
+    if kernel is None and backend == "numba":
+        raise RuntimeError("the numba fingerprint path is not available: see the log for why")
+    return kernel
+
+
 class _Accumulator:
-    def __init__(self, key: FingerprintKey, keep_chunks: bool = False) -> None:
+    def __init__(self, key: FingerprintKey, keep_chunks: bool = False, backend: Backend = "auto") -> None:
         self.key = key
         self.keep_chunks = keep_chunks
         self.kept: list[U64] = []
         self.sums = [0, 0]
         self.chunk = 0
         self.lengths: list[int] = []
-        self._tmp = np.empty((_BLOCK_CHUNKS, CHUNK_WORDS), dtype=np.uint32)
-        self._a = np.empty((_BLOCK_CHUNKS, CHUNK_WORDS // 2), dtype=np.uint64)
-        self._b = np.empty_like(self._a)
+        self._kernel = _kernel_for(backend)
+        if self._kernel is not None:
+            # K_{2i} and K_{2i+1} per 64-bit pair i; lane 1 starts one pair later (Toeplitz).
+            wide = key.table.astype(np.uint64)
+            self._key_even, self._key_odd = wide[0::2].copy(), wide[1::2].copy()
+        else:
+            self._tmp = np.empty((_BLOCK_CHUNKS, CHUNK_WORDS), dtype=np.uint32)
+            self._a = np.empty((_BLOCK_CHUNKS, CHUNK_WORDS // 2), dtype=np.uint64)
+            self._b = np.empty_like(self._a)
 
     def add_words(self, words: U32) -> None:
         chunks = words.reshape(-1, CHUNK_WORDS)
         count = chunks.shape[0]
         nh = np.empty((2, count), dtype=np.uint64)
-        low = np.uint64(0xFFFFFFFF)
-        for start in range(0, count, _BLOCK_CHUNKS):
-            block = chunks[start : start + _BLOCK_CHUNKS]
-            n = block.shape[0]
-            tmp, a, b = self._tmp[:n], self._a[:n], self._b[:n]
-            for lane in (0, 1):
-                np.add(block, self.key.table[2 * lane : 2 * lane + CHUNK_WORDS], out=tmp)
-                pairs = tmp.view(np.uint64)  # little-endian: the low half is the even word
-                np.bitwise_and(pairs, low, out=a)
-                np.right_shift(pairs, np.uint64(32), out=b)
-                np.multiply(a, b, out=a)
-                a.sum(axis=1, dtype=np.uint64, out=nh[lane, start : start + n])
+        if self._kernel is not None:
+            self._native_nh(self._kernel, words, nh)
+        else:
+            self._numpy_nh(chunks, nh)
         products = []
         for lane in (0, 1):
             mult = chunk_multipliers(self.key.seeds[lane], self.chunk, count)
@@ -151,6 +188,28 @@ class _Accumulator:
         if self.keep_chunks:
             self.kept.append(np.stack(products, axis=1))
         self.chunk += count
+
+    def _native_nh(self, kernel: NhKernel, words: U32, nh: U64) -> None:
+        pairs = words.reshape(-1).view(np.uint64)  # little-endian: the low half is the even word
+        if not pairs.flags.aligned:
+            pairs = pairs.copy()
+        pairs = pairs.view()
+        pairs.flags.writeable = False  # the loop's one signature takes read-only data (tensor memory)
+        kernel(pairs, self._key_even, self._key_odd, nh)
+
+    def _numpy_nh(self, chunks: U32, nh: U64) -> None:
+        low = np.uint64(0xFFFFFFFF)
+        for start in range(0, chunks.shape[0], _BLOCK_CHUNKS):
+            block = chunks[start : start + _BLOCK_CHUNKS]
+            n = block.shape[0]
+            tmp, a, b = self._tmp[:n], self._a[:n], self._b[:n]
+            for lane in (0, 1):
+                np.add(block, self.key.table[2 * lane : 2 * lane + CHUNK_WORDS], out=tmp)
+                pairs = tmp.view(np.uint64)  # little-endian: the low half is the even word
+                np.bitwise_and(pairs, low, out=a)
+                np.right_shift(pairs, np.uint64(32), out=b)
+                np.multiply(a, b, out=a)
+                a.sum(axis=1, dtype=np.uint64, out=nh[lane, start : start + n])
 
     def add_tensor(self, data: memoryview) -> None:
         """Whole chunks straight from the tensor's memory (no copy); only the tail is padded."""
@@ -173,21 +232,26 @@ class _Accumulator:
         return hmac.new(self.key.secret, message, hashlib.sha256).hexdigest()
 
 
-def fingerprint(key: FingerprintKey, tensors: Iterable[object]) -> str:
-    """The fingerprint (64 hex digits) of `tensors` (arrays, see `as_bytes`), in order."""
-    acc = _Accumulator(key)
+def fingerprint(key: FingerprintKey, tensors: Iterable[object], backend: Backend = "auto") -> str:
+    """The fingerprint (64 hex digits) of `tensors` (arrays, see `as_bytes`), in order.
+
+    `backend`: "auto" (the compiled loop where it loads, else numpy), "numba" (fails without it)
+    or "numpy"; all give the same fingerprint."""
+    acc = _Accumulator(key, backend=backend)
     for tensor in tensors:
         acc.add_tensor(as_bytes(tensor))
     return acc.finish()
 
 
-def fingerprint_with_chunks(key: FingerprintKey, buffer: object) -> tuple[str, U64]:
+def fingerprint_with_chunks(
+    key: FingerprintKey, buffer: object, backend: Backend = "auto"
+) -> tuple[str, U64]:
     """The fingerprint of one buffer, and its keyed per-chunk terms (chunks x 2 lanes).
 
     Comparing the terms of two fingerprints of the same buffer tells which 16 KiB chunks
     changed, so a violation can name the tensors. The terms are secret-keyed: they stay in the
     sidecar's memory and are never reported."""
-    acc = _Accumulator(key, keep_chunks=True)
+    acc = _Accumulator(key, keep_chunks=True, backend=backend)
     acc.add_tensor(as_bytes(buffer))
     data_chunks = acc.chunk
     digest = acc.finish()

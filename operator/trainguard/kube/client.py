@@ -19,7 +19,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from trainguard.api.conditions import format_time
-from trainguard.api.constants import GROUP, VERSION
+from trainguard.api.constants import GROUP, KUEUE_GROUP, KUEUE_VERSION, VERSION
 
 Obj = dict[str, Any]
 
@@ -412,3 +412,126 @@ async def list_pod_uids(namespace: str, selector: str) -> set[str]:
         _preload_content=False,
     )
     return {str(item["metadata"]["uid"]) for item in _json(resp)["items"]}
+
+
+# --------------------------------------------------------------------------- Kueue and quotas
+
+# Kueue's kinds: (plural, namespaced).
+_KUEUE_KINDS: dict[str, tuple[str, bool]] = {
+    "ClusterQueue": ("clusterqueues", False),
+    "LocalQueue": ("localqueues", True),
+    "ResourceFlavor": ("resourceflavors", False),
+    "Cohort": ("cohorts", False),
+    "Workload": ("workloads", True),
+}
+
+
+def _where(manifest: Obj) -> str:
+    meta = manifest["metadata"]
+    return (
+        f"{manifest['kind']} {meta.get('namespace', '') + '/' if meta.get('namespace') else ''}{meta['name']}"
+    )
+
+
+async def get_object(kind: str, name: str, namespace: str | None = None) -> Obj | None:
+    """A Kueue object or a ResourceQuota; None when it does not exist."""
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    if kind == "ResourceQuota":
+        fn, args = _core().read_namespaced_resource_quota, (name, namespace)
+    else:
+        plural, namespaced = _KUEUE_KINDS[kind]
+        if namespaced:
+            fn, args = (
+                _custom().get_namespaced_custom_object,
+                (KUEUE_GROUP, KUEUE_VERSION, namespace, plural, name),
+            )
+        else:
+            fn, args = _custom().get_cluster_custom_object, (KUEUE_GROUP, KUEUE_VERSION, plural, name)
+    result = await _call(f"get {kind} {name}", fn, *args, _preload_content=False, ok=(404,))
+    return None if result is None else _json(result)
+
+
+async def create_object(manifest: Obj) -> bool:
+    """Create a Kueue object or a ResourceQuota; False when it already exists."""
+    kind, meta = manifest["kind"], manifest["metadata"]
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    if kind == "ResourceQuota":
+        fn, args = _core().create_namespaced_resource_quota, (meta["namespace"], manifest)
+    else:
+        plural, namespaced = _KUEUE_KINDS[kind]
+        if namespaced:
+            fn = _custom().create_namespaced_custom_object
+            args = (KUEUE_GROUP, KUEUE_VERSION, meta["namespace"], plural, manifest)
+        else:
+            fn, args = _custom().create_cluster_custom_object, (KUEUE_GROUP, KUEUE_VERSION, plural, manifest)
+    result = await _call(f"create {_where(manifest)}", fn, *args, _preload_content=False, ok=(409,))
+    return result is not None
+
+
+async def replace_object(manifest: Obj, current: Obj) -> None:
+    """Put `manifest`'s spec, labels and owners on the existing object (only if it did not change
+    since `current` was read), keeping what others set elsewhere (status, finalizers)."""
+    kind, meta = manifest["kind"], manifest["metadata"]
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    body = json.loads(json.dumps(current))
+    body["spec"] = manifest["spec"]
+    body["metadata"]["labels"] = {**(body["metadata"].get("labels") or {}), **meta.get("labels", {})}
+    body["metadata"]["ownerReferences"] = meta.get("ownerReferences", [])
+    if kind == "ResourceQuota":
+        fn, args = _core().replace_namespaced_resource_quota, (meta["name"], meta["namespace"], body)
+    else:
+        plural, namespaced = _KUEUE_KINDS[kind]
+        if namespaced:
+            fn = _custom().replace_namespaced_custom_object
+            args = (KUEUE_GROUP, KUEUE_VERSION, meta["namespace"], plural, meta["name"], body)
+        else:
+            fn = _custom().replace_cluster_custom_object
+            args = (KUEUE_GROUP, KUEUE_VERSION, plural, meta["name"], body)
+    await _call(f"replace {_where(manifest)}", fn, *args, _preload_content=False, ok=(404, 409))
+
+
+async def delete_workload(namespace: str, name: str) -> None:
+    await _call(
+        f"delete Workload {namespace}/{name}",
+        _custom().delete_namespaced_custom_object,
+        KUEUE_GROUP,
+        KUEUE_VERSION,
+        namespace,
+        "workloads",
+        name,
+        _preload_content=False,
+        ok=(404,),
+    )
+
+
+async def patch_workload_status(namespace: str, name: str, patch: Obj) -> None:
+    await _call(
+        f"patch status of Workload {namespace}/{name}",
+        _custom().patch_namespaced_custom_object_status,
+        KUEUE_GROUP,
+        KUEUE_VERSION,
+        namespace,
+        "workloads",
+        name,
+        patch,
+        _preload_content=False,
+        ok=(404,),
+    )
+
+
+async def list_workloads(selector: str) -> list[Obj]:
+    """Every Workload in the cluster that matches the label `selector`."""
+    result = await _call(
+        "list Workloads",
+        _custom().list_cluster_custom_object,
+        KUEUE_GROUP,
+        KUEUE_VERSION,
+        "workloads",
+        label_selector=selector,
+        _preload_content=False,
+    )
+    items: list[Obj] = _json(result).get("items", [])
+    return items

@@ -284,3 +284,35 @@ def job_pod_refusal(pod: dict[str, Any], operation: str) -> FieldError:
         f"only trainguard may {verb} the pods of TrainingJob {owner!r}",
         "change or delete the TrainingJob instead; trainguard recreates its pods",
     )
+
+
+def kueue_refusal(
+    who: Identity,
+    operation: str,
+    kind: str,
+    operator_users: frozenset[str],
+    kueue_users: frozenset[str],
+) -> FieldError | None:
+    """Kueue's objects in tenant namespaces (LocalQueues, Workloads) and the queues trainguard
+    renders from Tenants are trainguard's and Kueue's alone: a member who could write them would
+    queue past quota, point a job at another tenant's queue, or admit a Workload by hand. Cluster
+    admins and the cluster's controllers may still delete them (namespace deletion, garbage
+    collection); trainguard puts a deleted tenant queue back."""
+    if is_operator(who, operator_users) or who.user in kueue_users:
+        return None
+    if operation == "DELETE" and may_clean_up(who, operator_users):
+        return None
+    if kind in ("LocalQueue", "Workload"):
+        fix = (
+            "submit a TrainingJob: trainguard makes its Workload in your tenant's LocalQueue; "
+            "quotas are changed in the Tenant, by the platform team"
+        )
+    else:
+        fix = "change the Tenant's spec.quota instead: trainguard renders this object from it"
+    return FieldError(
+        "metadata",
+        "KueueObjectProtected",
+        f"{kind} objects of tenants are written by trainguard and Kueue only; {who.user} may not "
+        f"{operation.lower()} one",
+        fix,
+    )

@@ -7,7 +7,8 @@ for the API server. Nothing here talks to Kubernetes; golden-file tests pin the 
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from trainguard.api.constants import (
@@ -56,6 +57,9 @@ class WorkloadSettings:
     operator_namespace: str = "trainguard-system"
     # The operator's integrity endpoint (key delivery, reports): sidecars may reach it, nothing else.
     operator_port: int = 8082
+    # The GPU flavors (Kueue ResourceFlavors) the platform configured: name -> node labels. A job
+    # admitted to a flavor runs on its nodes.
+    gpu_flavors: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: {"gpu": {}})
 
 
 # --------------------------------------------------------------------------- names
@@ -393,6 +397,7 @@ def build_sidecar(job: TrainingJob, replica: int, settings: WorkloadSettings, gp
             {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"},
             {"name": "HOME", "value": "/tmp"},  # noqa: S108 - the sidecar's own emptyDir
             {"name": "TRITON_CACHE_DIR", "value": "/tmp/triton"},  # noqa: S108
+            {"name": "NUMBA_CACHE_DIR", "value": "/tmp/numba"},  # noqa: S108 - the CPU fingerprint loop
         ]
         mounts.append({"name": "sidecar-tmp", "mountPath": "/tmp"})  # noqa: S108
         resources = {

@@ -14,20 +14,32 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainguard.api.conditions import Condition, Status, find, format_time, is_true, parse_time, set_condition
 from trainguard.api.conditions import ConditionType as C
-from trainguard.api.conditions import Status, find, format_time, is_true, parse_time, set_condition
 from trainguard.api.constants import LABEL_ATTEMPT, LABEL_REPLICA, TRAINER_CONTAINER
 from trainguard.api.models import (
     IntegrityMode,
     IntegrityStatus,
     IntegrityVerdict,
     PinnedImage,
+    QueueStatus,
     ReplicaCounts,
     Tenant,
     TrainingJob,
     TrainingJobStatus,
 )
 from trainguard.policy.trainingjob import validate_training_job
+from trainguard.quota.queueing import (
+    QueueState,
+    QuotaUsage,
+    WorkloadView,
+    build_workload,
+    explain,
+    preemption_message,
+    release_patch,
+    workload_name,
+)
+from trainguard.quota.render import cluster_queue_name
 from trainguard.workload.builders import (
     Manifest,
     WorkloadSettings,
@@ -87,6 +99,18 @@ class Transition(enum.StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     INTEGRITY_VIOLATION = "IntegrityViolation"
+    PREEMPTED = "Preempted"
+    QUOTA_ADMITTED = "QuotaAdmitted"
+
+
+@dataclass(frozen=True)
+class Queue:
+    """What the pass knows of the job's place in Kueue: its Workload (None: not made yet), its
+    tenant's quota figures, and its position among the tenant's waiting jobs."""
+
+    workload: WorkloadView | None = None
+    usage: QuotaUsage | None = None
+    position: int | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +130,9 @@ class Plan:
     delete_pods: list[str] = field(default_factory=list)
     requeue_after: float | None = None
     events: list[Event] = field(default_factory=list)
+    create_workload: Manifest | None = None
+    delete_workload: str | None = None  # name of the job's Workload, to give its quota back
+    release_workload: Manifest | None = None  # status patch: an evicted Workload's quota back
 
 
 class _Status:
@@ -181,25 +208,31 @@ def plan(
     *,
     verdicts: Sequence[IntegrityVerdict] = (),
     new_key: bytes = b"",
+    queue: Queue | None = None,
 ) -> Plan:
     """`image` is the verification of the job's image: needed (once) before any pod exists.
     `verdicts` are integrity verdicts not yet in status; `new_key` is fresh randomness for the
-    job's integrity key, used only if its Secret does not exist yet."""
+    job's integrity key, used only if its Secret does not exist yet. `queue` is the job's place
+    in Kueue: no pod is created before Kueue admits its Workload."""
     if job.spec.integrity.mode != IntegrityMode.OFF and len(new_key) < 32:
         raise ValueError("a job with integrity checks needs a fresh key of at least 32 random bytes")
     st = _Status(job, now)
     st.set(total_gpus=job.spec.total_gpus)
     integrity_events = st.verdicts(verdicts)
     conds = st.value.conditions
-    restarts = job.status.restarts
-    current = [p for p in pods if p.attempt == restarts and not p.deleting]
-    stale = [p.name for p in pods if p.attempt != restarts and not p.deleting]
+    restarts, attempt = job.status.restarts, job.attempt
+    current = [p for p in pods if p.attempt == attempt and not p.deleting]
+    stale = [p.name for p in pods if p.attempt != attempt and not p.deleting]
     st.set(replicas=_counts(current))
     out = Plan(status=st.value, delete_pods=stale, events=integrity_events)
+    queue = queue or Queue()
+    workload = queue.workload
 
     if is_true(conds, C.SUCCEEDED) or is_true(conds, C.FAILED):
-        # Terminal: stop anything still running, keep finished pods for their logs.
+        # Terminal: stop anything still running, keep finished pods for their logs, and give
+        # the quota back.
         out.delete_pods += [p.name for p in current if not p.finished]
+        out.delete_workload = workload.name if workload else None
         out.status = st.value
         return out
 
@@ -217,6 +250,7 @@ def plan(
         if not is_true(conds, C.ADMITTED):
             out.events.append(Event("Warning", reason, message, Transition.NOT_ADMITTED))
         out.delete_pods += [p.name for p in current]
+        out.delete_workload = workload.name if workload else None
         out.status, out.requeue_after = st.value, 30.0
         return out
     assert tenant is not None
@@ -224,10 +258,35 @@ def plan(
     if not is_true(conds, C.ADMITTED):
         out.events.append(Event("Normal", "Admitted", admitted, Transition.ADMITTED))
     st.condition(C.ADMITTED, "True", "Admitted", admitted)
-    st.condition(C.QUEUED, "False", "Admitted", "the job is not waiting for quota")
     out.children = build_children(job, settings)
     if job.spec.integrity.mode != IntegrityMode.OFF:
         out.children.append(build_integrity_secret(job, new_key, settings))
+
+    if workload is None or workload.state is not QueueState.ADMITTED:
+        _wait_for_kueue(job, st, out, pods, current, queue, now)
+        return out
+    flavor = workload.flavor or tenant.spec.quota.flavor
+    st.set(
+        queue=(st.value.queue or QueueStatus()).model_copy(
+            update={
+                "position": None,
+                "reason": None,
+                "flavor": flavor,
+                "workload": workload.name,
+                "cluster_queue": cluster_queue_name(tenant.metadata.name),
+            }
+        )
+    )
+    quota_admitted = (
+        f"Kueue admitted the job's {job.spec.total_gpus} GPUs to tenant {tenant.metadata.name}'s "
+        f"queue {cluster_queue_name(tenant.metadata.name)} (flavor {flavor})"
+    )
+    if not _is_false(conds, C.QUEUED, "Admitted"):
+        out.events.append(Event("Normal", "QuotaAdmitted", quota_admitted, Transition.QUOTA_ADMITTED))
+    st.condition(C.QUEUED, "False", "Admitted", quota_admitted)
+    if is_true(conds, C.PREEMPTED):
+        st.condition(C.PREEMPTED, "False", "Readmitted", "Kueue admitted the job again")
+    node_labels = dict(settings.gpu_flavors.get(flavor, {}))
 
     violation = find(conds, C.INTEGRITY_VIOLATION.value)
     if (
@@ -251,10 +310,10 @@ def plan(
     present = {p.replica for p in current}
     missing = sorted(set(range(job.spec.replicas)) - present)
     if not missing:
-        st.set(created_attempt=restarts)
+        st.set(created_attempt=attempt)
     # A gang seen complete that lost a pod lost a replica; a gang never seen complete was cut
     # short by an operator restart mid-creation and is topped up below.
-    vanished = missing if current and job.status.created_attempt == restarts else []
+    vanished = missing if current and job.status.created_attempt == attempt else []
     if failed or vanished:
         what = (
             f"replica {failed[0].replica} failed with exit code {failed[0].exit_code}"
@@ -300,21 +359,21 @@ def plan(
                 )
                 out.status, out.requeue_after = st.value, wait
                 return out
-        out.create_pods = build_pods(job, tenant, restarts, settings)
+        out.create_pods = _placed(build_pods(job, tenant, attempt, settings), node_labels)
         if not job.status.start_time:
             st.set(start_time=format_time(now))
             out.requeue_after = float(job.spec.max_run_seconds)
         st.condition(
-            C.RUNNING, "False", "Starting", f"creating {job.spec.replicas} replicas (attempt {restarts})"
+            C.RUNNING, "False", "Starting", f"creating {job.spec.replicas} replicas (attempt {attempt})"
         )
         out.status = st.value
         return out
 
     if missing:
-        everything = build_pods(job, tenant, restarts, settings)
+        everything = _placed(build_pods(job, tenant, attempt, settings), node_labels)
         out.create_pods = [pod for i, pod in enumerate(everything) if i in missing]
         st.condition(
-            C.RUNNING, "False", "Starting", f"creating {len(missing)} missing replicas (attempt {restarts})"
+            C.RUNNING, "False", "Starting", f"creating {len(missing)} missing replicas (attempt {attempt})"
         )
         out.status = st.value
         return out
@@ -326,6 +385,64 @@ def plan(
         st.condition(C.RUNNING, "False", "Starting", f"{running} of {job.spec.replicas} replicas running")
     out.status = st.value
     return out
+
+
+def _wait_for_kueue(
+    job: TrainingJob,
+    st: _Status,
+    out: Plan,
+    pods: list[PodView],
+    current: list[PodView],
+    queue: Queue,
+    now: datetime.datetime,
+) -> None:
+    """The job has no admitted Workload: make one, or wait for Kueue, or give an evicted one's
+    quota back once its pods are gone. No pod of the job runs meanwhile."""
+    workload = queue.workload
+    out.delete_pods += [p.name for p in current]
+    queue_status = (st.value.queue or QueueStatus()).model_copy(
+        update={
+            "workload": workload.name if workload else workload_name(job),
+            "cluster_queue": cluster_queue_name(job.spec.tenant),
+            "flavor": None,
+        }
+    )
+    if workload is None:
+        out.create_workload = build_workload(job)
+    if workload is not None and workload.state is QueueState.EVICTED:
+        message = preemption_message(workload)
+        if workload.evicted_at != queue_status.last_eviction:
+            st.set(preemptions=job.status.preemptions + 1, replicas=ReplicaCounts())
+            queue_status = queue_status.model_copy(update={"last_eviction": workload.evicted_at})
+            reason = "Preempted" if workload.evicted_reason == "Preempted" else "Evicted"
+            out.events.append(Event("Warning", reason, message, Transition.PREEMPTED))
+            st.condition(C.PREEMPTED, "True", workload.evicted_reason or "Evicted", message)
+        st.condition(C.RUNNING, "False", "Preempted", message)
+        st.condition(C.QUEUED, "True", "Preempted", message)
+        st.set(queue=queue_status.model_copy(update={"position": None, "reason": message[:1024]}))
+        if not pods:
+            out.release_workload = release_patch(workload, now)
+        out.status, out.requeue_after = st.value, 2.0
+        return
+    message = explain(workload, queue.usage, job.spec.total_gpus, now, queue.position)
+    reason = "KueueUnavailable" if message.startswith("Kueue has not") else "WaitingForQuota"
+    st.condition(C.QUEUED, "True", reason, message)
+    st.condition(C.RUNNING, "False", "Queued", "waiting for Kueue to admit the job")
+    st.set(queue=queue_status.model_copy(update={"position": queue.position, "reason": message[:1024]}))
+    out.status, out.requeue_after = st.value, 10.0
+
+
+def _is_false(conds: list[Condition], kind: C, reason: str) -> bool:
+    found = find(conds, kind.value)
+    return found is not None and found.status == "False" and found.reason == reason
+
+
+def _placed(pods: list[Manifest], node_labels: dict[str, str]) -> list[Manifest]:
+    """Pods on the nodes of the flavor Kueue admitted the job to."""
+    if node_labels:
+        for pod in pods:
+            pod["spec"]["nodeSelector"] = {**pod["spec"].get("nodeSelector", {}), **node_labels}
+    return pods
 
 
 def _fail(
