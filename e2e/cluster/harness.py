@@ -261,7 +261,13 @@ class TenantSpace:
 
 
 def make_tenant(
-    cluster: Cluster, prefix: str = "tj", signed: SignedImage | None = None, **quota: int
+    cluster: Cluster,
+    prefix: str = "tj",
+    signed: SignedImage | None = None,
+    *,
+    nominal: int = 32,
+    borrowing: int = 0,
+    cohort: str | None = None,
 ) -> TenantSpace:
     suffix = uuid.uuid4().hex[:8]
     ns, tenant = f"{prefix}-{suffix}", f"tenant-{suffix}"
@@ -277,7 +283,10 @@ def make_tenant(
                 "groups": [f"group-{suffix}"],
             },
             "admins": {"users": [f"admin-{suffix}"]},
-            "quota": {"nominalGPUs": quota.get("nominal", 32)},
+            "quota": {
+                "nominalGPUs": nominal,
+                **({"cohort": cohort, "borrowingLimitGPUs": borrowing} if cohort else {}),
+            },
             "sharedStorage": [{"name": "dataset", "kind": "Dataset", "claimName": "dataset"}],
             "trustedSigners": [{"name": "release", "publicKey": signed.public_key}] if signed else [],
         },

@@ -585,6 +585,24 @@ class LocalCluster:
             pids,
         )
 
+    def stop_kueue(self) -> None:
+        """Stop Kueue alone (tests of what trainguard does while Kueue is down)."""
+        pids = _read_pids(self.state)
+        pid = pids.get("kueue")
+        if pid and _pid_alive(pid, "kueue"):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while _pid_alive(pid, "kueue") and time.monotonic() < deadline:
+                time.sleep(0.1)
+
+    def start_kueue(self) -> None:
+        """Start Kueue again after `stop_kueue` (idempotent when it runs)."""
+        pids = _read_pids(self.state)
+        if pids.get("kueue") and _pid_alive(pids["kueue"], "kueue"):
+            return
+        self._start_kueue(pids)
+
     def _kueue_ready(self) -> bool:
         url = f"http://{LOOPBACK}:{self.ports.kueue_health}/readyz"
         with urllib.request.urlopen(url, timeout=2) as resp:

@@ -153,10 +153,12 @@ class WorkloadView:
             for container in ((pod_set.get("template") or {}).get("spec") or {}).get("containers") or []:
                 requested = ((container.get("resources") or {}).get("requests") or {}).get(GPU_RESOURCE, 0)
                 gpus += int(pod_set.get("count", 1)) * int(requested)
-        requeued = conds.get("Requeued") or {}
+        # Kueue's queue order (workload.Ordering.GetQueueOrderTimestamp in v0.17): creation time,
+        # except that a job preempted while its tenant was borrowing queues from the preemption.
         queued_since = meta.get("creationTimestamp") or ""
-        if requeued.get("status") == "True" and requeued.get("lastTransitionTime"):
-            queued_since = requeued["lastTransitionTime"]
+        preempted = conds.get("Preempted") or {}
+        if preempted.get("status") == "True" and preempted.get("reason") == "InCohortReclaimWhileBorrowing":
+            queued_since = preempted.get("lastTransitionTime") or queued_since
         return cls(
             name=meta.get("name", ""),
             namespace=meta.get("namespace", ""),
@@ -314,22 +316,25 @@ def explain(
     need: int,
     now: datetime.datetime,
     position: int | None = None,
-) -> str:
-    """Why a job waits, in plain words with numbers (the job's `Queued` condition message)."""
+) -> tuple[str, str]:
+    """Why a job waits, as the job's `Queued` condition (reason, message): plain words with numbers."""
     where = f" (position {position} in the queue)" if position else ""
     if view is None or view.state is QueueState.UNSEEN:
         created = parse_time(view.created) if view and view.created else now
         waited = (now - created).total_seconds()
         if waited >= KUEUE_SILENCE_SECONDS:
-            return (
+            return "KueueUnavailable", (
                 f"Kueue has not looked at this job's Workload for {waited:.0f} s: no GPU job starts "
                 "without Kueue's admission; ask the platform team whether Kueue is running"
             )
-        return f"submitted to Kueue{where}, waiting for its first look"
+        return "Submitted", f"submitted to Kueue{where}, waiting for its first look"
     if usage is None:
-        return f"waiting for Kueue{where}: {view.message or 'the tenant has no ClusterQueue yet'}"
-    if not usage.active:
         return (
+            "WaitingForKueue",
+            f"waiting for Kueue{where}: {view.message or 'the tenant has no ClusterQueue yet'}",
+        )
+    if not usage.active:
+        return "QueueInactive", (
             f"tenant {usage.tenant}'s queue {cluster_queue_name(usage.tenant)} is not active in Kueue: "
             f"{usage.inactive_reason or 'see kubectl describe clusterqueue'}; the platform team must fix it"
         )
@@ -341,23 +346,23 @@ def explain(
     )
     if usage.reserved + need > ceiling:
         short = usage.reserved + need - ceiling
-        return (
+        return "WaitingForQuota", (
             f"waiting for tenant {usage.tenant}'s GPU quota{where}: {head}; it starts when "
             f"{short} more GPU{'s' if short != 1 else ''} of the tenant's jobs are released"
         )
     if own + need <= usage.nominal or usage.reserved + need <= usage.nominal:
         if usage.cohort and usage.borrowers:
             lent = ", ".join(f"{t} borrows {g}" for t, g in usage.borrowers.items())
-            return (
+            return "WaitingForCohort", (
                 f"waiting for the cohort {usage.cohort} to give back lent GPUs{where}: {head}; {lent}; "
                 "Kueue reclaims them by preempting the borrowers' newest jobs"
             )
-        return (
+        return "WaitingForCapacity", (
             f"waiting for cluster capacity{where}: {head}; the quota is free but the GPUs are not "
             f"(Kueue: {view.message or 'no detail'})"
         )
     free, beyond = usage.cohort_free, usage.reserved + need - usage.nominal
-    return (
+    return "WaitingToBorrow", (
         f"waiting to borrow from the cohort {usage.cohort}{where}: {head}; the cohort has {free} unused "
         f"GPU{'s' if free != 1 else ''} to lend, this job needs {beyond} beyond the nominal quota"
     )
@@ -378,9 +383,9 @@ def preemption_message(view: WorkloadView) -> str:
 
 def positions(pending: Iterable[WorkloadView]) -> dict[str, int]:
     """Place of each waiting Workload in its tenant's queue, by uid: Kueue's order for a
-    BestEffortFIFO queue (higher priority first, then the earlier queued), 1 = next."""
+    BestEffortFIFO queue (higher priority first, then the earlier queued, then the uid), 1 = next."""
     order = sorted(
         (v for v in pending if v.state in (QueueState.PENDING, QueueState.UNSEEN)),
-        key=lambda v: (-v.priority, v.queued_since or v.created, v.name),
+        key=lambda v: (-v.priority, v.queued_since or v.created, v.uid),
     )
     return {v.uid: i + 1 for i, v in enumerate(order)}

@@ -424,8 +424,7 @@ def _wait_for_kueue(
             out.release_workload = release_patch(workload, now)
         out.status, out.requeue_after = st.value, 2.0
         return
-    message = explain(workload, queue.usage, job.spec.total_gpus, now, queue.position)
-    reason = "KueueUnavailable" if message.startswith("Kueue has not") else "WaitingForQuota"
+    reason, message = explain(workload, queue.usage, job.spec.total_gpus, now, queue.position)
     st.condition(C.QUEUED, "True", reason, message)
     st.condition(C.RUNNING, "False", "Queued", "waiting for Kueue to admit the job")
     st.set(queue=queue_status.model_copy(update={"position": queue.position, "reason": message[:1024]}))
