@@ -95,6 +95,7 @@ bench: build venv ## Benchmarks; JSON results in bench/results/
 	$(PY) -m bench.guard_bench
 	$(PY) -m bench.verify_bench
 	$(PY) -m bench.admission_bench
+	$(PY) -m bench.scheduling_bench
 
 .PHONY: demo
 demo: cluster ## Start the cluster and show simulated GPU scheduling end to end

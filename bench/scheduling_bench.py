@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -246,6 +247,15 @@ class RssSampler(threading.Thread):
     def stop(self) -> None:
         self.read()
         self.stopping.set()
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time a process has used so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- the load
@@ -628,7 +638,10 @@ class Bench:
         create: Callable[[Slot], None],
         quota_gpus: int,
         node_gpus: int,
+        operator: int | None = None,
     ) -> dict[str, Any]:
+        kueue = json.loads((self.cluster.state / "pids.json").read_text()).get("kueue")
+        cpu = {"kueue": cpu_seconds(kueue), "operator": cpu_seconds(operator)}
         for watcher in watchers:
             watcher.start()
         try:
@@ -638,6 +651,9 @@ class Bench:
             for watcher in watchers:
                 watcher.stop()
         result = summarize(recorder, self.classes, quota_gpus, node_gpus, latencies)
+        # CPU the controllers used from the first create to the last job done (this machine: 2 cores).
+        used = {"kueue": cpu_seconds(kueue), "operator": cpu_seconds(operator)}
+        result["cpu_seconds"] = {k: round(used[k] - cpu[k], 1) for k in cpu if operator or k == "kueue"}
         result["watch_errors"] = sum(w.errors for w in watchers)
         if result["finished"] < result["jobs"]:
             print(f"warning: {result['jobs'] - result['finished']} jobs never finished", file=sys.stderr)
@@ -746,7 +762,9 @@ class Bench:
                     GROUP, VERSION, slot.namespace, "trainingjobs", body
                 )
 
-            result = self._run_arm(list(by_namespace), recorder, watchers, create, quota_gpus, node_gpus)
+            result = self._run_arm(
+                list(by_namespace), recorder, watchers, create, quota_gpus, node_gpus, operator.proc.pid
+            )
             patcher.shutdown()
             result["pods_annotated_by_bench"] = len(patched)
             rss.stop()
@@ -810,6 +828,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": run,
         "scale": args.scale,
         "stretch": round(stretch, 4),
+        "cpus": os.cpu_count(),
         "shape": {
             "cohorts": COHORTS,
             "tenants_per_cohort": TENANTS_PER_COHORT,

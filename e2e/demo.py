@@ -161,6 +161,33 @@ def main() -> int:
         )
         show(cluster, "apply", "-f", "-", "--as=ops-person", stdin=json.dumps(gpu_pod))
         show(cluster, "get", "tj", "-n", "team-a", *OUTSIDER)
+
+        step("Kueue decides who runs: team A's quota is full, so a second job waits and says why")
+        show(cluster, "get", "clusterqueue", "tenant-team-a", "localqueue", "-A")
+        second = json.loads(json.dumps(_load(EXAMPLES / "trainingjob-llm.yaml")))
+        second["metadata"]["name"] = "llm-eval"
+        second["spec"]["replicas"] = 1
+        show(cluster, "apply", "-f", "-", *RESEARCHER, stdin=json.dumps(second))
+        wait_for(
+            "the second job to wait for quota",
+            lambda: (
+                (job_condition(cluster, "llm-eval", "Queued") or {}).get("reason", "").startswith("Waiting")
+            ),
+        )
+        show(cluster, "get", "tj", "-n", "team-a", *RESEARCHER)
+        show(cluster, "get", "tj", "llm-eval", "-n", "team-a", "-o",
+             "jsonpath={.status.conditions[?(@.type=='Queued')].message}{'\\n'}", *RESEARCHER)  # fmt: skip
+
+        step("The first job finishes (its simulated trainers exit 0): Kueue admits the second, which starts")
+        for i in range(2):
+            cluster.kubectl("annotate", "pod", f"llm-finetune-{i}-a0", "-n", "team-a",
+                            "kwok.trainguard.test/exit-code=0", "--overwrite")  # fmt: skip
+        wait_for(
+            "the second job to run",
+            lambda: (job_condition(cluster, "llm-eval", "Running") or {}).get("status") == "True",
+            timeout=90,
+        )
+        show(cluster, "get", "tj", "-n", "team-a", *RESEARCHER)
     finally:
         operator.stop()
     print(f"\nThe cluster keeps running (make cluster-down stops it). Operator log: {operator.log_path}")

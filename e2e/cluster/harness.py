@@ -111,6 +111,8 @@ class OperatorProcess:
         log = self.log_path.open("ab")
         env = dict(os.environ)
         env["TRAINGUARD_INTEGRITY_URL"] = self.integrity_url
+        # Simulated nodes read these annotations (run time, exit code): jobs pass them to pods.
+        env.setdefault("TRAINGUARD_POD_ANNOTATION_PREFIXES", '["kwok.trainguard.test/"]')
         if self.kubeconfig:
             env["KUBECONFIG"] = str(self.kubeconfig)
         self.proc = subprocess.Popen(

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # tenant namespaces (admission, status, finalizers), as trainguard itself may.
     kueue_users: frozenset[str] = frozenset({"system:serviceaccount:kueue-system:kueue-controller-manager"})
 
+    # TrainingJob annotations copied onto its pods, by prefix (the local cluster: kwok's hooks).
+    pod_annotation_prefixes: frozenset[str] = frozenset()
+
     # Tenants and reconciliation.
     researcher_role: str = "trainguard-researcher"
     dns_namespace: str = WorkloadSettings.dns_namespace
@@ -68,6 +71,7 @@ class Settings(BaseSettings):
             operator_namespace=self.operator_namespace,
             operator_port=self.integrity_port or WorkloadSettings.operator_port,
             gpu_flavors=self.gpu_flavors,
+            pod_annotation_prefixes=self.pod_annotation_prefixes,
         )
 
     def retry_delay(self, retry: int) -> float:

@@ -142,7 +142,7 @@ def test_the_tenant_renders_its_queue_local_queue_cohort_and_gpu_ceiling(
     quota = wait_for("A's GPU ceiling", lambda: a.list("resourcequotas"))[0]
     assert quota["spec"]["hard"] == {"requests.nvidia.com/gpu": "16"}  # nominal + borrowing limit
     cohort_obj = json.loads(cluster.kubectl("get", "cohort", spec["cohortName"], "-o", "json").stdout)
-    assert {o["name"] for o in cohort_obj["metadata"]["ownerReferences"]} >= {a.tenant}
+    assert cohort_obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "trainguard"
 
 
 def test_borrowing_positions_reasons_and_reclaim_by_preemption(
@@ -223,9 +223,17 @@ def test_a_burst_of_200_applies_never_admits_beyond_quota(tenant_space: TenantSp
     sampler.start()
     errors: list[str] = []
 
+    retried: list[str] = []
+
     def apply(batch: range) -> None:
         for i in batch:
-            done = space.apply(gpu_job(space, f"burst-{i}", 1, replicas=1), check=False)
+            for _ in range(3):
+                done = space.apply(gpu_job(space, f"burst-{i}", 1, replicas=1), check=False)
+                # On 2 busy cores the registry can miss the verifier's 5 s deadline: admission
+                # then fails closed, saying so, and the researcher applies again.
+                if done.returncode == 0 or "apply again" not in done.stderr:
+                    break
+                retried.append(done.stderr)
             if done.returncode != 0:
                 errors.append(done.stderr)
 
@@ -242,18 +250,21 @@ def test_a_burst_of_200_applies_never_admits_beyond_quota(tenant_space: TenantSp
             timeout=240,
             interval=1,
         )
-        waiting = [
-            j
-            for j in json.loads(cluster.kubectl("get", "tj", "-n", space.namespace, "-o", "json").stdout)[
-                "items"
-            ]
-            if any(
-                c["type"] == "Queued" and c["status"] == "True"
-                for c in j.get("status", {}).get("conditions", [])
+
+        def positions() -> list[int]:
+            out = cluster.kubectl("get", "tj", "-n", space.namespace, "-o", "json").stdout
+            return sorted(
+                (j.get("status", {}).get("queue") or {}).get("position") or 0
+                for j in json.loads(out)["items"]
+                if any(
+                    c["type"] == "Queued" and c["status"] == "True"
+                    for c in j.get("status", {}).get("conditions", [])
+                )
             )
-        ]
-        assert len(waiting) == 168
-        assert sorted(j["status"]["queue"]["position"] for j in waiting) == list(range(1, 169))
+
+        # Every waiting job knows its place (refreshed on each job's pass, within 10 s).
+        wait_for("positions 1 to 168", lambda: positions() == list(range(1, 169)), timeout=120, interval=2)
+        assert admitted_gpus(cluster, [space.namespace]) == (32, 32)
     finally:
         stop.set()
         sampler.join()
@@ -261,7 +272,10 @@ def test_a_burst_of_200_applies_never_admits_beyond_quota(tenant_space: TenantSp
     worst = (max(h for h, _ in samples), max(r for _, r in samples))
     assert worst[0] <= 32, worst
     assert worst[1] <= 32, worst
-    print(f"{len(samples)} samples, at most {worst[0]} GPUs held and {worst[1]} requested of 32")
+    print(
+        f"{len(samples)} samples, at most {worst[0]} GPUs held and {worst[1]} requested of 32;",
+        f"{len(retried)} applies retried",
+    )
 
 
 @pytest.mark.usefixtures("operator")  # admits the jobs; the operator under test only reconciles

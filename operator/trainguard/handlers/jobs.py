@@ -338,12 +338,12 @@ async def reconcile(
     except BaseException:
         context.integrity.give_back(key, verdicts)
         raise
+    if decided.create_workload is not None:  # first: Kueue can decide while the rest is made
+        await kube.create_object(decided.create_workload)
     for pod in decided.delete_pods:
         await kube.delete_pod(namespace, pod)
     if decided.release_workload is not None and decided.status.queue and decided.status.queue.workload:
         await kube.patch_workload_status(namespace, decided.status.queue.workload, decided.release_workload)
-    if decided.create_workload is not None:
-        await kube.create_object(decided.create_workload)
     taken = [
         f"{child['kind']} {child['metadata']['name']}"
         for child in decided.children

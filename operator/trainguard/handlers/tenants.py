@@ -60,13 +60,13 @@ async def tenant_changed(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: 
     tenant = Tenant.model_validate(dict(body))
     for namespace in tenant.spec.namespaces:
         await _set_up_namespace(context_of(memo), tenant, namespace)
-    await _sync_quota(context_of(memo), tenant, _all_tenants(kwargs))
+    await _sync_quota(tenant)
 
 
 @kopf.timer(GROUP, VERSION, "tenants", interval=60.0, initial_delay=30.0, idle=0)
 async def tenant_resync(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """Every minute, whatever events were missed: the tenant's Kueue objects as rendered."""
-    await _sync_quota(context_of(memo), Tenant.model_validate(dict(body)), _all_tenants(kwargs))
+    await _sync_quota(Tenant.model_validate(dict(body)))
 
 
 @kopf.on.startup()
@@ -77,33 +77,38 @@ async def resource_flavors(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(KUEUE_GROUP, KUEUE_VERSION, "clusterqueues")
+@kopf.on.event(KUEUE_GROUP, KUEUE_VERSION, "cohorts")
 @kopf.on.event(KUEUE_GROUP, KUEUE_VERSION, "localqueues", field="metadata.name", value=LOCAL_QUEUE)
 @kopf.on.event("", "v1", "resourcequotas", field="metadata.name", value=GPU_CEILING_QUOTA)
 async def kueue_object_changed(
-    type: str, name: str, namespace: str | None, memo: kopf.Memo, **kwargs: Any
+    type: str | None, body: kopf.Body, name: str, namespace: str | None, **kwargs: Any
 ) -> None:
-    """A tenant's ClusterQueue, LocalQueue or GPU ceiling changed or went: put it back as its
-    Tenant renders it (a no-op when it already is)."""
+    """A tenant's ClusterQueue, Cohort, LocalQueue or GPU ceiling changed or went: put it back as
+    its Tenant renders it. Compared with the event's own body, so Kueue's status updates (every
+    admission) cost no API call."""
     if type is None:
         return  # the initial listing: the tenants' own events sync everything
-    owner = render.tenant_of_cluster_queue(name) if namespace is None else None
-    tenants = _all_tenants(kwargs)
-    for tenant in tenants:
-        if tenant.metadata.name == owner or (namespace and namespace in tenant.spec.namespaces):
-            await _sync_quota(context_of(memo), tenant, tenants)
+    kind = str(body.get("kind") or "")
+    for tenant in _all_tenants(kwargs):
+        wanted = render.wanted_for(tenant, kind, name, namespace)
+        if wanted is None:
+            continue
+        if type == "DELETED":
+            await _apply(wanted)
+        elif render.drifted(wanted, dict(body)):
+            await _replace(wanted, dict(body))
+        return
 
 
 def _all_tenants(kwargs: Mapping[str, Any]) -> list[Tenant]:
-    return [t for ts in tenants_index(kwargs).values() for t in ts]
+    return [t for ts in list(tenants_index(kwargs).values()) for t in list(ts)]
 
 
-async def _sync_quota(context: OperatorContext, tenant: Tenant, tenants: list[Tenant]) -> None:
+async def _sync_quota(tenant: Tenant) -> None:
     """Create or bring back the tenant's Kueue objects and GPU ceilings, and its cohort."""
-    cohort = tenant.spec.quota.cohort
-    wanted = [c for c in render.cohorts([*tenants, tenant]) if c["metadata"]["name"] == cohort]
     existing = await asyncio.gather(*(kube.get_namespace(ns) for ns in tenant.spec.namespaces))
     present = {ns for ns, found in zip(tenant.spec.namespaces, existing, strict=True) if found}
-    for manifest in [*wanted, *render.tenant_objects(tenant)]:
+    for manifest in [*render.cohorts([tenant]), *render.tenant_objects(tenant)]:
         namespace = manifest["metadata"].get("namespace")
         if namespace is not None and namespace not in present:
             continue  # set up when the namespace appears
@@ -112,13 +117,23 @@ async def _sync_quota(context: OperatorContext, tenant: Tenant, tenants: list[Te
 
 async def _apply(manifest: dict[str, Any]) -> None:
     kind, meta = manifest["kind"], manifest["metadata"]
-    current = await kube.get_object(kind, meta["name"], meta.get("namespace"))
-    if current is None:
-        await kube.create_object(manifest)
-    elif render.drifted(manifest, current):
-        await kube.replace_object(manifest, current)
-        metrics.KUEUE_DRIFT_REVERTED.labels(kind=kind).inc()
-        log.warning("%s %s changed by hand: put back as its Tenant renders it", kind, meta["name"])
+    try:
+        current = await kube.get_object(kind, meta["name"], meta.get("namespace"))
+        if current is None:
+            await kube.create_object(manifest)
+        elif render.drifted(manifest, current):
+            await _replace(manifest, current)
+    except kube.KubeError as exc:
+        if exc.status == 403 and "terminat" in str(exc):
+            return  # the namespace is being deleted: nothing to queue there any more
+        raise
+
+
+async def _replace(manifest: dict[str, Any], current: dict[str, Any]) -> None:
+    kind, name = manifest["kind"], manifest["metadata"]["name"]
+    await kube.replace_object(manifest, current)
+    metrics.KUEUE_DRIFT_REVERTED.labels(kind=kind).inc()
+    log.warning("%s %s changed by hand: put back as its Tenant renders it", kind, name)
 
 
 @kopf.on.event("", "v1", "namespaces")
@@ -129,8 +144,8 @@ async def namespace_changed(
     whose labels were changed past the namespace guard (by a webhook outage, say) gets them back."""
     if type == "DELETED":
         return
-    for tenants in tenants_index(kwargs).values():
-        for tenant in tenants:
+    for tenants in list(tenants_index(kwargs).values()):
+        for tenant in list(tenants):
             if name not in tenant.spec.namespaces:
                 continue
             wanted = tenant_namespace_labels(tenant.metadata.name)

@@ -125,26 +125,27 @@ def gpu_ceiling(tenant: Tenant, namespace: str) -> Manifest:
 
 
 def cohorts(tenants: Iterable[Tenant]) -> list[Manifest]:
-    """One Cohort per cohort name, owned by every tenant in it (so it goes with the last one)."""
-    members: dict[str, list[Tenant]] = {}
-    for tenant in tenants:
-        if tenant.spec.quota.cohort:
-            members.setdefault(tenant.spec.quota.cohort, []).append(tenant)
+    """One Cohort per cohort name the tenants use. No owner reference: several tenants share it,
+    and it holds no quota of its own, so one left when its last tenant goes costs nothing."""
+    names = sorted({t.spec.quota.cohort for t in tenants if t.spec.quota.cohort})
     return [
         {
             "apiVersion": KUEUE_API_VERSION,
             "kind": "Cohort",
-            "metadata": {
-                "name": cohort,
-                "labels": _labels(),
-                "ownerReferences": [
-                    _owner(t, controller=False) for t in sorted(group, key=lambda t: t.metadata.name)
-                ],
-            },
+            "metadata": {"name": name, "labels": _labels()},
             "spec": {},
         }
-        for cohort, group in sorted(members.items())
+        for name in names
     ]
+
+
+def wanted_for(tenant: Tenant, kind: str, name: str, namespace: str | None) -> Manifest | None:
+    """The manifest the tenant renders for one object (kind, name, namespace), if any."""
+    for manifest in [*cohorts([tenant]), *tenant_objects(tenant)]:
+        meta = manifest["metadata"]
+        if manifest["kind"] == kind and meta["name"] == name and meta.get("namespace") == namespace:
+            return manifest
+    return None
 
 
 def resource_flavors(flavors: Mapping[str, Mapping[str, str]]) -> list[Manifest]:

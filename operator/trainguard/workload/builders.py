@@ -60,6 +60,9 @@ class WorkloadSettings:
     # The GPU flavors (Kueue ResourceFlavors) the platform configured: name -> node labels. A job
     # admitted to a flavor runs on its nodes.
     gpu_flavors: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: {"gpu": {}})
+    # Annotations of a TrainingJob copied onto its pods, by prefix (none by default; the local
+    # cluster's simulated nodes read `kwok.trainguard.test/` ones).
+    pod_annotation_prefixes: frozenset[str] = frozenset()
 
 
 # --------------------------------------------------------------------------- names
@@ -357,14 +360,27 @@ def build_pod(
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": metadata(
-            job,
-            pod_name(job, replica, attempt),
-            "worker",
-            {LABEL_REPLICA: str(replica), LABEL_ATTEMPT: str(attempt)},
+        "metadata": _with_annotations(
+            metadata(
+                job,
+                pod_name(job, replica, attempt),
+                "worker",
+                {LABEL_REPLICA: str(replica), LABEL_ATTEMPT: str(attempt)},
+            ),
+            {
+                k: v
+                for k, v in job.metadata.annotations.items()
+                if k.startswith(tuple(settings.pod_annotation_prefixes))
+            },
         ),
         "spec": pod_spec,
     }
+
+
+def _with_annotations(meta: Manifest, annotations: dict[str, str]) -> Manifest:
+    if annotations:
+        meta["annotations"] = {**meta.get("annotations", {}), **annotations}
+    return meta
 
 
 def build_sidecar(job: TrainingJob, replica: int, settings: WorkloadSettings, gpu: bool) -> Manifest:
