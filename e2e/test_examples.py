@@ -92,8 +92,17 @@ def test_chart_renders_a_hardened_operator_deployment(cluster: Cluster, tmp_path
         "--set",
         "operator.watchNamespaces={team-*}",
     ]
-    subprocess.run([*helm, "--output-dir", str(tmp_path)], check=True, capture_output=True, text=True)
-    rendered = (tmp_path / "trainguard" / "templates" / "deployment.yaml").read_text()
+    # With the Kueue subchart (the default): its objects render, its CRDs among them.
+    with_kueue = subprocess.run([*helm, "--output-dir", str(tmp_path / "with-kueue")], check=True,
+                                capture_output=True, text=True)  # fmt: skip
+    assert with_kueue.returncode == 0
+    assert (tmp_path / "with-kueue" / "trainguard" / "charts" / "kueue" / "templates" / "crd").is_dir()
+    # The server-side dry run below checks trainguard's own objects (this cluster runs its Kueue).
+    helm += ["--set", "kueue.enabled=false"]
+    own = tmp_path / "own"
+    subprocess.run([*helm, "--output-dir", str(own)], check=True, capture_output=True, text=True)
+    assert not (own / "trainguard" / "charts").exists()
+    rendered = (own / "trainguard" / "templates" / "deployment.yaml").read_text()
     deployment = next(d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
@@ -107,6 +116,6 @@ def test_chart_renders_a_hardened_operator_deployment(cluster: Cluster, tmp_path
     assert container["image"] == "ghcr.io/trainguard/operator:0.1.0"
     # The server-side dry run accepts every rendered object.
     dry = cluster.kubectl(
-        "apply", "--dry-run=server", "-n", "trainguard-system", "-R", "-f", str(tmp_path), check=False
+        "apply", "--dry-run=server", "-n", "trainguard-system", "-R", "-f", str(own), check=False
     )
     assert dry.returncode == 0, dry.stderr

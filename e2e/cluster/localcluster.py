@@ -151,6 +151,16 @@ def _pid_alive(pid: int, binary: str) -> bool:
     return Path(argv[0]).name == binary or any(arg.endswith(f".{binary}") for arg in argv[1:])
 
 
+def _lingers(pid: int) -> bool:
+    """A process that is gone in name (a zombie leader) but whose threads still run."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    threads = next((line.split()[1] for line in status.splitlines() if line.startswith("Threads:")), "0")
+    return int(threads) > 1
+
+
 def _read_pids(state: Path) -> dict[str, int]:
     path = state / "pids.json"
     if not path.exists():
@@ -380,11 +390,16 @@ class LocalCluster:
         deadline = time.monotonic() + 15
         for name in order:
             pid = pids.get(name)
-            while pid and _pid_alive(pid, name) and time.monotonic() < deadline:
+            while pid and (_pid_alive(pid, name) or _lingers(pid)) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if pid and _pid_alive(pid, name):
+            if pid and (_pid_alive(pid, name) or _lingers(pid)):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
+        # A Go process whose main thread has exited shows an empty command line while its other
+        # threads still hold its ports (Kueue, shutting down): wait for the ports themselves.
+        deadline = time.monotonic() + 10
+        while any(_port_open(p) for p in self.ports.all()) and time.monotonic() < deadline:
+            time.sleep(0.1)
         if self.state.exists():
             _write_pids(self.state, {})
         still = [p for p in self.ports.all() if _port_open(p)]

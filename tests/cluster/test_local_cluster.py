@@ -6,7 +6,7 @@ import json
 import socket
 import subprocess
 
-from e2e.cluster.localcluster import LOOPBACK, Cluster, _read_pids
+from e2e.cluster.localcluster import COMPONENTS, LOOPBACK, Cluster, _read_pids
 from e2e.cluster.waiting import wait_for
 
 
@@ -117,7 +117,7 @@ def test_impersonated_researcher_is_bound_by_rbac(cluster: Cluster, namespace: s
 
 def test_every_listener_is_on_loopback(cluster: Cluster) -> None:
     pids = set(_read_pids(cluster.state).values())
-    assert len(pids) == 7
+    assert len(pids) == len(COMPONENTS)
     out = subprocess.run(["ss", "-Htlnp"], capture_output=True, text=True, check=True).stdout
     ours = [line for line in out.splitlines() if any(f"pid={pid}," in line for pid in pids)]
     assert ours, out

@@ -39,13 +39,30 @@ def _message(exc: ApiException) -> str:
         return str(exc.body)
 
 
+_shared: client.ApiClient | None = None
+
+
 def configure(kubeconfig: str | None = None) -> None:
     """Load credentials: in-cluster when running as a pod, else `kubeconfig` or $KUBECONFIG (read
     now, not when the library was imported)."""
+    global _shared
     try:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"))
+    _shared = None
+
+
+def _api() -> client.ApiClient:
+    """One ApiClient, and so one pool of kept-alive TLS connections, for every call of the process
+    (a new client per call would be a new TLS handshake per call). urllib3's pool is thread-safe;
+    calls run in the default executor's threads, so the pool holds as many connections."""
+    global _shared
+    if _shared is None:
+        configuration = client.Configuration.get_default_copy()
+        configuration.connection_pool_maxsize = 32
+        _shared = client.ApiClient(configuration)
+    return _shared
 
 
 def _json(response: Any) -> Obj:
@@ -66,11 +83,11 @@ async def _call(
 
 
 def _core() -> client.CoreV1Api:
-    return client.CoreV1Api()
+    return client.CoreV1Api(_api())
 
 
 def _custom() -> client.CustomObjectsApi:
-    return client.CustomObjectsApi()
+    return client.CustomObjectsApi(_api())
 
 
 # --------------------------------------------------------------------------- trainguard objects
@@ -170,7 +187,7 @@ _CREATORS: dict[str, Callable[[], Callable[..., Any]]] = {
     "Service": lambda: _core().create_namespaced_service,
     "ServiceAccount": lambda: _core().create_namespaced_service_account,
     "PersistentVolumeClaim": lambda: _core().create_namespaced_persistent_volume_claim,
-    "NetworkPolicy": lambda: client.NetworkingV1Api().create_namespaced_network_policy,
+    "NetworkPolicy": lambda: client.NetworkingV1Api(_api()).create_namespaced_network_policy,
     "Secret": lambda: _core().create_namespaced_secret,
 }
 
@@ -180,7 +197,7 @@ _READERS: dict[str, Callable[[], Callable[..., Any]]] = {
     "Service": lambda: _core().read_namespaced_service,
     "ServiceAccount": lambda: _core().read_namespaced_service_account,
     "PersistentVolumeClaim": lambda: _core().read_namespaced_persistent_volume_claim,
-    "NetworkPolicy": lambda: client.NetworkingV1Api().read_namespaced_network_policy,
+    "NetworkPolicy": lambda: client.NetworkingV1Api(_api()).read_namespaced_network_policy,
     "Secret": lambda: _core().read_namespaced_secret,
 }
 
@@ -256,7 +273,7 @@ async def post_event(obj: Obj, type_: str, reason: str, message: str, component:
 
 async def apply_role_binding(binding: Obj) -> None:
     """Create the RoleBinding, or bring an existing one's subjects and role up to date."""
-    rbac = client.RbacAuthorizationV1Api()
+    rbac = client.RbacAuthorizationV1Api(_api())
     meta = binding["metadata"]
     created = await _call(
         f"create RoleBinding {meta['namespace']}/{meta['name']}",
@@ -309,7 +326,7 @@ _WEBHOOK_CONFIGS: dict[str, tuple[str, str]] = {
 
 async def apply_webhook_configuration(config: Obj) -> None:
     """Create the configuration, or replace an existing one of the same name."""
-    api = client.AdmissionregistrationV1Api()
+    api = client.AdmissionregistrationV1Api(_api())
     create, replace = _WEBHOOK_CONFIGS[config["kind"]]
     name = config["metadata"]["name"]
     created = await _call(f"create {config['kind']} {name}", getattr(api, create), config, ok=(409,))
@@ -354,7 +371,7 @@ async def review_token(token: str, audiences: list[str]) -> Obj:
         "spec": {"token": token, "audiences": audiences},
     }
     resp = await _call(
-        "review a token", client.AuthenticationV1Api().create_token_review, body, _preload_content=False
+        "review a token", client.AuthenticationV1Api(_api()).create_token_review, body, _preload_content=False
     )
     status: Obj = _json(resp).get("status") or {}
     return status
