@@ -163,7 +163,8 @@ def main() -> int:
         show(cluster, "get", "tj", "-n", "team-a", *OUTSIDER)
 
         step("Kueue decides who runs: team A's quota is full, so a second job waits and says why")
-        show(cluster, "get", "clusterqueue", "tenant-team-a", "localqueue", "-A")
+        show(cluster, "get", "clusterqueue", "tenant-team-a")
+        show(cluster, "get", "localqueue", "-n", "team-a", *RESEARCHER)
         second = json.loads(json.dumps(_load(EXAMPLES / "trainingjob-llm.yaml")))
         second["metadata"]["name"] = "llm-eval"
         second["spec"]["replicas"] = 1

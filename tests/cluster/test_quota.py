@@ -204,6 +204,7 @@ def test_borrowing_positions_reasons_and_reclaim_by_preemption(
     # A's first job ends: the head of A's queue starts in its place, the others still wait.
     finish_job(a, "first")
     wait_condition(a, "borrower", "Running", timeout=90)
+    assert queue_column(a, "borrower") == "<none>"  # a running job has no place in the queue
     assert condition(a, "third", "Queued")["status"] == "True"
     assert condition(a, "fourth", "Queued")["status"] == "True"
 

@@ -371,8 +371,22 @@ async def _owned(child: dict[str, Any], job: TrainingJob) -> bool:
 
 async def _write(raw: dict[str, Any], job: TrainingJob, decided: Plan) -> None:
     """The pass's one status patch, then its events (counted by their transitions)."""
-    await kube.patch_job_status(job.namespace, job.name, decided.status.to_api())
+    await kube.patch_job_status(
+        job.namespace, job.name, _merge_patch(raw.get("status") or {}, decided.status.to_api())
+    )
     await _post_events(raw, job, decided)
+
+
+def _merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`new` as a JSON merge patch over `old`: a field `new` no longer has is sent as null, so it
+    is removed (a waiting job's queue position, once Kueue admits it)."""
+    patch: dict[str, Any] = dict(new)
+    for key, value in old.items():
+        if key not in new:
+            patch[key] = None
+        elif isinstance(value, dict) and isinstance(new[key], dict):
+            patch[key] = _merge_patch(value, new[key])
+    return patch
 
 
 async def _post_events(raw: dict[str, Any], job: TrainingJob, decided: Plan) -> None:
