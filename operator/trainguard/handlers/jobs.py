@@ -51,10 +51,19 @@ from trainguard.context import (
 )
 from trainguard.kube import client as kube
 from trainguard.policy.pods import job_uid_of
-from trainguard.quota.queueing import QuotaUsage, WorkloadView, positions, workload_name
+from trainguard.quota.queueing import QuotaUsage, WorkloadView, build_workload, positions, workload_name
 from trainguard.quota.render import tenant_of_cluster_queue
 from trainguard.signing.verifier import VerificationFailed
-from trainguard.workload.lifecycle import ImageProblem, Plan, PodView, Queue, Transition, name_taken, plan
+from trainguard.workload.lifecycle import (
+    ImageProblem,
+    Plan,
+    PodView,
+    Queue,
+    Transition,
+    admission_problems,
+    name_taken,
+    plan,
+)
 
 log = logging.getLogger("trainguard.jobs")
 # A pass also runs this often when nothing woke it: kopf stops watching a namespace as soon as it
@@ -314,6 +323,11 @@ async def reconcile(
     tenant = await find_tenant(tenants, job.spec.tenant)
     image: Any = None
     if tenant is not None and job.status.image is None:
+        queue = queues.of(job)
+        if not job.status.conditions and queue.workload is None and admission_problems(job, tenant) is None:
+            # A new job queues at once, while its image is verified once more: Kueue decides in
+            # parallel; the planner drops the Workload again should the image not verify.
+            await kube.create_object(build_workload(job))
         try:
             image = await context.images.verify_pinned(job.spec.image, tenant)
         except VerificationFailed as failure:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
+from trainguard.api.images import parse
 from trainguard.api.models import PinnedImage, Tenant
 from trainguard.signing.cosign import Signer
 from trainguard.signing.registry import RegistryClient
@@ -43,7 +44,10 @@ class TenantImages:
         if "@" not in image:
             raise VerificationFailed("NotPinned", f"{image} was not pinned to a digest at admission")
         try:
-            verified = await self.verify(image, tenant)
+            ref = parse(image)
+            # By digest alone: the tag was resolved, and matched, when admission pinned it; a digest
+            # names immutable content, so a warm cache answers without the registry.
+            verified = await self.verify(f"{ref.name}@{ref.digest}", tenant)
         except ValueError as exc:
             raise VerificationFailed("InvalidImageReference", str(exc)) from exc
         return PinnedImage(reference=image.split("@", 1)[0], digest=verified.digest, signer=verified.signer)
