@@ -537,18 +537,3 @@ async def patch_workload_status(namespace: str, name: str, patch: Obj) -> None:
         _preload_content=False,
         ok=(404,),
     )
-
-
-async def list_workloads(selector: str) -> list[Obj]:
-    """Every Workload in the cluster that matches the label `selector`."""
-    result = await _call(
-        "list Workloads",
-        _custom().list_cluster_custom_object,
-        KUEUE_GROUP,
-        KUEUE_VERSION,
-        "workloads",
-        label_selector=selector,
-        _preload_content=False,
-    )
-    items: list[Obj] = _json(result).get("items", [])
-    return items

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainguard.api.conditions import format_time, parse_time
+from trainguard.api.conditions import Condition, Status, format_time, parse_time
 from trainguard.api.constants import (
     GPU_RESOURCE,
     KUEUE_API_VERSION,
@@ -177,10 +177,6 @@ class WorkloadView:
             queued_since=queued_since,
         )
 
-    @property
-    def holds_quota(self) -> bool:
-        return self.state in (QueueState.RESERVED, QueueState.ADMITTED, QueueState.EVICTED)
-
 
 _PREEMPTOR_PATH = re.compile(r"preemptor path: ([^;]+)")
 
@@ -201,14 +197,10 @@ def release_patch(view: WorkloadView, now: datetime.datetime) -> Manifest:
     stamp = format_time(now)
     why = view.message or "the job was stopped"
 
-    def condition(kind: str, status: str, reason: str, message: str) -> dict[str, str]:
-        return {
-            "type": kind,
-            "status": status,
-            "reason": reason,
-            "message": message,
-            "lastTransitionTime": stamp,
-        }
+    def condition(kind: str, status: Status, reason: str, message: str) -> dict[str, Any]:
+        return Condition(
+            type=kind, status=status, reason=reason, message=message, last_transition_time=stamp
+        ).model_dump(by_alias=True, exclude_none=True)
 
     return {
         "status": {
