@@ -153,6 +153,9 @@ def test_borrowing_positions_reasons_and_reclaim_by_preemption(
     # A's first job fits its nominal quota; the second borrows B's unused GPUs.
     a.apply(gpu_job(a, "first", 8))
     wait_condition(a, "first", "Running")
+    # Kueue preempts the most recently admitted job first, comparing reservation times to the
+    # second and then UIDs: keep the two admissions in different seconds.
+    time.sleep(1.1)
     a.apply(gpu_job(a, "borrower", 8))
     wait_condition(a, "borrower", "Running")
 
