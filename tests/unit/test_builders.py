@@ -195,6 +195,52 @@ def test_gang_has_one_pod_per_replica_with_rendezvous_env(job: TrainingJob, tena
     assert pods[1]["spec"]["subdomain"] == "llm-finetune"
 
 
+def _torchrun_options(pod: dict[str, Any]) -> Any:
+    """What torchrun makes of a pod's command and environment (its own parser reads PET_*)."""
+    from torch.distributed.run import parse_args
+
+    container = pod["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    argv = [*container["command"][1:], *container.get("args", [])]
+    saved = dict(os.environ)
+    try:
+        os.environ.update(env)
+        return parse_args(argv)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_torchrun_finds_its_node_rank_and_master_in_each_replica(job: TrainingJob, tenant: Tenant) -> None:
+    """The example's own command (`torchrun --nnodes=2 --nproc-per-node=8 train.py`) names no
+    node rank: without PET_NODE_RANK every replica would start as node 0 and the rendezvous hang."""
+    pods = b.build_pods(job, tenant, 1, SETTINGS)
+    options = [_torchrun_options(p) for p in pods]
+    assert [o.node_rank for o in options] == [0, 1]
+    assert {(o.nnodes, o.nproc_per_node, o.master_addr, o.master_port) for o in options} == {
+        ("2", "8", "llm-finetune-0.llm-finetune", 29500)
+    }
+    # With no flags at all, the environment alone says the same.
+    bare = job.model_copy(update={"spec": job.spec.model_copy(update={"command": ["torchrun", "train.py"]})})
+    options = [_torchrun_options(p) for p in b.build_pods(bare, tenant, 1, SETTINGS)]
+    assert [(o.nnodes, o.node_rank, o.nproc_per_node) for o in options] == [("2", 0, "8"), ("2", 1, "8")]
+
+
+def test_a_cpu_replica_runs_one_process_and_a_jobs_own_env_wins(job: TrainingJob, tenant: Tenant) -> None:
+    spec = job.spec.model_copy(
+        update={
+            "resources": job.spec.resources.model_copy(update={"gpus_per_replica": 0}),
+            "env": [*job.spec.env, type(job.spec.env[0])(name="PET_MASTER_PORT", value="23456")],
+        }
+    )
+    pod = b.build_pods(job.model_copy(update={"spec": spec}), tenant, 1, SETTINGS)[0]
+    env = pod["spec"]["containers"][0]["env"]
+    assert {e["name"]: e["value"] for e in env}["PET_NPROC_PER_NODE"] == "1"
+    # Kubernetes takes the last of two entries of one name: the job's own comes last.
+    assert [e["value"] for e in env if e["name"] == "PET_MASTER_PORT"] == ["29500", "23456"]
+    assert _torchrun_options(pod).master_port == 23456
+
+
 def test_integrity_off_means_no_sidecar(job: TrainingJob, tenant: Tenant) -> None:
     off = job.model_copy(
         update={

@@ -235,6 +235,32 @@ def hardened_container_security(user: int = RUN_AS) -> Manifest:
     }
 
 
+def rendezvous_env(job: TrainingJob, replica: int) -> list[Manifest]:
+    """What a distributed launcher reads to find its peers: one replica is one node.
+
+    `torchrun` reads its options from `PET_*` variables (as Kubeflow Trainer sets them), so
+    `torchrun train.py` needs no flags, and a command that names `--nnodes` or
+    `--nproc-per-node` itself still works (flags win over the environment). `RANK`, `WORLD_SIZE`
+    and `MASTER_*` serve code that calls `torch.distributed.init_process_group` once per pod;
+    torchrun replaces them in each worker with per-process values. A job's own `env` comes after
+    these and wins (Kubernetes takes the last of two entries of the same name).
+    """
+    master = f"{pod_hostname(job, 0)}.{service_name(job)}"
+    gpus = job.spec.resources.gpus_per_replica
+    return [
+        {"name": "RANK", "value": str(replica)},
+        {"name": "WORLD_SIZE", "value": str(job.spec.replicas)},
+        {"name": "MASTER_ADDR", "value": master},
+        {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
+        {"name": "PET_NNODES", "value": str(job.spec.replicas)},
+        {"name": "PET_NODE_RANK", "value": str(replica)},
+        # One process per GPU; a CPU-only replica runs one process.
+        {"name": "PET_NPROC_PER_NODE", "value": str(max(gpus, 1))},
+        {"name": "PET_MASTER_ADDR", "value": master},
+        {"name": "PET_MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
+    ]
+
+
 def build_pod(
     job: TrainingJob, tenant: Tenant, replica: int, attempt: int, settings: WorkloadSettings
 ) -> Manifest:
@@ -299,10 +325,7 @@ def build_pod(
     env: list[Manifest] = [
         {"name": "TRAINGUARD_JOB", "value": job.name},
         {"name": "TRAINGUARD_TENANT", "value": spec.tenant},
-        {"name": "RANK", "value": str(replica)},
-        {"name": "WORLD_SIZE", "value": str(spec.replicas)},
-        {"name": "MASTER_ADDR", "value": f"{pod_hostname(job, 0)}.{service_name(job)}"},
-        {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
+        *rendezvous_env(job, replica),
     ]
     if integrity:
         env.append({"name": "TRAINGUARD_INTEGRITY_SOCKET", "value": INTEGRITY_SOCKET})
