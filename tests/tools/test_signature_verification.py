@@ -13,7 +13,7 @@ import pytest
 from e2e.cluster.registry import CosignKey, Registry
 from e2e.cluster.waiting import free_port
 from trainguard.signing.cosign import Signer
-from trainguard.signing.registry import RegistryClient
+from trainguard.signing.registry import Fetched, RegistryClient
 from trainguard.signing.verifier import VerificationFailed, Verifier
 
 
@@ -160,3 +160,40 @@ def test_a_verified_digest_is_answered_from_the_cache(tmp_path: Path, keys: dict
     # Other trusted signers are another question: the cache does not answer it.
     with pytest.raises(VerificationFailed, match="cannot be reached"):
         v.verify(f"{reg.host}/team/cached@{digest}", [signer(keys["stranger"], "stranger")])
+
+
+class CountingClient(RegistryClient):
+    """The real client, counting the manifests it asks the registry for, by reference."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__(plain_http=frozenset({host}), timeout=1.0)
+        self.asked: list[str] = []
+
+    def manifest(self, registry: str, repository: str, reference: str) -> Fetched | None:
+        self.asked.append(reference)
+        return super().manifest(registry, repository, reference)
+
+
+def test_one_admission_resolves_its_tag_once(registry: Registry, keys: dict[str, CosignKey]) -> None:
+    """Admission pins `name:tag` to `name:tag@digest` (mutating webhook), then checks the final
+    object (validating webhook): the second check finds the first one's resolution."""
+    digest = registry.push("team/once", "v1", "resolve me once")
+    keys["release"].sign_classic(f"{registry.host}/team/once@{digest}")
+    client = CountingClient(registry.host)
+    v = Verifier(client)
+    pinned = v.verify(f"{registry.host}/team/once:v1", [signer(keys["release"])]).pinned
+    assert client.asked.count("v1") == 1
+    assert v.verify(pinned, [signer(keys["release"])]).digest == digest
+    assert client.asked.count("v1") == 1  # no second resolution, no second signature fetch
+    assert len(client.asked) == 2  # the tag, then the signature manifest (once: the digest is cached)
+    # A tag alone is always resolved again: it may have moved.
+    v.verify(f"{registry.host}/team/once:v1", [signer(keys["release"])])
+    assert client.asked.count("v1") == 2
+    # Once the tag moves and is resolved again, the old digest with the tag is a mismatch.
+    moved = registry.push("team/once", "v1", "moved on")
+    with pytest.raises(VerificationFailed):
+        v.verify(f"{registry.host}/team/once:v1", [signer(keys["release"])])  # unsigned now
+    with pytest.raises(VerificationFailed) as caught:
+        v.verify(pinned, [signer(keys["release"])])
+    assert caught.value.reason == "TagDigestMismatch"
+    assert moved in str(caught.value)

@@ -7,6 +7,7 @@ before the first pod: no way around admission).
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from trainguard.api.images import parse
 from trainguard.api.models import PinnedImage, Tenant
@@ -55,6 +56,12 @@ class TenantImages:
 
 def _signers(tenant: Tenant) -> list[Signer]:
     try:
-        return [Signer.from_pem(s.name, s.public_key) for s in tenant.spec.trusted_signers]
+        return [_signer(s.name, s.public_key) for s in tenant.spec.trusted_signers]
     except ValueError as exc:
         raise VerificationFailed("InvalidTrustedSigner", f"tenant {tenant.metadata.name}: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=1024)
+def _signer(name: str, pem: str) -> Signer:
+    """A parsed public key, once per (name, PEM): parsing is most of a warm verification's CPU."""
+    return Signer.from_pem(name, pem)

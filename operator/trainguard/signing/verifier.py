@@ -1,7 +1,11 @@
 """Deciding whether an image may run: resolve it to a digest and find a trusted signature.
 
-Results are cached by (digest, trusted signers) for a bounded time; tags are resolved on every
-call, because a tag can move.
+Results are cached by (digest, trusted signers) for a bounded time: a digest names immutable
+content. A tag alone is resolved at the registry on every call, because a tag can move. A tag given
+with a digest (`name:tag@sha256:…`, what admission pins a job to) is checked against the tag's
+resolution of the last few seconds, so one admission request resolves its tag once: the mutating
+webhook resolves and pins it, and the validating webhook's check of the final object, moments
+later, finds that resolution instead of asking the registry again.
 """
 
 from __future__ import annotations
@@ -61,6 +65,30 @@ class ResultCache:
             self._entries[key] = (time.monotonic() + self.ttl_seconds, signer)
 
 
+@dataclass
+class TagCache:
+    """Recent tag resolutions: `registry/repository:tag` -> digest, for `ttl_seconds`."""
+
+    ttl_seconds: float = 10.0
+    max_entries: int = 4096
+    _entries: dict[str, tuple[float, str]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, tag: str) -> str | None:
+        with self._lock:
+            hit = self._entries.get(tag)
+            if hit is None or hit[0] < time.monotonic():
+                self._entries.pop(tag, None)
+                return None
+            return hit[1]
+
+    def put(self, tag: str, digest: str) -> None:
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[tag] = (time.monotonic() + self.ttl_seconds, digest)
+
+
 def signers_key(signers: list[cosign.Signer]) -> str:
     der = sorted(
         s.name.encode()
@@ -76,6 +104,7 @@ def signers_key(signers: list[cosign.Signer]) -> str:
 class Verifier:
     client: RegistryClient
     cache: ResultCache = field(default_factory=ResultCache)
+    tags: TagCache = field(default_factory=TagCache)
 
     def verify(self, image: str, signers: list[cosign.Signer]) -> VerifiedImage:
         try:
@@ -104,7 +133,10 @@ class Verifier:
         return VerifiedImage(ref, digest, signer)
 
     def _resolve(self, ref: ImageReference) -> str:
+        tag = f"{ref.name}:{ref.tag}" if ref.tag else ""
         if ref.tag and ref.digest:
+            if self.tags.get(tag) == ref.digest:
+                return ref.digest  # resolved a moment ago (by the same admission request's pinning)
             fetched = self.client.manifest(ref.registry, ref.repository, ref.tag)
             if fetched is None:
                 raise VerificationFailed("ImageNotFound", f"tag {ref.tag} of {ref.name} does not exist")
@@ -114,10 +146,13 @@ class Verifier:
                     f"{ref.name}:{ref.tag} points to {fetched.digest}, "
                     f"not to the {ref.digest} given after '@'",
                 )
+            self.tags.put(tag, ref.digest)
             return ref.digest
         fetched = self.client.manifest(ref.registry, ref.repository, ref.digest or ref.tag or "latest")
         if fetched is None:
             raise VerificationFailed("ImageNotFound", f"{ref} does not exist in its registry")
+        if tag:
+            self.tags.put(tag, fetched.digest)
         return fetched.digest
 
     def _layers(self, body: bytes, what: str) -> list[dict[str, Any]]:
