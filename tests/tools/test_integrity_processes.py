@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -336,4 +337,65 @@ def test_a_sharded_checkpoint_directory_is_signed_and_checked_file_by_file(
     (shards / "link").symlink_to(sidecar.folder.parent / "key-0" / "key")
     with pytest.raises(IntegrityViolation, match="link is a symbolic link"):
         guard.verify(shards)
+    guard.close()
+
+
+@pytest.mark.parametrize(
+    ("bend", "message"),
+    [
+        (lambda g: (g.end(2), g.end(2)), r"end\(2\) with no begin\(2\) \(end\(2\) came last\)"),
+        (lambda g: (g.end(2), g.begin(4)), r"begin\(4\) after end\(2\) skips a step: the next step is 3"),
+        (lambda g: (g.end(2), g.begin(1)), r"begin\(1\) after end\(2\) goes backwards"),
+        (lambda g: (g.end(2), g.begin(3), g.begin(3)), r"begin\(3\) while step 3 has not ended"),
+    ],
+    ids=["end-twice", "skipped-step", "backwards", "begin-twice"],
+)
+def test_a_step_sequence_bent_to_move_the_baseline_is_a_protocol_violation(
+    sidecar: SidecarProcess, bend: Any, message: str
+) -> None:
+    """A tamper after end(t), then a second end(t) (or a jump past begin(t+1)) would make the
+    tampered state the new baseline: the sidecar refuses the order, and the tamper is still caught."""
+    net = model()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    guard = IntegrityGuard(net, optimizer, socket_path=sidecar.socket)
+    data = torch.Generator().manual_seed(5)
+    for step in range(2):
+        guard.begin(step)
+        train_step(net, optimizer, data)
+        guard.end(step)
+    guard.begin(2)
+    train_step(net, optimizer, data)
+    with pytest.raises(IntegrityViolation, match=message):
+        bend(guard)
+    assert sidecar.reports_of(Violation)[-1].violation == "Protocol"
+    guard.close()
+
+
+def test_the_tamper_a_second_end_would_hide_is_caught_in_audit_mode(tmp_path: Path) -> None:
+    sidecar = SidecarProcess(tmp_path / "shared", mode="Audit").start()
+    try:
+        net = model()
+        guard = IntegrityGuard(net, socket_path=sidecar.socket)
+        guard.begin(0)
+        guard.end(0)
+        tamper_with(guard.buffer_path, 7)
+        guard.end(0)  # Audit: reported, and the baseline stays the first end(0)
+        guard.begin(1)
+        kinds = [v.violation for v in sidecar.reports_of(Violation)]
+        assert kinds == ["Protocol", "ModifiedBetweenSteps"]
+        guard.close()
+    finally:
+        sidecar.stop()
+
+
+def test_a_region_that_changes_size_is_a_protocol_violation(sidecar: SidecarProcess) -> None:
+    net = model()
+    guard = IntegrityGuard(net, socket_path=sidecar.socket)
+    guard.begin(0)
+    guard.end(0)
+    region = guard.regions["parameters@cpu"].region
+    smaller = region.model_copy(update={"nbytes": region.nbytes - 64, "slots": region.slots[:1]})
+    with pytest.raises(IntegrityViolation, match=r"region parameters@cpu changed size from \d+ to \d+ bytes"):
+        guard._call(Register(region=smaller))
+    assert sidecar.reports_of(Violation)[-1].violation == "Protocol"
     guard.close()

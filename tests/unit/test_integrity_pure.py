@@ -13,6 +13,7 @@ from trainguard.integrity.protocol import (
     ALIGN,
     CudaHandle,
     ProtocolError,
+    StepSequence,
     layout,
     parse_region,
     tensors_in_chunks,
@@ -111,3 +112,22 @@ def test_changed_chunks_name_the_tensors_they_hold() -> None:
     assert tensors_in_chunks(slots, [3], 4096) == ["c", "d"]
     assert tensors_in_chunks(slots, [7, 9], 4096) == []  # past every tensor: padding only
     assert tensors_in_chunks(slots, [], 4096) == []
+
+
+def test_the_step_sequence_refuses_every_way_of_moving_the_baseline() -> None:
+    s = StepSequence()
+    assert s.end(9) is None  # the first message may take the loaded state as step 9's baseline
+    assert s.begin(10) is None
+    assert s.end(10) is None
+    assert s.end(10) == "end(10) with no begin(10) (end(10) came last)"  # a second end would re-baseline
+    assert s.begin(12) == "begin(12) after end(10) skips a step: the next step is 11"
+    assert s.begin(13) == "begin(13) while step 12 has not ended (end(12) is missing)"
+    assert s.end(14) == "end(14) during step 13 (begun with begin(13))"
+    assert s.begin(3) == "begin(3) after end(14) goes backwards: the next step is 15"
+    # After each report the sequence follows what it was told, so a job in Audit stays checked.
+    assert s.end(3) is None
+    assert s.begin(4) is None
+    fresh = StepSequence()
+    assert fresh.begin(0) is None  # a job may start at any step (a resumed run)
+    assert fresh.end(0) is None
+    assert StepSequence().begin(5) is None

@@ -344,6 +344,48 @@ def parse_request(data: object, folder: Path) -> Request:
     return request
 
 
+# ----------------------------------------------------------------- the order of steps
+class StepSequence:
+    """The order a trainer's step messages must follow: `begin(t)`, then `end(t)`, then `begin(t+1)`.
+
+    Anything else (a step begun twice, an `end` with no `begin`, a repeated `end`, a skipped or a
+    backwards step) is a protocol violation, never a silent new baseline: the sidecar compares
+    the state at `begin(t+1)` with what `end(t)` fingerprinted, and a trainer (or a process
+    speaking for it) that could bend the order could move that baseline past its own tampering.
+    One exception: the first message may be `end(t)`, taking the state as loaded (a fresh model,
+    or one resumed from a checkpoint) as the baseline of step `t`.
+
+    Each method returns what was wrong (None when nothing was) and moves on as if the message were
+    right, so that an Audit-mode job keeps being checked after a report.
+    """
+
+    def __init__(self) -> None:
+        self.current: int | None = None  # begun, not ended yet
+        self.last_end: int | None = None
+        self.seen = False
+
+    def begin(self, step: int) -> str | None:
+        problem = None
+        if self.current is not None:
+            problem = f"begin({step}) while step {self.current} has not ended (end({self.current}) is missing)"
+        elif self.last_end is not None and step != self.last_end + 1:
+            what = "goes backwards" if step <= self.last_end else "skips a step"
+            problem = f"begin({step}) after end({self.last_end}) {what}: the next step is {self.last_end + 1}"
+        self.current, self.seen = step, True
+        return problem
+
+    def end(self, step: int) -> str | None:
+        problem = None
+        if self.current is None and self.seen:
+            problem = f"end({step}) with no begin({step})" + (
+                f" (end({self.last_end}) came last)" if self.last_end is not None else ""
+            )
+        elif self.current is not None and step != self.current:
+            problem = f"end({step}) during step {self.current} (begun with begin({self.current}))"
+        self.current, self.last_end, self.seen = None, step, True
+        return problem
+
+
 # ----------------------------------------------------------------- sidecar -> trainer
 class ViolationNotice(WireModel):
     """What the trainer is told of a violation (the signed report says more)."""

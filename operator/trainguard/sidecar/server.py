@@ -57,6 +57,7 @@ from trainguard.integrity.protocol import (
     Register,
     Reply,
     Request,
+    StepSequence,
     ViolationNotice,
     parse_request,
     region_kind,
@@ -183,6 +184,7 @@ class Sidecar:
         self.key_dir = key_dir.resolve() if key_dir else None
         self.regions: dict[str, _OpenRegion] = {}
         self.at_end: dict[int, dict[str, tuple[str, Any]]] = {}
+        self.steps = StepSequence()
 
     # ----------------------------------------------------------------- results
     def report(self, report: Report) -> None:
@@ -276,7 +278,20 @@ class Sidecar:
             return self.sign_checkpoint(request.path, request.step)
         return self.verify_checkpoint(request.path)
 
+    def protocol(self, step: int | None, problem: str) -> Reply:
+        return self.violation(
+            "Protocol", step, f"replica {self.replica}: {problem}; the sidecar's checks rely on that order"
+        )
+
     def register(self, region: Region) -> Reply:
+        known = self.regions.get(region.name)
+        if known is not None and known.region.nbytes != region.nbytes:
+            # Tensors that training code replaces are shared again at the same size; a region that
+            # grows or shrinks is another state, and would reset the baseline unseen.
+            return self.protocol(
+                self.steps.current,
+                f"region {region.name} changed size from {known.region.nbytes} to {region.nbytes} bytes",
+            )
         self.regions[region.name] = _OpenRegion(region)
         self.report(
             Registered(
@@ -287,6 +302,9 @@ class Sidecar:
         return Reply(ok=True)
 
     def end(self, step: int) -> Reply:
+        problem = self.steps.end(step)
+        if problem is not None:  # the baseline stays the last one taken in order
+            return self.protocol(step, problem)
         if step % self.every == 0:
             state = self.fingerprints()
             self.at_end = {step: state}  # only the latest step is compared
@@ -300,6 +318,9 @@ class Sidecar:
         return Reply(ok=True)
 
     def begin(self, step: int) -> Reply:
+        problem = self.steps.begin(step)
+        if problem is not None:
+            return self.protocol(step, problem)
         previous = self.at_end.get(step - 1)
         if previous is None:
             return Reply(ok=True)
