@@ -7,6 +7,7 @@ stored there (`memo.context`) is seen by every handler, daemon and webhook of th
 from __future__ import annotations
 
 import asyncio
+import datetime
 import time
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ class IntegrityInbox:
     trackers: dict[tuple[str, str, str], JobIntegrity] = field(default_factory=dict)
     pending: dict[JobKey, list[IntegrityVerdict]] = field(default_factory=dict)
     flushed: dict[JobKey, float] = field(default_factory=dict)
+    # When each replica's sidecar last sent a signed report (silence is an alarm: ReportsStopped).
+    heard_at: dict[JobKey, dict[int, datetime.datetime]] = field(default_factory=dict)
     # Which pods got their job's key (the key endpoint hands each pod its key once).
     deliveries: KeyDeliveries = field(default_factory=lambda: KeyDeliveries())
 
@@ -81,9 +84,17 @@ class IntegrityInbox:
     def has_pending(self, key: JobKey) -> bool:
         return bool(self.pending.get(key))
 
+    def heard(self, key: JobKey, replica: int, when: datetime.datetime) -> None:
+        """A signed report from `replica`'s sidecar arrived at `when`."""
+        self.heard_at.setdefault(key, {})[replica] = when
+
+    def last_heard(self, key: JobKey) -> dict[int, datetime.datetime]:
+        return dict(self.heard_at.get(key, {}))
+
     def forget(self, key: JobKey) -> None:
         self.pending.pop(key, None)
         self.flushed.pop(key, None)
+        self.heard_at.pop(key, None)
         for tracked in [t for t in self.trackers if t[:2] == key]:
             del self.trackers[tracked]
 

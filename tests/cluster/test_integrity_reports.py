@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -163,5 +164,56 @@ def test_replicas_that_disagree_are_named_in_the_jobs_status(
         assert violation["reason"] == "ReplicaDivergence"
         assert "step 1, replica 1: ReplicaDivergence" in violation["message"]
         assert (space.get("trainingjob", "split")["status"]["integrity"]).get("lastVerifiedStep") == 0
+    finally:
+        replicas.stop()
+
+
+def test_a_sidecar_that_falls_silent_is_a_violation_and_enforce_stops_the_job(
+    tenant_space: TenantSpace, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    """Silence is an alarm: both replicas report for a few steps, then replica 1's sidecar dies
+    (killed, or cut off by a network policy): once spec.integrity.reportGapSeconds pass without a
+    signed report from it, the job has IntegrityViolation (ReportsStopped) naming replica 1 and
+    Enforce stops it."""
+    space = tenant_space
+    space.apply(space.job("quiet", replicas=2, integrity={"mode": "Enforce", "reportGapSeconds": 15}))
+    wait_for("the job to run", lambda: conditions(space, "quiet").get("Running", {}).get("status") == "True")
+    replicas = TwoReplicas(tmp_path, space, "quiet", operator)
+    try:
+        replicas.train(range(3))
+        wait_for(
+            "both replicas' reports in status",
+            lambda: (
+                set(
+                    (space.get("trainingjob", "quiet")["status"].get("integrity") or {}).get("lastReports")
+                    or {}
+                )
+                == {"0", "1"}
+            ),
+        )
+        assert "IntegrityViolation" not in conditions(space, "quiet")
+        replicas.sidecars[1].stop()
+        for step in range(3, 60):  # replica 0 keeps training and reporting
+            if "IntegrityViolation" in conditions(space, "quiet"):
+                break
+            replicas.guards[0].begin(step)
+            replicas.guards[0].end(step)
+            time.sleep(1)
+        violation = wait_for("ReportsStopped", lambda: conditions(space, "quiet").get("IntegrityViolation"))
+        assert violation["reason"] == "ReportsStopped"
+        assert "replica 1's sidecar" in violation["message"]
+        assert "reportGapSeconds=15" in violation["message"]
+        failed = wait_for("Enforce to stop the job", lambda: conditions(space, "quiet").get("Failed"))
+        assert failed["reason"] == "IntegrityViolation"
+        wait_for(
+            "the job's pods to be stopped",
+            lambda: space.list("pods", "trainguard.dev/job-name=quiet") == [] or None,
+        )
+        assert (
+            operator.metric(
+                "trainguard_integrity_violations_total", kind="ReportsStopped", tenant=space.tenant
+            )
+            >= 1
+        )
     finally:
         replicas.stop()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import mmap
 import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +20,7 @@ import torch
 
 from e2e.cluster.harness import ROOT
 from e2e.cluster.integrity import SidecarProcess
+from e2e.cluster.waiting import free_port, wait_for
 from trainguard.integrity.protocol import Checkpoint, Region, Register
 from trainguard.integrity.replicas import diverging_replicas
 from trainguard.integrity.reports import Registered, StepEnd, Verified, Violation
@@ -399,3 +404,44 @@ def test_a_region_that_changes_size_is_a_protocol_violation(sidecar: SidecarProc
         guard._call(Register(region=smaller))
     assert sidecar.reports_of(Violation)[-1].violation == "Protocol"
     guard.close()
+
+
+def test_reports_the_operator_cannot_take_yet_are_kept_and_delivered_in_order(tmp_path: Path) -> None:
+    """The operator is down while the job trains: no step waits for it, and once it answers
+    (after refusing with 503 first), every signed report arrives, in the stream's order."""
+    port = free_port()
+    sidecar = SidecarProcess(tmp_path / "shared", report_url=f"http://127.0.0.1:{port}/r").start()
+    received: list[bytes] = []
+    unavailable = [2]  # the first two POSTs that reach it get 503
+
+    class Operator(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if unavailable[0]:
+                unavailable[0] -= 1
+                self.send_response(503)
+            else:
+                received.append(body)
+                self.send_response(202)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Operator)
+    try:
+        net = model()
+        guard = IntegrityGuard(net, socket_path=sidecar.socket)
+        started = time.monotonic()
+        for step in range(3):
+            guard.begin(step)
+            guard.end(step)
+        assert time.monotonic() - started < 5  # no step waited on the unreachable operator
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        stream = sidecar.reports_path.read_text().splitlines()
+        wait_for("every report delivered", lambda: len(received) >= len(stream), timeout=60)
+        assert [json.loads(b) for b in received] == [json.loads(line) for line in stream]
+        guard.close()
+    finally:
+        server.shutdown()
+        sidecar.stop()

@@ -440,3 +440,65 @@ def test_a_finished_job_gives_its_quota_back() -> None:
     status = running_status(conditions=[succeeded])
     out = plan(make_job(status), TENANT, pods(["Succeeded", "Succeeded"]), NOW, SETTINGS)
     assert out.delete_workload == "tj-j-u1"
+
+
+def running_since(minutes: float, **integrity: Any) -> dict[str, Any]:
+    since = (NOW - datetime.timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    running = {"type": "Running", "status": "True", "reason": "AllReplicasRunning", "message": "m",
+               "lastTransitionTime": since}  # fmt: skip
+    return running_status(conditions=[running], **({"integrity": integrity} if integrity else {}))
+
+
+def test_silence_from_a_replicas_sidecar_is_a_violation_and_enforce_stops_the_job() -> None:
+    job = make_job(running_since(31), integrity={"mode": "Enforce"})  # default gap: 1,800 s
+    heard = {0: NOW - datetime.timedelta(seconds=20)}  # replica 0 reports; replica 1 never did
+    out = plan(job, TENANT, pods(["Running", "Running"]), NOW, SETTINGS, heard=heard)
+    violation = find(out.status.conditions, "IntegrityViolation")
+    assert violation is not None
+    assert violation.reason == "ReportsStopped"
+    assert "no signed integrity report from replica 1's sidecar for more than " in violation.message
+    assert "reportGapSeconds=1800 (none since the replicas started 1860 s ago)" in violation.message
+    assert out.reports_stopped
+    failed = find(out.status.conditions, "Failed")
+    assert failed is not None
+    assert failed.reason == "IntegrityViolation"
+    assert sorted(out.delete_pods) == ["j-0-a0", "j-1-a0"]
+    assert out.status.integrity is not None
+    assert out.status.integrity.last_reports == {"0": "2026-11-26T11:59:40Z"}
+
+
+def test_reports_within_the_gap_keep_the_job_running_and_the_next_look_is_at_the_deadline() -> None:
+    last = {"0": "2026-11-26T11:58:00Z", "1": "2026-11-26T11:59:00Z"}
+    job = make_job(
+        running_since(60, lastReports=last), integrity={"mode": "Enforce", "reportGapSeconds": 300}
+    )
+    out = plan(job, TENANT, pods(["Running", "Running"]), NOW, SETTINGS)
+    assert not is_true(out.status.conditions, "IntegrityViolation")
+    assert out.requeue_after == 180.0  # replica 0 was heard 120 s ago: 300 - 120
+    # A report heard now moves replica 0's deadline; status keeps the latest time per replica.
+    out = plan(job, TENANT, pods(["Running", "Running"]), NOW, SETTINGS, heard={0: NOW})
+    assert out.status.integrity is not None
+    assert out.status.integrity.last_reports == {"0": "2026-11-26T12:00:00Z", "1": "2026-11-26T11:59:00Z"}
+    assert out.requeue_after == 240.0
+    # Five minutes of silence later, in Audit: the condition, an Event, and the job runs on.
+    audit = make_job(running_since(60, lastReports=last), integrity={"mode": "Audit", "reportGapSeconds": 60})
+    out = plan(audit, TENANT, pods(["Running", "Running"]), NOW, SETTINGS)
+    violation = find(out.status.conditions, "IntegrityViolation")
+    assert violation is not None
+    assert (violation.reason, "replica 0" in violation.message) == ("ReportsStopped", True)
+    assert "its last report was 120 s ago" in violation.message
+    assert not is_true(out.status.conditions, "Failed")
+    assert [e.reason for e in out.events if e.reason == "IntegrityViolation"] == ["IntegrityViolation"]
+    # Said once: the next pass adds no second Event.
+    again = plan(audit.model_copy(update={"status": out.status}), TENANT, pods(["Running", "Running"]), NOW,
+                 SETTINGS)  # fmt: skip
+    assert [e.reason for e in again.events if e.reason == "IntegrityViolation"] == []
+
+
+def test_a_job_without_integrity_or_not_yet_running_expects_no_reports() -> None:
+    off = make_job(running_since(600), integrity={"mode": "Off"})
+    assert not is_true(plan(off, TENANT, pods(["Running", "Running"]), NOW, SETTINGS).status.conditions,
+                       "IntegrityViolation")  # fmt: skip
+    starting = make_job(running_since(600), integrity={"mode": "Enforce"})
+    out = plan(starting, TENANT, pods(["Running", "Pending"]), NOW, SETTINGS)
+    assert not is_true(out.status.conditions, "IntegrityViolation")

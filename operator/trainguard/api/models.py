@@ -172,6 +172,9 @@ class IntegrityMode(enum.StrEnum):
 class Integrity(Model):
     mode: IntegrityMode = IntegrityMode.AUDIT
     every_steps: int = Field(default=1, ge=1, le=100_000)
+    # Silence is an alarm: a running replica whose sidecar sends no signed report for this long
+    # is an IntegrityViolation (ReportsStopped). The default suits steps of several minutes.
+    report_gap_seconds: int = Field(default=1800, ge=10, le=7 * 86_400)
 
 
 class Owner(Model):
@@ -246,6 +249,8 @@ class QueueStatus(Model):
 class IntegrityStatus(Model):
     last_verified_step: int | None = None
     last_violation: str | None = None
+    # Replica index -> when the operator last received a signed report from its sidecar.
+    last_reports: dict[str, str] | None = None
 
 
 class IntegrityVerdict(Model):

@@ -65,7 +65,7 @@ from trainguard.policy.access import (
     update_errors,
 )
 from trainguard.policy.errors import FieldError, format_errors, schema_errors
-from trainguard.policy.images import image_error
+from trainguard.policy.images import image_error, verified_warning
 from trainguard.policy.namespaces import protected_label_changes
 from trainguard.policy.pods import (
     NamespaceView,
@@ -152,13 +152,16 @@ async def start_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **kw
 # --------------------------------------------------------------------------- shared steps
 
 
-async def deny(obj: Mapping[str, Any], errors: list[FieldError]) -> None:
-    """Count, record and refuse: one denial listing every problem."""
+async def deny(obj: Mapping[str, Any], errors: list[FieldError], *, dry_run: bool = False) -> None:
+    """Count, record and refuse: one denial listing every problem. A dry run's denial is not
+    recorded as an Event (the webhooks declare no side effects; nothing was attempted)."""
     meta = obj.get("metadata") or {}
     kind, name = obj.get("kind", "object"), meta.get("name") or meta.get("generateName") or "?"
     message = format_errors(kind, name, errors)
     for error in errors:
         metrics.admission_denied(error.reason)
+    if dry_run:
+        raise kopf.AdmissionError(message, code=403)
     event_target = {
         "apiVersion": obj.get("apiVersion", "v1"),
         "kind": kind,
@@ -211,6 +214,9 @@ async def admit_job(
         return  # validation reports it, with every other problem
     if verified.pinned != image:
         patch["spec"]["image"] = verified.pinned
+    if kwargs.get("dryrun"):  # what `kubectl trainguard verify-image` and --dry-run=server show
+        warnings: list[str] = kwargs["warnings"]
+        warnings.append(verified_warning(tenant_name, verified.signer, verified.pinned))
 
 
 @kopf.on.validate(
@@ -257,7 +263,7 @@ async def validate_job(body: kopf.Body, userinfo: Mapping[str, Any], memo: kopf.
             image_errors = [image_error("spec.image", image, tenant, "NotPinned", message)]
         errors += image_errors
     if errors:
-        await deny(target, errors)
+        await deny(target, errors, dry_run=bool(kwargs.get("dryrun")))
 
 
 # --------------------------------------------------------------------------- the pod guard

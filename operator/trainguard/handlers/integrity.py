@@ -336,6 +336,7 @@ async def receive(request: web.Request) -> web.Response:
         return web.Response(status=403, text=str(exc))
     job = TrainingJob.model_validate(raw)
     job_key = (namespace, name)
+    context.integrity.heard(job_key, report.replica, datetime.datetime.now(datetime.UTC))
     verdicts = context.integrity.tracker(job_key, job.metadata.uid, job.spec.replicas).apply(report)
     for verdict in verdicts:
         if verdict.verified:

@@ -344,7 +344,10 @@ async def reconcile(
             verdicts=verdicts,
             new_key=os.urandom(32),
             queue=queues.of(job),
+            heard=context.integrity.last_heard(key),
         )
+        if decided.reports_stopped:
+            metrics.integrity_violation(job.spec.tenant, "ReportsStopped")
         if decided.status.to_api() != raw.get("status"):
             await _write(raw, job, decided)
         else:

@@ -367,7 +367,9 @@ class StepSequence:
     def begin(self, step: int) -> str | None:
         problem = None
         if self.current is not None:
-            problem = f"begin({step}) while step {self.current} has not ended (end({self.current}) is missing)"
+            problem = (
+                f"begin({step}) while step {self.current} has not ended (end({self.current}) is missing)"
+            )
         elif self.last_end is not None and step != self.last_end + 1:
             what = "goes backwards" if step <= self.last_end else "skips a step"
             problem = f"begin({step}) after end({self.last_end}) {what}: the next step is {self.last_end + 1}"

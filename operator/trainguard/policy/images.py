@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from trainguard.api.images import InvalidReference, parse
 from trainguard.api.models import Tenant
 from trainguard.policy.errors import FieldError
@@ -31,3 +33,19 @@ def image_error(path: str, image: str, tenant: Tenant, reason: str, message: str
     else:
         fix = "write the full reference, e.g. registry.example.com/team/trainer:v1"
     return FieldError(path, reason, message, fix)
+
+
+# What the mutating webhook tells a server-side dry run (`kubectl apply --dry-run=server`,
+# `kubectl trainguard verify-image`) about an image that verified: an admission warning, since a
+# dry run stores nothing the signer could be read back from. One home for its wording and parsing.
+_VERIFIED = re.compile(r"^image verified: signed by (\S+), a signer tenant (\S+) trusts; pinned to (\S+)$")
+
+
+def verified_warning(tenant: str, signer: str, pinned: str) -> str:
+    return f"image verified: signed by {signer}, a signer tenant {tenant} trusts; pinned to {pinned}"
+
+
+def parse_verified_warning(text: str) -> tuple[str, str, str] | None:
+    """(tenant, signer, pinned reference) from `verified_warning`'s text; None for any other text."""
+    found = _VERIFIED.match(text.strip())
+    return (found.group(2), found.group(1), found.group(3)) if found else None

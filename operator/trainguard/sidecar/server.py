@@ -29,13 +29,16 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import ctypes
 import hashlib
 import json
 import mmap
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -159,6 +162,89 @@ def describe(region: str) -> str:
     return f"{words.get(kind, kind)} ({device})"
 
 
+class ReportSender:
+    """Delivers signed report lines to the operator, in order, from its own thread: a step never
+    waits for the network. A line that cannot be delivered (the operator restarting, a network
+    blip) is kept and tried again with back-off, so a verdict is never lost to a failed POST;
+    the operator, for its part, counts a long silence as a violation (ReportsStopped)."""
+
+    def __init__(
+        self, url: str, first_delay: float = 0.5, max_delay: float = 30.0, max_kept: int = 100_000
+    ) -> None:
+        self.url = url
+        self.first_delay, self.max_delay = first_delay, max_delay
+        self.max_kept = max_kept
+        self.dropped = 0
+        self._lines: collections.deque[str] = collections.deque()
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="report-sender", daemon=True)
+        self._thread.start()
+
+    def send(self, line: str) -> None:
+        with self._ready:
+            if len(self._lines) >= self.max_kept:
+                self._lines.popleft()  # bounded: an operator gone for days does not fill memory
+                self.dropped += 1
+            self._lines.append(line)
+            self._ready.notify()
+
+    def pending(self) -> int:
+        with self._ready:
+            return len(self._lines)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for every kept line to be delivered."""
+        deadline = time.monotonic() + timeout
+        while self.pending() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return not self.pending()
+
+    def _post(self, line: str) -> None:
+        request = urllib.request.Request(  # noqa: S310 - the scheme is checked by the Sidecar
+            self.url, data=line.encode(), method="POST", headers={"Content-Type": "application/json"}
+        )
+        urllib.request.urlopen(request, timeout=5).close()  # noqa: S310 - the operator's endpoint
+
+    def _run(self) -> None:
+        delay = self.first_delay
+        while True:
+            with self._ready:
+                while not self._lines:
+                    self._ready.wait()
+                line = self._lines[0]
+            try:
+                self._post(line)
+            except urllib.error.HTTPError as exc:
+                if exc.code < 500 and exc.code != 429:
+                    # Refused for what it is (a report of another job, a key that changed): sending
+                    # it again changes nothing; the local report stream still has it.
+                    print(f"sidecar: report refused by the operator: {exc.code}", file=sys.stderr, flush=True)
+                    self._done(line)
+                    continue
+                self._back_off(f"the operator answered {exc.code}", delay)
+                delay = min(delay * 2, self.max_delay)
+                continue
+            except OSError as exc:
+                self._back_off(str(exc), delay)
+                delay = min(delay * 2, self.max_delay)
+                continue
+            delay = self.first_delay
+            self._done(line)
+
+    def _done(self, line: str) -> None:
+        with self._ready:
+            if self._lines and self._lines[0] is line:
+                self._lines.popleft()
+
+    def _back_off(self, problem: str, delay: float) -> None:
+        print(
+            f"sidecar: report not delivered ({problem}); {self.pending()} kept, retrying in {delay:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        time.sleep(delay)
+
+
 class Sidecar:
     def __init__(
         self,
@@ -174,6 +260,7 @@ class Sidecar:
         if report_url and not report_url.startswith(("http://", "https://")):
             raise ValueError(f"--report-url must be http(s), got {report_url!r}")
         self.report_url = report_url
+        self.sender = ReportSender(report_url) if report_url else None
         self.key = key
         self.fp_key = FingerprintKey.from_secret(key)
         self.replica = replica
@@ -193,17 +280,8 @@ class Sidecar:
         if self.report_path is not None:
             with self.report_path.open("a") as f:
                 f.write(line + "\n")
-        if self.report_url:
-            request = urllib.request.Request(  # noqa: S310 - scheme checked in __init__
-                self.report_url,
-                data=line.encode(),
-                method="POST",
-                headers={"Content-Type": "application/json"},
-            )
-            try:
-                urllib.request.urlopen(request, timeout=2).close()  # noqa: S310 - the operator's endpoint
-            except OSError as exc:  # the operator is down: the local report stream still has it
-                print(f"sidecar: report not delivered: {exc}", file=sys.stderr, flush=True)
+        if self.sender is not None:
+            self.sender.send(line)
 
     def violation(
         self, kind: str, step: int | None, message: str, tensors: dict[str, list[str]] | None = None
@@ -501,5 +579,11 @@ def main(argv: list[str] | None = None) -> int:
         key, args.replica, args.mode, args.every_steps, args.report, args.report_url,
         folder=args.socket.parent, key_dir=private_dir,
     )  # fmt: skip
-    sidecar.serve(args.socket)
+    # Stopped (the job ends, Enforce stops it): deliver what is kept first, for a few seconds.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        sidecar.serve(args.socket)
+    finally:
+        if sidecar.sender is not None and not sidecar.sender.flush(timeout=5):
+            print(f"sidecar: {sidecar.sender.pending()} reports not delivered", file=sys.stderr, flush=True)
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +133,7 @@ class Plan:
     create_workload: Manifest | None = None
     delete_workload: str | None = None  # name of the job's Workload, to give its quota back
     release_workload: Manifest | None = None  # status patch: an evicted Workload's quota back
+    reports_stopped: bool = False  # this pass found a replica whose sidecar fell silent
 
 
 class _Status:
@@ -157,6 +158,19 @@ class _Status:
 
     def set(self, **changes: Any) -> None:
         self.value = self.value.model_copy(update=changes)
+
+    def heard(self, heard: Mapping[int, datetime.datetime]) -> None:
+        """Keep, per replica, the latest time its sidecar was heard from."""
+        if not heard:
+            return
+        integrity = self.value.integrity or IntegrityStatus()
+        last = dict(integrity.last_reports or {})
+        for replica, when in heard.items():
+            known = last.get(str(replica))
+            if known is None or parse_time(known) < when:
+                last[str(replica)] = format_time(when)
+        if last != (integrity.last_reports or {}):
+            self.set(integrity=integrity.model_copy(update={"last_reports": last}))
 
     def verdicts(self, verdicts: Sequence[IntegrityVerdict]) -> list[Event]:
         """Fold integrity verdicts into status; one event per violation."""
@@ -209,16 +223,19 @@ def plan(
     verdicts: Sequence[IntegrityVerdict] = (),
     new_key: bytes = b"",
     queue: Queue | None = None,
+    heard: Mapping[int, datetime.datetime] | None = None,
 ) -> Plan:
     """`image` is the verification of the job's image: needed (once) before any pod exists.
     `verdicts` are integrity verdicts not yet in status; `new_key` is fresh randomness for the
     job's integrity key, used only if its Secret does not exist yet. `queue` is the job's place
-    in Kueue: no pod is created before Kueue admits its Workload."""
+    in Kueue: no pod is created before Kueue admits its Workload. `heard` is when each replica's
+    sidecar last sent a signed report, as the operator received it (kept in status from here)."""
     if job.spec.integrity.mode != IntegrityMode.OFF and len(new_key) < 32:
         raise ValueError("a job with integrity checks needs a fresh key of at least 32 random bytes")
     st = _Status(job, now)
     st.set(total_gpus=job.spec.total_gpus)
     integrity_events = st.verdicts(verdicts)
+    st.heard(heard or {})
     conds = st.value.conditions
     restarts, attempt = job.status.restarts, job.attempt
     current = [p for p in pods if p.attempt == attempt and not p.deleting]
@@ -381,6 +398,10 @@ def plan(
     running = sum(p.phase == "Running" for p in current)
     if running == job.spec.replicas:
         st.condition(C.RUNNING, "True", "AllReplicasRunning", f"all {running} replicas are running")
+        if job.spec.integrity.mode != IntegrityMode.OFF and _expect_reports(
+            job, st, out, current, conds, now
+        ):
+            return out  # stopped in Enforce mode
     else:
         st.condition(C.RUNNING, "False", "Starting", f"{running} of {job.spec.replicas} replicas running")
     out.status = st.value
@@ -442,6 +463,57 @@ def _placed(pods: list[Manifest], node_labels: dict[str, str]) -> list[Manifest]
         for pod in pods:
             pod["spec"]["nodeSelector"] = {**pod["spec"].get("nodeSelector", {}), **node_labels}
     return pods
+
+
+def _expect_reports(
+    job: TrainingJob,
+    st: _Status,
+    out: Plan,
+    current: list[PodView],
+    conds: list[Condition],
+    now: datetime.datetime,
+) -> bool:
+    """Silence is an alarm: each running replica's sidecar must report within
+    `spec.integrity.reportGapSeconds` of the replicas starting or of its last report, or the job
+    gets IntegrityViolation (ReportsStopped); Enforce stops it. A sidecar that cannot reach the
+    operator (a NetworkPolicy, a killed sidecar, a trainer that never calls the guard) cannot
+    hide violations this way."""
+    gap = datetime.timedelta(seconds=job.spec.integrity.report_gap_seconds)
+    running = find(conds, C.RUNNING.value)
+    since = parse_time(running.last_transition_time) if running and running.status == "True" else now
+    last = (st.value.integrity or IntegrityStatus()).last_reports or {}
+    deadlines = {
+        r: max([since, *([parse_time(last[str(r)])] if str(r) in last else [])]) + gap
+        for r in range(job.spec.replicas)
+    }
+    replica, deadline = min(deadlines.items(), key=lambda item: (item[1], item[0]))
+    violation = find(st.value.conditions, C.INTEGRITY_VIOLATION.value)
+    if violation is not None and violation.status == "True" and violation.reason == "ReportsStopped":
+        return False  # said once
+    if now < deadline:
+        wait = (deadline - now).total_seconds()
+        out.requeue_after = wait if out.requeue_after is None else min(out.requeue_after, wait)
+        return False
+    silent = (now - deadline + gap).total_seconds()
+    heard_of = (
+        f"its last report was {silent:.0f} s ago"
+        if str(replica) in last
+        else (f"none since the replicas started {silent:.0f} s ago")
+    )
+    message = (
+        f"no signed integrity report from replica {replica}'s sidecar for more than "
+        f"spec.integrity.reportGapSeconds={job.spec.integrity.report_gap_seconds} ({heard_of}): the sidecar "
+        "stopped, cannot reach the operator, or the trainer does not call the integrity guard"
+    )
+    verdict = IntegrityVerdict(
+        verified=False, step=None, replica=replica, kind="ReportsStopped", message=message
+    )
+    out.events += st.verdicts([verdict])
+    out.reports_stopped = True
+    if job.spec.integrity.mode == IntegrityMode.ENFORCE:
+        _fail(st, out, current, "IntegrityViolation", f"stopped in Enforce mode: {message}", now)
+        return True
+    return False
 
 
 def _fail(
