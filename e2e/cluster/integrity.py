@@ -22,6 +22,8 @@ class SidecarProcess:
     replica: int = 0
     mode: str = "Enforce"
     report_url: str | None = None  # the operator's endpoint for this job, as the pod spec sets it
+    job_uid: str = ""  # what the pod spec passes: every report names the job and its attempt
+    attempt: int = 0
     # As in a pod: ask the operator (`key_url`) for the job's key with a pod-bound token instead
     # of reading `key` from a file (`key` is then not the job's key).
     key_url: str | None = None
@@ -54,6 +56,7 @@ class SidecarProcess:
             source = ["--key-file", str(key_file)]
         argv = [sys.executable, "-m", "trainguard.sidecar", "--socket", str(self.socket), *source,
                 "--replica", str(self.replica), "--mode", self.mode,
+                "--job-uid", self.job_uid, "--attempt", str(self.attempt),
                 "--report", str(self.reports_path)]  # fmt: skip
         if self.report_url:
             argv += ["--report-url", self.report_url]

@@ -9,6 +9,7 @@ sidecars (kwok runs no containers)."""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import urllib.error
@@ -50,6 +51,7 @@ def can_i(space: TenantSpace, flags: list[str], verb: str, resource: str, namesp
 
 
 # What a forger would send (in Enforce mode, it would stop the job), and a harmless report.
+SEQUENCE = itertools.count(1)
 VIOLATION = {"replica": 0, "kind": "Violation", "step": 1, "violation": "X", "message": "x", "time": 0.0}
 REGISTERED = {
     "replica": 0,
@@ -64,9 +66,12 @@ REGISTERED = {
 def post_report(
     operator: OperatorProcess, space: TenantSpace, name: str, key: bytes, report: dict[str, Any] = VIOLATION
 ) -> int:
+    # Every report names its job (uid) and attempt and its place in its sidecar's sequence.
+    uid = space.get("trainingjob", name)["metadata"]["uid"]
+    stamped = {"job": uid, "attempt": 0, "boot": "0" * 16, "seq": next(SEQUENCE), **report}
     request = urllib.request.Request(  # noqa: S310 - the operator on loopback
         f"{operator.integrity_url}/{space.namespace}/{name}",
-        data=json.dumps(sign_report(key, report)).encode(),
+        data=json.dumps(sign_report(key, stamped)).encode(),
         method="POST",
     )
     try:

@@ -39,6 +39,7 @@ class TwoReplicas:
 
     def __init__(self, folder: Path, space: TenantSpace, name: str, operator: OperatorProcess) -> None:
         pods = job_pods(space, name, 2)
+        uid = space.get("trainingjob", name)["metadata"]["uid"]
         report_url = f"{operator.integrity_url}/{space.namespace}/{name}"
         asks = key_url(operator.integrity_url, space, name)
         self.sidecars = [
@@ -48,6 +49,7 @@ class TwoReplicas:
                 report_url=report_url,
                 key_url=asks,
                 token=pod_token(space, name, pod),
+                job_uid=uid,
             ).start()
             for r, pod in enumerate(pods)
         ]
@@ -93,6 +95,16 @@ def test_verified_steps_and_a_violation_reach_the_job_and_enforce_stops_it(
         )
         assert verified
         assert conditions(space, "guarded")["IntegrityVerified"]["status"] == "True"
+        # A genuine signed report, sent again (a replay from the shared folder's report stream),
+        # is refused: it named its place in its sidecar's sequence under the signature.
+        replayed = replicas.sidecars[0].reports_path.read_text().splitlines()[-1]
+        request = urllib.request.Request(  # noqa: S310 - the operator on loopback
+            f"{operator.integrity_url}/{space.namespace}/guarded", data=replayed.encode(), method="POST"
+        )
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=5)  # noqa: S310 - the operator on loopback
+        assert caught.value.code == 409
+        assert "replayed or out of order" in caught.value.read().decode()
 
         # A third process changes replica 1's weights between steps 2 and 3.
         tamper = (
@@ -137,10 +149,12 @@ def test_a_report_not_signed_with_the_jobs_key_is_refused(
     space = tenant_space
     space.apply(job(space, "forged"))
     job_pods(space, "forged", 2)  # the job runs, its key exists
+    uid = space.get("trainingjob", "forged")["metadata"]["uid"]
     forged = sign_report(
         b"\x00" * 32,
-        {"replica": 0, "kind": "Violation", "step": 1, "violation": "X", "message": "x", "time": 0.0},
-    )
+        {"job": uid, "attempt": 0, "boot": "0" * 16, "seq": 1,
+         "replica": 0, "kind": "Violation", "step": 1, "violation": "X", "message": "x", "time": 0.0},
+    )  # fmt: skip
     request = urllib.request.Request(  # noqa: S310 - the operator on loopback
         f"{operator.integrity_url}/{space.namespace}/forged", data=json.dumps(forged).encode(), method="POST"
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,9 @@ from trainguard.integrity.reports import (
     ForgedReport,
     JobIntegrity,
     Registered,
+    StaleReport,
     StepEnd,
+    Verified,
     Violation,
     open_report,
     read_reports,
@@ -113,15 +116,20 @@ def test_a_malformed_request_is_refused_with_what_is_wrong(tmp_path: Path) -> No
         parse_reply({"ok": 1})
 
 
-def v1_signed(key: bytes, report: dict[str, Any]) -> str:
-    """A signed report line as format v1 defines it (what operators and report streams read)."""
+# What every report carries under the signature (format v2): its job, attempt and sequence.
+STAMP = {"job": "uid-1", "attempt": 0, "boot": "b0", "seq": 1}
+
+
+def v2_signed(key: bytes, report: dict[str, Any]) -> str:
+    """A signed report line as format v2 defines it (what operators and report streams read)."""
     body = json.dumps(report, sort_keys=True).encode()
-    mac = hmac.new(key, b"trainguard-report-v1" + body, hashlib.sha256).hexdigest()
+    mac = hmac.new(key, b"trainguard-report-v2" + body, hashlib.sha256).hexdigest()
     return json.dumps({"report": report, "mac": mac}, sort_keys=True)
 
 
-def test_reports_are_signed_in_format_v1_and_opened_into_their_model() -> None:
+def test_reports_are_signed_in_format_v2_and_opened_into_their_model() -> None:
     step_end = {
+        **STAMP,
         "replica": 1,
         "kind": "StepEnd",
         "step": 4,
@@ -130,6 +138,7 @@ def test_reports_are_signed_in_format_v1_and_opened_into_their_model() -> None:
         "regions": {"parameters@cpu": "ab"},
     }
     violation = {
+        **STAMP,
         "replica": 0,
         "kind": "Violation",
         "step": None,
@@ -138,6 +147,7 @@ def test_reports_are_signed_in_format_v1_and_opened_into_their_model() -> None:
         "message": "c.pt has no signed manifest",
     }
     registered = {
+        **STAMP,
         "replica": 0,
         "kind": "Registered",
         "step": None,
@@ -148,19 +158,19 @@ def test_reports_are_signed_in_format_v1_and_opened_into_their_model() -> None:
     }
     for report in (step_end, violation, registered):
         line = json.dumps(sign_report(KEY, report), sort_keys=True)
-        assert line == v1_signed(KEY, report)
+        assert line == v2_signed(KEY, report)
         assert open_report(KEY, json.loads(line)).wire() == report
-    model = StepEnd(replica=1, step=4, time=12.5, fingerprint="ab", regions={"parameters@cpu": "ab"})
+    model = StepEnd(**STAMP, replica=1, step=4, time=12.5, fingerprint="ab", regions={"parameters@cpu": "ab"})
     assert sign_report(KEY, model) == sign_report(KEY, step_end)
-    assert open_report(KEY, json.loads(v1_signed(KEY, step_end))) == model
-    assert isinstance(open_report(KEY, json.loads(v1_signed(KEY, registered))), Registered)
+    assert open_report(KEY, json.loads(v2_signed(KEY, step_end))) == model
+    assert isinstance(open_report(KEY, json.loads(v2_signed(KEY, registered))), Registered)
     with pytest.raises(ValueError, match="not a report: Input tag 'Nope'"):
         sign_report(KEY, {**step_end, "kind": "Nope"})
 
 
 def test_a_forged_or_malformed_report_is_refused() -> None:
-    report = {"replica": 0, "kind": "Verified", "step": 3, "time": 1.0}
-    signed = json.loads(v1_signed(KEY, report))
+    report = {**STAMP, "replica": 0, "kind": "Verified", "step": 3, "time": 1.0}
+    signed = json.loads(v2_signed(KEY, report))
     cases: list[tuple[str, object]] = [
         ("not a signed report", [signed]),
         ("not a signed report: mac: Field required", {"report": report}),
@@ -169,13 +179,13 @@ def test_a_forged_or_malformed_report_is_refused() -> None:
         ("not signed with the job's integrity key", {**signed, "mac": "é"}),
         (
             "not a valid report: Verified.extra: Extra inputs are not permitted",
-            json.loads(v1_signed(KEY, {**report, "extra": 1})),
+            json.loads(v2_signed(KEY, {**report, "extra": 1})),
         ),
         (
             "not a valid report: Verified.step: Input should be a valid integer",
-            json.loads(v1_signed(KEY, {**report, "step": "3"})),
+            json.loads(v2_signed(KEY, {**report, "step": "3"})),
         ),
-        ("not a valid report: Input tag 'Later'", json.loads(v1_signed(KEY, {**report, "kind": "Later"}))),
+        ("not a valid report: Input tag 'Later'", json.loads(v2_signed(KEY, {**report, "kind": "Later"}))),
     ]
     for message, data in cases:
         with pytest.raises(ForgedReport, match=message):
@@ -186,7 +196,9 @@ def test_a_forged_or_malformed_report_is_refused() -> None:
 
 def test_the_report_stream_is_read_back_and_an_altered_line_is_refused(tmp_path: Path) -> None:
     stream = tmp_path / "reports.jsonl"
-    lines = [v1_signed(KEY, {"replica": 0, "kind": "Verified", "step": s, "time": 1.0}) for s in (0, 1)]
+    lines = [
+        v2_signed(KEY, {**STAMP, "replica": 0, "kind": "Verified", "step": s, "time": 1.0}) for s in (0, 1)
+    ]
     stream.write_text("\n".join(lines) + "\n")
     assert [r.step for r in read_reports(KEY, stream)] == [0, 1]
     stream.write_text(lines[0].replace('"step": 0', '"step": 5') + "\n")
@@ -198,14 +210,26 @@ def test_the_report_stream_is_read_back_and_an_altered_line_is_refused(tmp_path:
 
 
 def test_the_operator_concludes_verdicts_from_typed_reports() -> None:
+    seq = itertools.count(1)
+
+    def stamp(replica: int) -> dict[str, Any]:
+        return {"job": "uid-1", "attempt": 0, "boot": f"b{replica}", "seq": next(seq), "replica": replica,
+                "time": 0.0}  # fmt: skip
+
     def end(replica: int, step: int, fingerprint: str) -> StepEnd:
-        return StepEnd(replica=replica, step=step, time=0.0, fingerprint=fingerprint, regions={})
+        return StepEnd(**stamp(replica), step=step, fingerprint=fingerprint, regions={})
+
+    def verified(replica: int, step: int) -> Verified:
+        return Verified(**stamp(replica), step=step)
 
     job = JobIntegrity(replicas=2)
-    assert job.apply(Registered(replica=0, time=0.0, region="parameters@cpu", tensors=1, bytes=64)) == []
+    assert job.apply(Registered(**stamp(0), region="parameters@cpu", tensors=1, bytes=64)) == []
     assert job.apply(end(0, 1, "a")) == []
-    [verified] = job.apply(end(1, 1, "a"))
-    assert (verified.verified, verified.step, verified.kind) == (True, 1, "Verified")
+    # Both replicas' ends agree, but no sidecar has compared step 1's end with step 2's start yet.
+    assert job.apply(end(1, 1, "a")) == []
+    assert job.apply(verified(0, 1)) == []
+    [ok] = job.apply(verified(1, 1))
+    assert (ok.verified, ok.step, ok.kind) == (True, 1, "Verified")
     job.apply(end(0, 2, "a"))
     [divergence] = job.apply(end(1, 2, "b"))
     assert (divergence.verified, divergence.step, divergence.replica, divergence.kind) == (
@@ -215,7 +239,9 @@ def test_the_operator_concludes_verdicts_from_typed_reports() -> None:
         "ReplicaDivergence",
     )
     assert "replica 1 disagrees with the others about the weights at the end of step 2" in divergence.message
-    tampered = Violation(replica=1, step=3, time=0.0, violation="ModifiedBetweenSteps", message="changed")
+    assert job.apply(verified(0, 2)) == []  # a step that diverged is never verified
+    assert job.apply(verified(1, 2)) == []
+    tampered = Violation(**stamp(1), step=3, violation="ModifiedBetweenSteps", message="changed")
     [violation] = job.apply(tampered)
     assert (violation.verified, violation.step, violation.replica, violation.kind, violation.message) == (
         False,
@@ -224,3 +250,23 @@ def test_the_operator_concludes_verdicts_from_typed_reports() -> None:
         "ModifiedBetweenSteps",
         "changed",
     )
+
+
+def test_a_replayed_reordered_or_transplanted_report_is_refused() -> None:
+    job = JobIntegrity(replicas=1)
+
+    def report(**fields: Any) -> Verified:
+        base: dict[str, Any] = {**STAMP, "attempt": 2, "boot": "b0", "replica": 0, "time": 0.0, "step": 5}
+        return Verified(**{**base, **fields})
+
+    job.admit(report(seq=1), "uid-1", 2)
+    job.admit(report(seq=2), "uid-1", 2)
+    with pytest.raises(StaleReport, match="report 2 of replica 0's sidecar came after report 2: replayed"):
+        job.admit(report(seq=2), "uid-1", 2)
+    with pytest.raises(StaleReport, match="came after report 2"):
+        job.admit(report(seq=1), "uid-1", 2)  # out of order
+    job.admit(report(seq=1, boot="b1"), "uid-1", 2)  # a restarted sidecar starts a new sequence
+    with pytest.raises(StaleReport, match="the report is of attempt 1; the job is at attempt 2"):
+        job.admit(report(seq=9, attempt=1), "uid-1", 2)
+    with pytest.raises(StaleReport, match="about job 'uid-0', not this one"):
+        job.admit(report(seq=9, job="uid-0"), "uid-1", 2)

@@ -12,7 +12,9 @@ who minted a token for that pod could make it. Every delivery is a Normal Event
 TrainingJob DELETED event), and keys left by jobs deleted while no operator ran are swept at start.
 
 Reports. A report counts only if it is signed with the job's key, so neither the trainer nor
-anyone who can act in the tenant's namespace can forge one. The verdicts it leads to are counted
+anyone who can act in the tenant's namespace can forge one, and only once: it names the job's uid
+and attempt and its place in its sidecar's sequence, so a replayed, reordered or transplanted
+report is refused (HTTP 409, `trainguard_integrity_violations_total{kind="StaleReport"}`). The verdicts it leads to are counted
 (`trainguard_integrity_violations_total`, `trainguard_integrity_verified_steps_total`) and handed
 to the job's reconcile daemon, the only writer of job status: a violation at once, verified
 steps at most every few seconds. In Enforce mode the planner then stops the job.
@@ -44,7 +46,7 @@ from trainguard.api.constants import (
 )
 from trainguard.api.models import TrainingJob
 from trainguard.context import KeyDelivery, OperatorContext, context_of
-from trainguard.integrity.reports import ForgedReport, open_report
+from trainguard.integrity.reports import ForgedReport, StaleReport, open_report
 from trainguard.kube import client as kube
 from trainguard.policy.pods import job_uid_of
 from trainguard.workload.builders import (
@@ -336,8 +338,15 @@ async def receive(request: web.Request) -> web.Response:
         return web.Response(status=403, text=str(exc))
     job = TrainingJob.model_validate(raw)
     job_key = (namespace, name)
+    tracker = context.integrity.tracker(job_key, job.metadata.uid, job.spec.replicas)
+    try:
+        tracker.admit(report, job.metadata.uid, job.attempt)
+    except StaleReport as exc:
+        log.warning("refused a report for %s/%s: %s", namespace, name, exc)
+        metrics.integrity_violation(job.spec.tenant, "StaleReport")
+        return web.Response(status=409, text=str(exc))
     context.integrity.heard(job_key, report.replica, datetime.datetime.now(datetime.UTC))
-    verdicts = context.integrity.tracker(job_key, job.metadata.uid, job.spec.replicas).apply(report)
+    verdicts = tracker.apply(report)
     for verdict in verdicts:
         if verdict.verified:
             metrics.integrity_verified(job.spec.tenant)

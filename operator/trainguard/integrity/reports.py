@@ -33,6 +33,14 @@ class ForgedReport(ValueError):
 
 
 class _Report(WireModel):
+    """What every report carries under the signature, so that a signed report means one thing only:
+    which job (its uid, not its name) and attempt it is about, and its place in its sidecar's
+    sequence. A replayed, reordered or transplanted report is refused (`JobIntegrity.admit`)."""
+
+    job: str  # the TrainingJob's uid
+    attempt: int  # the job's attempt (restarts + preemptions) the sidecar's pod belongs to
+    boot: str  # random per sidecar process: a restarted sidecar starts a new sequence
+    seq: int  # 1, 2, 3, ... within one boot
     replica: int
     step: int | None
     time: float  # when the sidecar wrote it (seconds since the epoch)
@@ -93,7 +101,7 @@ class _Signed(WireModel):
 
 def _mac(key: bytes, report: dict[str, Any]) -> str:
     body = json.dumps(report, sort_keys=True).encode()
-    return hmac.new(key, b"trainguard-report-v1" + body, hashlib.sha256).hexdigest()
+    return hmac.new(key, b"trainguard-report-v2" + body, hashlib.sha256).hexdigest()
 
 
 def sign_report(key: bytes, report: Report | dict[str, Any]) -> dict[str, Any]:
@@ -137,12 +145,36 @@ def read_reports(key: bytes, path: Path) -> list[Report]:
     return reports
 
 
+class StaleReport(ValueError):
+    """A genuine report that must not count again or here: replayed, out of order, of another
+    job or of an attempt that is over."""
+
+
 @dataclass
 class JobIntegrity:
-    """What the operator knows of one job's integrity: end-of-step fingerprints per replica."""
+    """What the operator knows of one job's integrity: end-of-step fingerprints per replica, which
+    replicas compared each step's end with the next step's start, and each sidecar's sequence."""
 
     replicas: int
     pending: dict[int, dict[int, str]] = field(default_factory=dict)
+    agreed: set[int] = field(default_factory=set)  # steps whose ends every replica reported alike
+    compared: dict[int, set[int]] = field(default_factory=dict)  # step -> replicas that verified it
+    sequences: dict[tuple[int, int, str], int] = field(default_factory=dict)  # (attempt, replica, boot)
+
+    def admit(self, report: Report, job_uid: str, attempt: int) -> None:
+        """Raise StaleReport unless `report` is new, for this job and its current attempt."""
+        if report.job != job_uid:
+            raise StaleReport(f"the report is about job {report.job!r}, not this one ({job_uid})")
+        if report.attempt != attempt:
+            raise StaleReport(f"the report is of attempt {report.attempt}; the job is at attempt {attempt}")
+        where = (report.attempt, report.replica, report.boot)
+        last = self.sequences.get(where, 0)
+        if report.seq <= last:
+            raise StaleReport(
+                f"report {report.seq} of replica {report.replica}'s sidecar came after report {last}: "
+                "replayed or out of order"
+            )
+        self.sequences[where] = report.seq
 
     def apply(self, report: Report) -> list[Verdict]:
         if isinstance(report, Violation):
@@ -155,6 +187,13 @@ class JobIntegrity:
                     message=report.message,
                 )
             ]
+        if isinstance(report, Verified):
+            # The sidecar compared the start of step+1 with the end of `step`: only that makes
+            # `step` verified, once every replica's ends agree too.
+            self.compared.setdefault(report.step, set()).add(report.replica)
+            for old in sorted(self.compared)[:-KEEP_STEPS]:
+                del self.compared[old]
+            return self._verified(report.step)
         if not isinstance(report, StepEnd):
             return []
         step = report.step
@@ -172,4 +211,14 @@ class JobIntegrity:
             return [
                 Verdict(verified=False, step=step, replica=odd[0], kind="ReplicaDivergence", message=message)
             ]
+        self.agreed.add(step)
+        for old in sorted(self.agreed)[:-KEEP_STEPS]:
+            self.agreed.discard(old)
+        return self._verified(step)
+
+    def _verified(self, step: int) -> list[Verdict]:
+        if step not in self.agreed or len(self.compared.get(step, ())) < self.replicas:
+            return []
+        self.agreed.discard(step)
+        del self.compared[step]
         return [Verdict(verified=True, step=step)]

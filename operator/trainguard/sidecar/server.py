@@ -43,7 +43,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -77,6 +77,7 @@ from trainguard.integrity.reports import (
 )
 
 MODES = ("Off", "Audit", "Enforce")
+R = TypeVar("R", Registered, StepEnd, Verified, Violation, CheckpointSigned)
 PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
 
 
@@ -256,6 +257,8 @@ class Sidecar:
         report_url: str | None = None,
         folder: Path | None = None,
         key_dir: Path | None = None,
+        job_uid: str = "",
+        attempt: int = 0,
     ) -> None:
         if report_url and not report_url.startswith(("http://", "https://")):
             raise ValueError(f"--report-url must be http(s), got {report_url!r}")
@@ -264,6 +267,8 @@ class Sidecar:
         self.key = key
         self.fp_key = FingerprintKey.from_secret(key)
         self.replica = replica
+        self.job_uid, self.attempt = job_uid, attempt
+        self.boot, self.seq = os.urandom(8).hex(), 0
         self.mode = mode
         self.every = every_steps
         self.report_path = report_path
@@ -283,14 +288,19 @@ class Sidecar:
         if self.sender is not None:
             self.sender.send(line)
 
+    def stamped(self, kind: type[R], **fields: Any) -> R:
+        """A report of this sidecar: its job, attempt, boot and next sequence number, and now."""
+        self.seq += 1
+        return kind(
+            job=self.job_uid, attempt=self.attempt, boot=self.boot, seq=self.seq, replica=self.replica,
+            time=time.time(), **fields,
+        )  # fmt: skip
+
     def violation(
         self, kind: str, step: int | None, message: str, tensors: dict[str, list[str]] | None = None
     ) -> Reply:
         self.report(
-            Violation(
-                replica=self.replica, step=step, time=time.time(), violation=kind, message=message,
-                tensors=tensors,
-            )
+            self.stamped(Violation, step=step, violation=kind, message=message, tensors=tensors)
         )  # fmt: skip
         notice = ViolationNotice(kind=kind, step=step, message=message)
         return Reply(ok=self.mode != "Enforce", violation=notice)
@@ -372,10 +382,7 @@ class Sidecar:
             )
         self.regions[region.name] = _OpenRegion(region)
         self.report(
-            Registered(
-                replica=self.replica, time=time.time(), region=region.name, tensors=len(region.slots),
-                bytes=region.nbytes,
-            )
+            self.stamped(Registered, region=region.name, tensors=len(region.slots), bytes=region.nbytes)
         )  # fmt: skip
         return Reply(ok=True)
 
@@ -388,10 +395,7 @@ class Sidecar:
             self.at_end = {step: state}  # only the latest step is compared
             fps = {name: fp for name, (fp, _) in state.items()}
             self.report(
-                StepEnd(
-                    replica=self.replica, step=step, time=time.time(), fingerprint=self.replicated(fps),
-                    regions=fps,
-                )
+                self.stamped(StepEnd, step=step, fingerprint=self.replicated(fps), regions=fps)
             )  # fmt: skip
         return Reply(ok=True)
 
@@ -419,18 +423,14 @@ class Sidecar:
                 f"and the start of step {step}" + (f" ({where})" if where else ""),
                 tensors=changed,
             )
-        self.report(Verified(replica=self.replica, step=step - 1, time=time.time()))
+        self.report(self.stamped(Verified, step=step - 1))
         return Reply(ok=True)
 
     def sign_checkpoint(self, raw_path: str, step: int | None) -> Reply:
         path = self.checked_path(raw_path)
         files = self.checkpoint_files(path)
         manifest = build_manifest(self.key, files, step)
-        self.report(
-            CheckpointSigned(
-                replica=self.replica, step=step, time=time.time(), checkpoint=path.name, files=len(files)
-            )
-        )
+        self.report(self.stamped(CheckpointSigned, step=step, checkpoint=path.name, files=len(files)))
         return Reply(ok=True, manifest=manifest)
 
     def verify_checkpoint(self, raw_path: str) -> Reply:
@@ -554,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
         "--token-file", type=Path, help="with --key-url: the pod's projected ServiceAccount token"
     )
     parser.add_argument("--replica", type=int, default=0)
+    parser.add_argument("--job-uid", default="", help="the TrainingJob's uid, carried in every report")
+    parser.add_argument("--attempt", type=int, default=0, help="the job's attempt this pod belongs to")
     parser.add_argument("--mode", choices=MODES, default="Audit")
     parser.add_argument("--every-steps", type=int, default=1)
     parser.add_argument("--report", type=Path, default=None, help="append signed reports here")
@@ -577,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
         private_dir = args.token_file.parent
     sidecar = Sidecar(
         key, args.replica, args.mode, args.every_steps, args.report, args.report_url,
-        folder=args.socket.parent, key_dir=private_dir,
+        folder=args.socket.parent, key_dir=private_dir, job_uid=args.job_uid, attempt=args.attempt,
     )  # fmt: skip
     # Stopped (the job ends, Enforce stops it): deliver what is kept first, for a few seconds.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -375,7 +375,9 @@ def build_pod(
     if integrity:
         # A native sidecar (an init container that keeps running): it is up, its socket ready,
         # before the trainer starts, and it stops when the trainer is done, so the pod completes.
-        pod_spec["initContainers"] = [build_sidecar(job, replica, settings, gpu=gpu_integrity)]
+        pod_spec["initContainers"] = [
+            build_sidecar(job, replica, settings, gpu=gpu_integrity, attempt=attempt)
+        ]
     if gpu_integrity:
         # CUDA IPC checks process ids: the sidecar opens the trainer's GPU memory only when both
         # see the same process namespace. The sidecar's own user keeps it out of the trainer's reach.
@@ -406,7 +408,9 @@ def _with_annotations(meta: Manifest, annotations: dict[str, str]) -> Manifest:
     return meta
 
 
-def build_sidecar(job: TrainingJob, replica: int, settings: WorkloadSettings, gpu: bool) -> Manifest:
+def build_sidecar(
+    job: TrainingJob, replica: int, settings: WorkloadSettings, gpu: bool, attempt: int = 0
+) -> Manifest:
     """The weight-verification sidecar: the only container that mounts the pod's token, with which
     it asks the operator for the job's integrity key at start."""
     spec = job.spec
@@ -468,6 +472,8 @@ def build_sidecar(job: TrainingJob, replica: int, settings: WorkloadSettings, gp
             f"--key-url={settings.report_url}/keys/{job.namespace}/{job.name}",
             f"--token-file={INTEGRITY_TOKEN_DIR}/token",
             f"--replica={replica}",
+            f"--job-uid={job.metadata.uid}",
+            f"--attempt={attempt}",
             f"--mode={spec.integrity.mode.value}",
             f"--every-steps={spec.integrity.every_steps}",
             f"--report={INTEGRITY_DIR}/reports.jsonl",
