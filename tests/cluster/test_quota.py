@@ -308,10 +308,24 @@ def test_an_operator_restarted_mid_queue_keeps_admissions_and_admits_nothing_ext
         )
         op.kill()
         space.apply(gpu_job(space, "late", 4))  # admitted by the session's webhooks while no reconciler runs
+        # A waiting job deleted meanwhile, its finalizer removed by hand: its Workload (which has
+        # no owner reference) is left behind, and the restarted operator sweeps it.
+        gone = next(f"q{i}" for i in range(4) if f"q{i}" not in running)
+        orphan = space.get("trainingjob", gone)["status"]["queue"]["workload"]
+        crds.kubectl("delete", "tj", gone, "-n", space.namespace, "--wait=false")
+        crds.kubectl("patch", "tj", gone, "-n", space.namespace, "--type=merge",
+                     "-p", '{"metadata":{"finalizers":null}}')  # fmt: skip
+        wait_for("the job to be gone", lambda: crds.kubectl(
+            "get", "tj", gone, "-n", space.namespace, check=False).returncode != 0)  # fmt: skip
+        assert crds.kubectl("get", "workload", orphan, "-n", space.namespace, check=False).returncode == 0
         op.start()
+        wait_for("the orphaned Workload to be swept", lambda: crds.kubectl(
+            "get", "workload", orphan, "-n", space.namespace, check=False).returncode != 0)  # fmt: skip
         wait_condition(space, "late", "Queued", reason="WaitingForQuota")
         again = sorted(
-            f"q{i}" for i in range(4) if condition(space, f"q{i}", "Running").get("status") == "True"
+            f"q{i}"
+            for i in range(4)
+            if f"q{i}" != gone and condition(space, f"q{i}", "Running").get("status") == "True"
         )
         assert again == running
         assert admitted_gpus(crds, [space.namespace]) == (8, 8)
@@ -322,7 +336,7 @@ def test_an_operator_restarted_mid_queue_keeps_admissions_and_admits_nothing_ext
             lambda: (
                 sum(
                     condition(space, n, "Running").get("status") == "True"
-                    for n in [*(f"q{i}" for i in range(4)), "late"]
+                    for n in [*(f"q{i}" for i in range(4) if f"q{i}" != gone), "late"]
                 )
                 == 2
             ),

@@ -7,7 +7,7 @@ from typing import Any
 
 from trainguard.api.models import Tenant
 from trainguard.quota import queueing, render
-from trainguard.quota.queueing import QueueState, QuotaUsage, WorkloadView
+from trainguard.quota.queueing import QueueState, QuotaUsage, WorkloadView, orphaned_workloads
 
 NOW = datetime.datetime(2026, 11, 26, 12, 0, 0, tzinfo=datetime.UTC)
 
@@ -237,3 +237,13 @@ def test_cluster_queue_figures_are_read_from_kueues_status() -> None:
         2,
     )
     assert read.active
+
+
+def test_workloads_of_jobs_that_are_gone_are_orphans() -> None:
+    def workload(name: str, uid: str | None) -> dict[str, Any]:
+        labels = {"trainguard.dev/job-uid": uid} if uid else {}
+        return {"metadata": {"namespace": "team-a", "name": name, "labels": labels}}
+
+    found = [workload("tj-a-1", "u1"), workload("tj-b-2", "u2"), workload("odd", None)]
+    assert orphaned_workloads(found, ["u1"]) == [("team-a", "tj-b-2"), ("team-a", "odd")]
+    assert orphaned_workloads(found, ["u1", "u2"]) == [("team-a", "odd")]

@@ -14,10 +14,11 @@ TrainingJob DELETED event), and keys left by jobs deleted while no operator ran 
 Reports. A report counts only if it is signed with the job's key, so neither the trainer nor
 anyone who can act in the tenant's namespace can forge one, and only once: it names the job's uid
 and attempt and its place in its sidecar's sequence, so a replayed, reordered or transplanted
-report is refused (HTTP 409, `trainguard_integrity_violations_total{kind="StaleReport"}`). The verdicts it leads to are counted
-(`trainguard_integrity_violations_total`, `trainguard_integrity_verified_steps_total`) and handed
-to the job's reconcile daemon, the only writer of job status: a violation at once, verified
-steps at most every few seconds. In Enforce mode the planner then stops the job.
+report is refused (HTTP 409, `trainguard_integrity_violations_total{kind="StaleReport"}`). The
+verdicts it leads to are counted (`trainguard_integrity_violations_total`,
+`trainguard_integrity_verified_steps_total`) and handed to the job's reconcile daemon, the only
+writer of job status: a violation at once, verified steps at most every few seconds. In Enforce
+mode the planner then stops the job.
 """
 
 from __future__ import annotations

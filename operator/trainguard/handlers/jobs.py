@@ -51,7 +51,14 @@ from trainguard.context import (
 )
 from trainguard.kube import client as kube
 from trainguard.policy.pods import job_uid_of
-from trainguard.quota.queueing import QuotaUsage, WorkloadView, build_workload, positions, workload_name
+from trainguard.quota.queueing import (
+    QuotaUsage,
+    WorkloadView,
+    build_workload,
+    orphaned_workloads,
+    positions,
+    workload_name,
+)
 from trainguard.quota.render import tenant_of_cluster_queue
 from trainguard.signing.verifier import VerificationFailed
 from trainguard.workload.lifecycle import (
@@ -112,6 +119,7 @@ async def _release_until_done(context: OperatorContext, attempts: int = 30) -> N
     for attempt in range(attempts):
         try:
             await _release_jobs_in_terminating_namespaces()
+            await _sweep_orphaned_workloads()
             return
         except kube.KubeError as exc:
             metrics.reconcile_failed("api")
@@ -141,6 +149,18 @@ async def _release_jobs_in_terminating_namespaces() -> None:
     now = format_time(datetime.datetime.now(datetime.UTC))
     for namespace in sorted(nudge):
         await kube.annotate_namespace(namespace, {f"{GROUP}/jobs-released": now})
+
+
+async def _sweep_orphaned_workloads() -> None:
+    """Delete trainguard's Workloads whose TrainingJob is gone (its finalizer removed by hand
+    while no operator ran, say): nothing else would, and an admitted one holds quota. Workloads
+    are listed before jobs, so a Workload listed belongs to a job that existed before the jobs
+    were listed: a live job's Workload is never taken for an orphan."""
+    workloads = await kube.list_workloads(f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_JOB_UID}")
+    live = [job["metadata"]["uid"] for job in await kube.list_jobs()]
+    for namespace, name in orphaned_workloads(workloads, live):
+        await kube.delete_workload(namespace, name)
+        log.info("deleted Workload %s/%s: its TrainingJob no longer exists", namespace, name)
 
 
 async def _release(raw: dict[str, Any]) -> None:
@@ -424,7 +444,15 @@ async def _create_gang(namespace: str, pods: list[dict[str, Any]], job: Training
     taken: list[str] = []
     try:
         for pod in pods:
-            if await kube.create(pod):
+            try:
+                made = await kube.create(pod)
+            except kube.KubeError as exc:
+                # A pod that exists already is refused by the tenant's ResourceQuota (admission
+                # counts the request again) before the API server could answer "already exists".
+                if exc.status != 403 or not await _owned(pod, job):
+                    raise
+                made = False
+            if made:
                 created.append(pod["metadata"]["name"])
             elif not await _owned(pod, job):
                 taken.append(f"Pod {pod['metadata']['name']}")

@@ -510,6 +510,21 @@ async def replace_object(manifest: Obj, current: Obj) -> None:
     await _call(f"replace {_where(manifest)}", fn, *args, _preload_content=False, ok=(404, 409))
 
 
+async def list_workloads(selector: str) -> list[Obj]:
+    """Every Kueue Workload in the cluster with the labels `selector` names."""
+    resp = await _call(
+        "list Workloads",
+        _custom().list_cluster_custom_object,
+        KUEUE_GROUP,
+        KUEUE_VERSION,
+        "workloads",
+        label_selector=selector,
+        _preload_content=False,
+    )
+    items: list[Obj] = _json(resp)["items"]
+    return items
+
+
 async def delete_workload(namespace: str, name: str) -> None:
     await _call(
         f"delete Workload {namespace}/{name}",

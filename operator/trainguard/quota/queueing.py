@@ -381,3 +381,17 @@ def positions(pending: Iterable[WorkloadView]) -> dict[str, int]:
         key=lambda v: (-v.priority, v.queued_since or v.created, v.uid),
     )
     return {v.uid: i + 1 for i, v in enumerate(order)}
+
+
+def orphaned_workloads(
+    workloads: Iterable[Mapping[str, Any]], live_job_uids: Iterable[str]
+) -> list[tuple[str, str]]:
+    """(namespace, name) of trainguard's Workloads whose TrainingJob no longer exists. They have
+    no owner reference (Kueue releases its finalizer only for ownerless Workloads), so the garbage
+    collector would never remove them, and an admitted one would hold its tenant's quota forever."""
+    live = set(live_job_uids)
+    return [
+        (w["metadata"]["namespace"], w["metadata"]["name"])
+        for w in workloads
+        if (w["metadata"].get("labels") or {}).get(LABEL_JOB_UID) not in live
+    ]
