@@ -98,5 +98,5 @@ bench: build venv ## Benchmarks; JSON results in bench/results/
 	$(PY) -m bench.scheduling_bench
 
 .PHONY: demo
-demo: cluster ## Start the cluster and show simulated GPU scheduling end to end
+demo: cluster ## The two-minute story on the local cluster: tenants, signing, refusals, quota, a tampered weight caught
 	$(PY) -m e2e.demo
