@@ -17,14 +17,21 @@ from e2e.cluster.waiting import wait_for
 EXAMPLES = ROOT / "examples"
 RESEARCHER = ["--as=researcher-a", "--as-group=team-a"]
 OUTSIDER = ["--as=researcher-b", "--as-group=team-b"]
+EXAMPLE_REGISTRY = "127.0.0.1:26386"  # the default local cluster's, which the job example names
+
+
+def example(cluster: Cluster, name: str) -> str:
+    """An example as written, its image in this cluster's registry (another port base moves it)."""
+    return (EXAMPLES / name).read_text().replace(EXAMPLE_REGISTRY, cluster.registry)
 
 
 @pytest.fixture
 def team_a(helm_release: Cluster, operator: OperatorProcess, tmp_path: Path) -> Cluster:
     cluster = helm_release
-    cluster.kubectl("delete", "namespace", "team-a", "--ignore-not-found", "--wait=true", "--timeout=60s")
-    cluster.kubectl("delete", "tenant", "team-a", "--ignore-not-found")
-    cluster.kubectl("create", "namespace", "team-a")
+    for team in ("team-a", "team-b"):
+        cluster.kubectl("delete", "namespace", team, "--ignore-not-found", "--wait=true", "--timeout=60s")
+        cluster.kubectl("delete", "tenant", team, "--ignore-not-found")
+        cluster.kubectl("create", "namespace", team)
     publish_example_image(cluster, tmp_path)
     return cluster
 
@@ -37,9 +44,15 @@ def conditions(cluster: Cluster, *as_user: str) -> dict[str, str]:
 def test_examples_run_for_a_researcher_and_stay_out_of_reach_of_others(team_a: Cluster) -> None:
     cluster = team_a
     examples = sorted(p.name for p in EXAMPLES.glob("*.yaml"))
-    assert examples == ["shared-storage-team-a.yaml", "tenant-team-a.yaml", "trainingjob-llm.yaml"]
+    assert examples == [
+        "shared-storage-team-a.yaml",
+        "tenant-team-a.yaml",
+        "tenant-team-b.yaml",
+        "trainingjob-llm.yaml",
+    ]
     cluster.kubectl("apply", "-f", str(EXAMPLES / "tenant-team-a.yaml"))
     cluster.kubectl("apply", "-f", str(EXAMPLES / "shared-storage-team-a.yaml"))
+    cluster.kubectl("apply", "-f", str(EXAMPLES / "tenant-team-b.yaml"))
 
     # The operator binds the tenant's members; until then the researcher may not create jobs.
     wait_for(
@@ -51,7 +64,7 @@ def test_examples_run_for_a_researcher_and_stay_out_of_reach_of_others(team_a: C
             == "yes"
         ),
     )
-    created = cluster.kubectl("apply", "-f", str(EXAMPLES / "trainingjob-llm.yaml"), *RESEARCHER)
+    created = cluster.kubectl("apply", "-f", "-", *RESEARCHER, input=example(cluster, "trainingjob-llm.yaml"))
     assert "trainingjob.trainguard.dev/llm-finetune created" in created.stdout
     wait_for(
         "the example job to run",
@@ -69,15 +82,32 @@ def test_examples_run_for_a_researcher_and_stay_out_of_reach_of_others(team_a: C
     assert denied.returncode != 0
     assert "forbidden" in denied.stderr
 
-    # Another team sees nothing and changes nothing.
+    # Another team (a member of tenant team-b, with its own namespace) sees nothing of team A's
+    # and changes nothing; team A's signature does not count in team B.
+    wait_for(
+        "researcher-b to be allowed to create TrainingJobs in team-b",
+        lambda: (
+            cluster.kubectl(
+                "auth", "can-i", "create", "trainingjobs", "-n", "team-b", *OUTSIDER, check=False
+            ).stdout.strip()
+            == "yes"
+        ),
+    )
+    job = yaml.safe_load(example(cluster, "trainingjob-llm.yaml"))
+    job["metadata"]["namespace"] = "team-b"
+    job["spec"].update(tenant="team-b", replicas=1, sharedStorage=[])
+    foreign = cluster.kubectl("apply", "-f", "-", *OUTSIDER, input=json.dumps(job), check=False)
+    assert foreign.returncode != 0
+    assert "trusted signers: team-b-release" in foreign.stderr
     other = cluster.kubectl("get", "tj", "-n", "team-a", *OUTSIDER, check=False)
     assert other.returncode != 0
     assert 'User "researcher-b" cannot list resource "trainingjobs"' in other.stderr
     other_delete = cluster.kubectl("delete", "tj", "llm-finetune", "-n", "team-a", *OUTSIDER, check=False)
     assert other_delete.returncode != 0
 
-    cluster.kubectl("delete", "namespace", "team-a", "--wait=false")
-    cluster.kubectl("delete", "tenant", "team-a", "--wait=false")
+    for team in ("team-a", "team-b"):
+        cluster.kubectl("delete", "namespace", team, "--wait=false")
+        cluster.kubectl("delete", "tenant", team, "--wait=false")
 
 
 def test_chart_renders_a_hardened_operator_deployment(cluster: Cluster, tmp_path: Path) -> None:
@@ -114,6 +144,18 @@ def test_chart_renders_a_hardened_operator_deployment(cluster: Cluster, tmp_path
     }
     assert "--namespace=team-*" in container["args"]
     assert container["image"] == "ghcr.io/trainguard/operator:0.1.0"
+    # Only tenant namespaces reach the integrity endpoint; the webhooks are open to the API server.
+    policy = yaml.safe_load((own / "trainguard" / "templates" / "networkpolicy.yaml").read_text())
+    rules = {rule["ports"][0]["port"]: rule.get("from") for rule in policy["spec"]["ingress"]}
+    assert rules[8082] == [{"namespaceSelector": {"matchExpressions": [
+        {"key": "trainguard.dev/tenant", "operator": "Exists"}]}}]  # fmt: skip
+    assert rules[9443] is None
+    # values.schema.json: a misspelled value fails the install, naming it, instead of being ignored.
+    typo = subprocess.run(
+        [*helm, "--set", "operator.webhookPrt=9444"], capture_output=True, text=True, check=False
+    )
+    assert typo.returncode != 0
+    assert "additional properties 'webhookPrt' not allowed" in typo.stderr
     # The server-side dry run accepts every rendered object.
     dry = cluster.kubectl(
         "apply", "--dry-run=server", "-n", "trainguard-system", "-R", "-f", str(own), check=False
