@@ -440,6 +440,15 @@ def test_a_finished_job_gives_its_quota_back() -> None:
     status = running_status(conditions=[succeeded])
     out = plan(make_job(status), TENANT, pods(["Succeeded", "Succeeded"]), NOW, SETTINGS)
     assert out.delete_workload == "tj-j-u1"
+    # In the very pass that sees the job end, not one resync later: the next job waits for it.
+    ends = plan(make_job(running_status()), TENANT, pods(["Succeeded", "Succeeded"]), NOW, SETTINGS)
+    assert is_true(ends.status.conditions, "Succeeded")
+    assert ends.delete_workload == "tj-j-u1"
+    job = make_job(running_status(), integrity={"mode": "Enforce"})
+    bad = verdict(verified=False, step=7, replica=1, kind="ModifiedBetweenSteps", message="m")
+    stopped = plan(job, TENANT, pods(["Running", "Running"]), NOW, SETTINGS, verdicts=[bad])
+    assert is_true(stopped.status.conditions, "Failed")
+    assert stopped.delete_workload == "tj-j-u1"
 
 
 def running_since(minutes: float, **integrity: Any) -> dict[str, Any]:

@@ -230,6 +230,29 @@ def plan(
     job's integrity key, used only if its Secret does not exist yet. `queue` is the job's place
     in Kueue: no pod is created before Kueue admits its Workload. `heard` is when each replica's
     sidecar last sent a signed report, as the operator received it (kept in status from here)."""
+    out = _plan(
+        job, tenant, pods, now, settings, image, verdicts=verdicts, new_key=new_key, queue=queue, heard=heard
+    )
+    workload = (queue or Queue()).workload
+    ended = is_true(out.status.conditions, C.SUCCEEDED) or is_true(out.status.conditions, C.FAILED)
+    if ended and workload is not None:
+        out.delete_workload = workload.name  # the quota goes back in the pass that ends the job
+    return out
+
+
+def _plan(
+    job: TrainingJob,
+    tenant: Tenant | None,
+    pods: list[PodView],
+    now: datetime.datetime,
+    settings: WorkloadSettings,
+    image: PinnedImage | ImageProblem | None = None,
+    *,
+    verdicts: Sequence[IntegrityVerdict] = (),
+    new_key: bytes = b"",
+    queue: Queue | None = None,
+    heard: Mapping[int, datetime.datetime] | None = None,
+) -> Plan:
     if job.spec.integrity.mode != IntegrityMode.OFF and len(new_key) < 32:
         raise ValueError("a job with integrity checks needs a fresh key of at least 32 random bytes")
     st = _Status(job, now)
