@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import mmap
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,7 +23,7 @@ import torch
 from e2e.cluster.harness import ROOT
 from e2e.cluster.integrity import SidecarProcess
 from e2e.cluster.waiting import free_port, wait_for
-from trainguard.integrity.protocol import Checkpoint, Region, Register
+from trainguard.integrity.protocol import Checkpoint, Region, Register, Verify
 from trainguard.integrity.replicas import diverging_replicas
 from trainguard.integrity.reports import Registered, StepEnd, Verified, Violation
 from trainguard.sidecar.server import probe
@@ -445,3 +447,46 @@ def test_reports_the_operator_cannot_take_yet_are_kept_and_delivered_in_order(tm
     finally:
         server.shutdown()
         sidecar.stop()
+
+
+def test_an_older_checkpoint_put_back_in_place_of_the_latest_is_refused(
+    sidecar: SidecarProcess, tmp_path: Path
+) -> None:
+    """A step-10 checkpoint copied over the step-20 one: under the same name (with its manifest)
+    it is an older step than the one saved there; under another name, a copy from elsewhere."""
+    net = model()
+    guard = IntegrityGuard(net, socket_path=sidecar.socket)
+    latest, old_copy = tmp_path / "latest.pt", tmp_path / "step-10.pt"
+    guard.save(net.state_dict(), latest, step=10)
+    shutil.copy(latest, old_copy)
+    shutil.copy(str(latest) + ".trainguard.json", str(old_copy) + ".trainguard.json")
+    guard.save({k: v + 1 for k, v in net.state_dict().items()}, latest, step=20)
+    with pytest.raises(
+        IntegrityViolation,
+        match=r"step-10\.pt: it was saved as .*latest\.pt \(step 10\): a checkpoint copied from elsewhere",
+    ):
+        guard.load(old_copy)  # its manifest names latest.pt: a copy
+    shutil.copy(old_copy, latest)
+    shutil.copy(str(old_copy) + ".trainguard.json", str(latest) + ".trainguard.json")
+    with pytest.raises(
+        IntegrityViolation, match=r"holds the checkpoint of step 10, but step 20 was saved there"
+    ):
+        guard.load(latest)
+    assert sidecar.reports_of(Violation)[-1].violation == "CheckpointRolledBack"
+    guard.close()
+
+
+def test_the_sidecar_checks_the_bytes_the_trainer_loads_not_the_file_again(
+    sidecar: SidecarProcess, tmp_path: Path
+) -> None:
+    """load() reads the file once and sends the digest of those bytes: a file swapped between the
+    check and the load cannot slip in, since what was checked is what is loaded."""
+    net = model()
+    guard = IntegrityGuard(net, socket_path=sidecar.socket)
+    path = tmp_path / "checkpoint.pt"
+    guard.save(net.state_dict(), path, step=1)
+    other = hashlib.sha256(b"other bytes").hexdigest()
+    with pytest.raises(IntegrityViolation, match=r"checkpoint\.pt changed after it was saved"):
+        guard._call(Verify(path=str(path), files={"checkpoint.pt": other}))  # the disk is intact
+    assert set(guard.load(path)) == set(net.state_dict())
+    guard.close()

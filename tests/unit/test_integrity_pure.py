@@ -42,6 +42,16 @@ def test_manifest_accepts_the_signed_files_only() -> None:
     assert verify_manifest(KEY, {"nonsense": 1}, {}) == ["the manifest is malformed"]
 
 
+def test_a_manifest_vouches_for_its_path_too() -> None:
+    manifest = build_manifest(KEY, {"step-20": "aa"}, step=10, path="/output/step-10")
+    assert verify_manifest(KEY, manifest, {"step-20": "aa"}, path="/output/step-10") == []
+    assert verify_manifest(KEY, manifest, {"step-20": "aa"}, path="/output/latest") == [
+        "it was saved as /output/step-10 (step 10): a checkpoint copied from elsewhere"
+    ]
+    moved = {**manifest, "path": "/output/latest"}  # the path is under the signature
+    assert "not written by this job's sidecar" in verify_manifest(KEY, moved, {}, path="/output/latest")[0]
+
+
 def test_the_minority_replica_is_named_and_rank_zero_breaks_ties() -> None:
     assert diverging_replicas({0: "a", 1: "a", 2: "a"}) == []
     assert diverging_replicas({0: "a", 1: "b", 2: "a"}) == [1]

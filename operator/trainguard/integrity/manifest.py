@@ -17,26 +17,40 @@ def manifest_path(checkpoint: Path) -> Path:
     return checkpoint / DIRECTORY_MANIFEST if checkpoint.is_dir() else Path(str(checkpoint) + MANIFEST_SUFFIX)
 
 
-def _mac(key: bytes, files: dict[str, str], step: int | None) -> str:
-    body = json.dumps({"files": files, "step": step}, sort_keys=True).encode()
-    return hmac.new(key, b"trainguard-checkpoint-v1" + body, hashlib.sha256).hexdigest()
+def _mac(key: bytes, files: dict[str, str], step: int | None, path: str) -> str:
+    body = json.dumps({"files": files, "step": step, "path": path}, sort_keys=True).encode()
+    return hmac.new(key, b"trainguard-checkpoint-v2" + body, hashlib.sha256).hexdigest()
 
 
-def build_manifest(key: bytes, files: dict[str, str], step: int | None = None) -> dict[str, Any]:
-    """`files` maps a file name to its SHA-256 hex digest."""
-    return {"format": 1, "step": step, "files": dict(sorted(files.items())), "mac": _mac(key, files, step)}
+def build_manifest(
+    key: bytes, files: dict[str, str], step: int | None = None, path: str = ""
+) -> dict[str, Any]:
+    """`files` maps a file name to its SHA-256 hex digest; `path` is where the checkpoint was saved
+    (a manifest vouches for those bytes at that path, at that step, for this job's key only)."""
+    return {
+        "format": 2,
+        "path": path,
+        "step": step,
+        "files": dict(sorted(files.items())),
+        "mac": _mac(key, files, step, path),
+    }
 
 
-def verify_manifest(key: bytes, manifest: dict[str, Any], actual: dict[str, str]) -> list[str]:
-    """Every reason the files on disk are not the ones the sidecar signed; empty when they are."""
+def verify_manifest(
+    key: bytes, manifest: dict[str, Any], actual: dict[str, str], path: str = ""
+) -> list[str]:
+    """Every reason the files on disk are not the ones the sidecar signed at `path`; empty when they are."""
     try:
         files = {str(k): str(v) for k, v in manifest["files"].items()}
         step = manifest.get("step")
+        signed_path = str(manifest.get("path", ""))
         mac = str(manifest["mac"])
     except (KeyError, AttributeError, TypeError):
         return ["the manifest is malformed"]
-    if not hmac.compare_digest(mac, _mac(key, files, step)):
+    if not hmac.compare_digest(mac, _mac(key, files, step, signed_path)):
         return ["the manifest's signature is not valid: it was not written by this job's sidecar"]
+    if signed_path != path:
+        return [f"it was saved as {signed_path} (step {step}): a checkpoint copied from elsewhere"]
     problems = [f"{name} is missing" for name in files if name not in actual]
     problems += [
         f"{name} changed after it was saved"

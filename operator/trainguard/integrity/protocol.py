@@ -312,10 +312,15 @@ class Checkpoint(WireModel):
 
 
 class Verify(WireModel):
-    """Check the checkpoint at `path` against its signed manifest."""
+    """Check the checkpoint at `path` against its signed manifest. `files` (file name -> SHA-256)
+    are the digests of the bytes the trainer read and will load, so that what is verified is what
+    is loaded (no window in which the file could be swapped); without them the sidecar reads the
+    files itself."""
 
     op: Literal["verify"] = "verify"
     path: str
+    files: dict[str, str] | None = None
+    omit_when_none: ClassVar[tuple[str, ...]] = ("files",)
 
     check_path = field_validator("path", mode="before")(_string_path)
 

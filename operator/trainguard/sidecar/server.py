@@ -277,6 +277,7 @@ class Sidecar:
         self.regions: dict[str, _OpenRegion] = {}
         self.at_end: dict[int, dict[str, tuple[str, Any]]] = {}
         self.steps = StepSequence()
+        self.latest: dict[str, int] = {}  # checkpoint path -> the highest step signed there
 
     # ----------------------------------------------------------------- results
     def report(self, report: Report) -> None:
@@ -364,7 +365,7 @@ class Sidecar:
             return self.begin(request.step)
         if isinstance(request, Checkpoint):
             return self.sign_checkpoint(request.path, request.step)
-        return self.verify_checkpoint(request.path)
+        return self.verify_checkpoint(request.path, request.files)
 
     def protocol(self, step: int | None, problem: str) -> Reply:
         return self.violation(
@@ -429,11 +430,13 @@ class Sidecar:
     def sign_checkpoint(self, raw_path: str, step: int | None) -> Reply:
         path = self.checked_path(raw_path)
         files = self.checkpoint_files(path)
-        manifest = build_manifest(self.key, files, step)
+        manifest = build_manifest(self.key, files, step, path=str(path))
+        if step is not None:
+            self.latest[str(path)] = max(step, self.latest.get(str(path), step))
         self.report(self.stamped(CheckpointSigned, step=step, checkpoint=path.name, files=len(files)))
         return Reply(ok=True, manifest=manifest)
 
-    def verify_checkpoint(self, raw_path: str) -> Reply:
+    def verify_checkpoint(self, raw_path: str, read: dict[str, str] | None = None) -> Reply:
         path = self.checked_path(raw_path)
         signed = manifest_path(path)
         if not signed.is_file():
@@ -442,9 +445,18 @@ class Sidecar:
             manifest = json.loads(signed.read_text())
         except ValueError:
             manifest = {}
-        problems = verify_manifest(self.key, manifest, self.checkpoint_files(path))
+        actual = read if read is not None else self.checkpoint_files(path)
+        problems = verify_manifest(self.key, manifest, actual, path=str(path))
         if problems:
             return self.violation("CheckpointModified", None, f"{path.name}: {'; '.join(problems)}")
+        step, latest = manifest.get("step"), self.latest.get(str(path))
+        if isinstance(step, int) and latest is not None and step < latest:
+            return self.violation(
+                "CheckpointRolledBack",
+                step,
+                f"{path.name} holds the checkpoint of step {step}, but step {latest} was saved there "
+                "since: an older checkpoint was put back in its place",
+            )
         return Reply(ok=True)
 
     def serve(self, socket_path: Path) -> None:

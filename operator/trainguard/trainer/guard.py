@@ -23,6 +23,8 @@ rebuilds its state), `end()` notices and shares that region again.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import itertools
 import json
 import mmap
@@ -316,19 +318,24 @@ class IntegrityGuard:
         manifest_path(target).write_text(json.dumps(reply.manifest, indent=1))
 
     def verify(self, path: str | os.PathLike[str]) -> None:
-        """Raise IntegrityViolation (Enforce) unless the checkpoint is exactly what was signed:
-        no file changed, added or removed."""
+        """Raise IntegrityViolation (Enforce) unless the checkpoint is exactly what was signed,
+        where it was signed: no file changed, added or removed, not copied from elsewhere, not
+        older than the last one saved at that path."""
         self._call(Verify(path=str(Path(path).resolve())))
 
     def load(self, path: str | os.PathLike[str]) -> Any:
-        """Verify the signed manifest first, then load without ever unpickling code:
-        safetensors for `.safetensors`, else torch.load(weights_only=True)."""
-        self.verify(path)
-        if Path(path).suffix == ".safetensors":
-            from safetensors.torch import load_file
+        """Read the checkpoint file once, have the sidecar check the manifest against the digest
+        of exactly those bytes, then load them (no window in which the file could be swapped),
+        without ever unpickling code: safetensors for `.safetensors`, else
+        torch.load(weights_only=True)."""
+        target = Path(path).resolve()
+        data = target.read_bytes()
+        self._call(Verify(path=str(target), files={target.name: hashlib.sha256(data).hexdigest()}))
+        if target.suffix == ".safetensors":
+            from safetensors.torch import load as load_bytes
 
-            return load_file(str(path))
-        return torch.load(path, weights_only=True)
+            return load_bytes(data)
+        return torch.load(io.BytesIO(data), weights_only=True)
 
     def close(self) -> None:
         self._sock.close()
