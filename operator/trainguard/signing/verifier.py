@@ -15,7 +15,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 
@@ -43,14 +43,20 @@ class VerificationFailed(Exception):
         self.reason = reason
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
 @dataclass
-class ResultCache:
+class ExpiringCache(Generic[K, V]):
+    """A bounded map whose entries expire `ttl_seconds` after they were put; thread-safe."""
+
     ttl_seconds: float = 300.0
     max_entries: int = 4096
-    _entries: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
+    _entries: dict[K, tuple[float, V]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def get(self, key: tuple[str, str]) -> str | None:
+    def get(self, key: K) -> V | None:
         with self._lock:
             hit = self._entries.get(key)
             if hit is None or hit[0] < time.monotonic():
@@ -58,35 +64,22 @@ class ResultCache:
                 return None
             return hit[1]
 
-    def put(self, key: tuple[str, str], signer: str) -> None:
+    def put(self, key: K, value: V) -> None:
         with self._lock:
             if len(self._entries) >= self.max_entries:
                 self._entries.pop(next(iter(self._entries)))
-            self._entries[key] = (time.monotonic() + self.ttl_seconds, signer)
+            self._entries[key] = (time.monotonic() + self.ttl_seconds, value)
+
+
+class ResultCache(ExpiringCache[tuple[str, str], str]):
+    """(digest, trusted signers' key) -> the signer that verified it."""
 
 
 @dataclass
-class TagCache:
-    """Recent tag resolutions: `registry/repository:tag` -> digest, for `ttl_seconds`."""
+class TagCache(ExpiringCache[str, str]):
+    """Recent tag resolutions: `registry/repository:tag` -> digest."""
 
     ttl_seconds: float = 10.0
-    max_entries: int = 4096
-    _entries: dict[str, tuple[float, str]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def get(self, tag: str) -> str | None:
-        with self._lock:
-            hit = self._entries.get(tag)
-            if hit is None or hit[0] < time.monotonic():
-                self._entries.pop(tag, None)
-                return None
-            return hit[1]
-
-    def put(self, tag: str, digest: str) -> None:
-        with self._lock:
-            if len(self._entries) >= self.max_entries:
-                self._entries.pop(next(iter(self._entries)))
-            self._entries[tag] = (time.monotonic() + self.ttl_seconds, digest)
 
 
 def signers_key(signers: list[cosign.Signer]) -> str:

@@ -134,6 +134,7 @@ class Plan:
     delete_workload: str | None = None  # name of the job's Workload, to give its quota back
     release_workload: Manifest | None = None  # status patch: an evicted Workload's quota back
     reports_stopped: bool = False  # this pass found a replica whose sidecar fell silent
+    held_workload: str | None = None  # the job's Workload, given back in the pass that ends the job
 
 
 class _Status:
@@ -230,29 +231,6 @@ def plan(
     job's integrity key, used only if its Secret does not exist yet. `queue` is the job's place
     in Kueue: no pod is created before Kueue admits its Workload. `heard` is when each replica's
     sidecar last sent a signed report, as the operator received it (kept in status from here)."""
-    out = _plan(
-        job, tenant, pods, now, settings, image, verdicts=verdicts, new_key=new_key, queue=queue, heard=heard
-    )
-    workload = (queue or Queue()).workload
-    ended = is_true(out.status.conditions, C.SUCCEEDED) or is_true(out.status.conditions, C.FAILED)
-    if ended and workload is not None:
-        out.delete_workload = workload.name  # the quota goes back in the pass that ends the job
-    return out
-
-
-def _plan(
-    job: TrainingJob,
-    tenant: Tenant | None,
-    pods: list[PodView],
-    now: datetime.datetime,
-    settings: WorkloadSettings,
-    image: PinnedImage | ImageProblem | None = None,
-    *,
-    verdicts: Sequence[IntegrityVerdict] = (),
-    new_key: bytes = b"",
-    queue: Queue | None = None,
-    heard: Mapping[int, datetime.datetime] | None = None,
-) -> Plan:
     if job.spec.integrity.mode != IntegrityMode.OFF and len(new_key) < 32:
         raise ValueError("a job with integrity checks needs a fresh key of at least 32 random bytes")
     st = _Status(job, now)
@@ -267,6 +245,7 @@ def _plan(
     out = Plan(status=st.value, delete_pods=stale, events=integrity_events)
     queue = queue or Queue()
     workload = queue.workload
+    out.held_workload = workload.name if workload else None
 
     if is_true(conds, C.SUCCEEDED) or is_true(conds, C.FAILED):
         # Terminal: stop anything still running, keep finished pods for their logs, and give
@@ -384,6 +363,7 @@ def _plan(
         st.condition(C.SUCCEEDED, "True", "AllReplicasSucceeded", msg)
         st.set(completion_time=format_time(now))
         out.events.append(Event("Normal", "Succeeded", msg, Transition.SUCCEEDED))
+        out.delete_workload = out.held_workload  # the quota goes back in the pass that ends the job
         out.status = st.value
         return out
 
@@ -547,6 +527,7 @@ def _fail(
     st.set(completion_time=format_time(now))
     out.events.append(Event("Warning", reason, message, Transition.FAILED))
     out.delete_pods += [p.name for p in current if not p.finished]
+    out.delete_workload = out.held_workload
     out.status = st.value
     out.requeue_after = None
 
