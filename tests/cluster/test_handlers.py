@@ -7,7 +7,9 @@ still serves the admission webhooks (the image is pinned at admission as always)
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +17,7 @@ import kopf.testing
 import pytest
 from prometheus_client import REGISTRY
 
-from e2e.cluster.harness import OperatorProcess, SignedImage, TenantSpace, make_tenant
+from e2e.cluster.harness import RELEASE_NAMESPACE, OperatorProcess, SignedImage, TenantSpace, make_tenant
 from e2e.cluster.localcluster import Cluster
 from e2e.cluster.waiting import wait_for
 from trainguard.kube import client as kube
@@ -132,3 +134,24 @@ def test_a_job_deleted_while_no_operator_ran_does_not_hold_its_namespace(
         )
     assert runner.exception is None, runner.output
     crds.kubectl("delete", "tenant", space.tenant, "--wait=false", check=False)
+
+
+def test_api_calls_reuse_one_connection_even_when_nobody_reads_the_answer(settings_env: None) -> None:
+    """A create's answer is never read (only its status matters): unless the client reads it
+    anyway, urllib3 keeps that connection out of the pool, and the next call pays a new TLS
+    handshake, on both sides."""
+    names = [f"conn-{uuid.uuid4().hex[:8]}" for _ in range(5)]
+
+    async def calls() -> None:
+        for name in names:
+            secret = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": name, "namespace": RELEASE_NAMESPACE},
+            }
+            assert await kube.create(secret)
+            await kube.delete_secret(RELEASE_NAMESPACE, name)
+
+    asyncio.run(calls())
+    pools = list(kube._api().rest_client.pool_manager.pools._container.values())
+    assert [pool.num_connections for pool in pools] == [1]

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
@@ -70,12 +71,22 @@ def _json(response: Any) -> Obj:
     return data
 
 
+def _complete(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call `fn` and read an unparsed response (`_preload_content=False`) to its end, in the
+    calling thread: urllib3 gives a connection back to the pool only once its response is read,
+    and an answer nobody reads (a delete's) would otherwise cost a new TLS connection per call."""
+    result = fn(*args, **kwargs)
+    if isinstance(result, urllib3.BaseHTTPResponse):
+        _ = result.data
+    return result
+
+
 async def _call(
     action: str, fn: Callable[..., Any], *args: Any, ok: tuple[int, ...] = (), **kwargs: Any
 ) -> Any:
     """Run `fn` in a thread; return None for the statuses in `ok`, raise KubeError for others."""
     try:
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        return await asyncio.to_thread(_complete, fn, *args, **kwargs)
     except ApiException as exc:
         if exc.status in ok:
             return None
