@@ -49,7 +49,7 @@ from trainguard.api.models import TrainingJob
 from trainguard.context import KeyDelivery, OperatorContext, context_of
 from trainguard.integrity.reports import ForgedReport, StaleReport, open_report
 from trainguard.kube import client as kube
-from trainguard.policy.pods import job_uid_of
+from trainguard.policy.pods import job_uid_of, orphans
 from trainguard.workload.builders import (
     INTEGRITY_TOKEN_AUDIENCE,
     integrity_secret_name,
@@ -208,12 +208,7 @@ def requested_twice(who: PodIdentity, earlier: KeyDelivery, now: KeyDelivery, ac
 
 def orphaned_keys(secrets: Iterable[Mapping[str, Any]], live_job_uids: Iterable[str]) -> list[str]:
     """Names of the key Secrets whose job no longer exists."""
-    live = set(live_job_uids)
-    return [
-        s["metadata"]["name"]
-        for s in secrets
-        if (s["metadata"].get("labels") or {}).get(LABEL_JOB_UID) not in live
-    ]
+    return [s["metadata"]["name"] for s in orphans(secrets, live_job_uids)]
 
 
 # --------------------------------------------------------------------------- the endpoint

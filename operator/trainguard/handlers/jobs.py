@@ -451,7 +451,7 @@ async def _create_gang(namespace: str, pods: list[dict[str, Any]], job: Training
                 # counts the request again) before the API server could answer "already exists".
                 if exc.status != 403 or not await _owned(pod, job):
                     raise
-                made = False
+                continue  # ours already
             if made:
                 created.append(pod["metadata"]["name"])
             elif not await _owned(pod, job):

@@ -13,11 +13,11 @@ checked by the handler (they need the registry); this module lists which images 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from trainguard.api.constants import GROUP, LABEL_MANAGED_BY, MANAGED_BY
+from trainguard.api.constants import GROUP, LABEL_JOB_UID, LABEL_MANAGED_BY, MANAGED_BY
 from trainguard.policy.errors import FieldError
 
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
@@ -46,6 +46,13 @@ class NamespaceView:
     job_claims: frozenset[str] = frozenset()  # claims that belong to a TrainingJob (e.g. "<job>-output")
     job_secrets: frozenset[str] = frozenset()  # Secrets that belong to a TrainingJob
     job_service_accounts: frozenset[str] = frozenset()  # "<job>-runner"
+
+
+def orphans(objects: Iterable[Mapping[str, Any]], live_job_uids: Iterable[str]) -> list[Mapping[str, Any]]:
+    """The objects whose job-uid label names no live TrainingJob (or that carry none): what a job
+    leaves behind that no owner reference removes (its key Secret, its Kueue Workload)."""
+    live = set(live_job_uids)
+    return [o for o in objects if (o["metadata"].get("labels") or {}).get(LABEL_JOB_UID) not in live]
 
 
 def job_uid_of(pod: Mapping[str, Any]) -> str | None:

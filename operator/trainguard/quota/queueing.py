@@ -35,6 +35,7 @@ from trainguard.api.constants import (
     WORKLOAD_POD_SET,
 )
 from trainguard.api.models import TrainingJob
+from trainguard.policy.pods import orphans
 from trainguard.quota.render import cluster_queue_name, tenant_of_cluster_queue
 
 Manifest = dict[str, Any]
@@ -389,9 +390,4 @@ def orphaned_workloads(
     """(namespace, name) of trainguard's Workloads whose TrainingJob no longer exists. They have
     no owner reference (Kueue releases its finalizer only for ownerless Workloads), so the garbage
     collector would never remove them, and an admitted one would hold its tenant's quota forever."""
-    live = set(live_job_uids)
-    return [
-        (w["metadata"]["namespace"], w["metadata"]["name"])
-        for w in workloads
-        if (w["metadata"].get("labels") or {}).get(LABEL_JOB_UID) not in live
-    ]
+    return [(w["metadata"]["namespace"], w["metadata"]["name"]) for w in orphans(workloads, live_job_uids)]
