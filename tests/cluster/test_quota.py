@@ -329,8 +329,10 @@ def test_an_operator_restarted_mid_queue_keeps_admissions_and_admits_nothing_ext
         )
         assert again == running
         assert admitted_gpus(crds, [space.namespace]) == (8, 8)
-        # One finishes: exactly one more starts.
+        # One finishes: exactly one more starts. (Wait for the end first: until the operator sees
+        # it, the finished job still reads Running.)
         finish_job(space, running[0])
+        wait_condition(space, running[0], "Succeeded", timeout=90)
         wait_for(
             "one more job running",
             lambda: (
