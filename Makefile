@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed ## Python virtual environment with the operator and dev tools
 
 .PHONY: build
-build: ## Build etcd, Kubernetes, kwok, helm, cosign, crane and registry from Go modules (cached)
+build: ## Build etcd, Kubernetes, kwok, helm, cosign, crane, registry, Kueue and Prometheus (with promtool) from Go modules (cached)
 	e2e/cluster/build.sh
 
 .PHONY: cluster

@@ -26,6 +26,8 @@ from e2e.cluster.harness import (
     wait_for_terminating_namespaces,
 )
 from e2e.cluster.localcluster import Cluster, ClusterError, LocalCluster, bin_dir
+from e2e.cluster.registry import AuthRegistry
+from e2e.cluster.waiting import free_port
 
 ROOT = Path(__file__).resolve().parent
 
@@ -90,13 +92,32 @@ def helm_release(crds: Cluster) -> Cluster:
     return crds
 
 
+AUTH_REGISTRY_USERS = {"team-a-puller": "team-a-" + "password"}
+
+
 @pytest.fixture(scope="session")
-def operator(helm_release: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthRegistry]:
+    """A second registry on loopback (the distribution registry) that wants credentials (htpasswd,
+    `AUTH_REGISTRY_USERS`): private images, read with tenants' pull Secrets."""
+    registry = AuthRegistry(free_port(), tmp_path_factory.mktemp("auth-registry"), users=AUTH_REGISTRY_USERS)
+    registry.start()
+    yield registry
+    registry.stop()
+
+
+@pytest.fixture(scope="session")
+def operator(
+    helm_release: Cluster, auth_registry: AuthRegistry, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
     """The session's operator, with the chart's RBAC, watching test namespaces and the examples'."""
     folder = tmp_path_factory.mktemp("operator")
     kubeconfig = service_account_kubeconfig(helm_release, folder, RELEASE_NAMESPACE, "trainguard")
     op = OperatorProcess(
-        folder / "operator.log", ["tj-*", "team-*"], kubeconfig, registry=helm_release.registry
+        folder / "operator.log",
+        ["tj-*", "team-*"],
+        kubeconfig,
+        registry=helm_release.registry,
+        extra_args=("--plain-http-registry", auth_registry.host),
     )
     op.start()
     yield op

@@ -12,8 +12,11 @@ Per tenant, three job classes created at fixed intervals, all tenants at once:
 Arms:
   kueue       suspended batch/v1 Jobs with a queue-name label, a LocalQueue per namespace, the
               ClusterQueues above: Kueue's own Job integration admits and starts them
-  trainguard  the same as Tenants and TrainingJobs; the operator (a local process) renders the
-              queues, makes each job's Workload and starts its pods once Kueue admits it
+  trainguard  the same as Tenants and TrainingJobs; the operator (local processes) renders the
+              queues, makes each job's Workload and starts its pods once Kueue admits it. As the
+              chart runs it (`--topology chart`, the default): admission in its own process
+              (`--role admission`) beside the one reconciler; or one process doing both
+              (`--topology single`, the local test mode)
 
 Scaling (`--scale s`, for a machine far smaller than Kueue's CI): every job count is multiplied
 by s (at least 1 a class), and creation intervals and run times by `--stretch` (default 1/s).
@@ -25,8 +28,10 @@ cluster's own; each finishes after its run time through the kwok stage tg-pod-ru
 (annotation kwok.trainguard.test/run-seconds).
 
 Measured per arm: wall time (first create to last job finished), mean time to admission per
-class (create -> its Workload admitted, as seen by a watch) and to start (create -> the Job
-unsuspended / the TrainingJob's Queued=False reason Admitted), GPU usage (admitted GPU-seconds
+class (create request sent -> its Workload admitted, as seen by a watch; the targets are judged
+on this clock) and to start (create -> the Job unsuspended / the TrainingJob's Queued=False
+reason Admitted), the same admission clock started once the create was answered and once the
+Workload appeared (how Kueue's own runner measures), GPU usage (admitted GPU-seconds
 over the wall time, of the quota and of the nodes' GPUs), admissions per second; for trainguard
 also the operator's peak RSS. Writes bench/results/scheduling.json.
 """
@@ -112,6 +117,8 @@ BASELINE = (
 class JobRecord:
     cls: JobClass
     created: float  # time.monotonic() just before the create request
+    answered: float | None = None  # the create request answered (admission webhooks passed)
+    queued: float | None = None  # its Workload first seen (where Kueue's own runner starts the clock)
     admitted: float | None = None  # its Workload first seen Admitted
     started: float | None = None  # the controller acted on the admission
     finished: float | None = None
@@ -146,6 +153,7 @@ class Recorder:
             and _condition(wl, "Finished") != "True"
         )
         with self.lock:
+            rec.queued = rec.queued or now
             if holds and not rec.holding:
                 rec.holding = True
                 rec.intervals.append([now, now])
@@ -292,7 +300,11 @@ def generate(slots: list[Slot], recorder: Recorder, create: Callable[[Slot], Non
         recorder.add((slot.namespace, slot.name), slot.cls)
         start = time.monotonic()
         create(slot)
-        latencies.append(time.monotonic() - start)
+        answered = time.monotonic()
+        latencies.append(answered - start)
+        record = recorder.get((slot.namespace, slot.name))
+        if record is not None:
+            record.answered = answered
 
     start = time.monotonic()
     with ThreadPoolExecutor(CREATORS) as pool:
@@ -337,6 +349,14 @@ def summarize(
             "gpus": cls.gpus,
             "mean_time_to_admission_s": mean([r.admitted - r.created for r in mine if r.admitted]),
             "mean_time_to_start_s": mean([r.started - r.created for r in mine if r.started]),
+            # The same clock stopped, started later: once the create was answered, and (Kueue's
+            # scheduler-performance runner) once the Workload appeared.
+            "mean_time_to_admission_from_answer_s": mean(
+                [r.admitted - r.answered for r in mine if r.admitted and r.answered]
+            ),
+            "mean_time_to_admission_from_workload_s": mean(
+                [r.admitted - r.queued for r in mine if r.admitted and r.queued]
+            ),
             "max_time_to_admission_s": round(
                 max((r.admitted - r.created for r in mine if r.admitted), default=0), 3
             ),
@@ -359,8 +379,10 @@ def summarize(
 
 
 class Bench:
-    def __init__(self, cluster: Cluster, classes: tuple[JobClass, ...], run: str) -> None:
-        self.cluster, self.classes, self.run = cluster, classes, run
+    def __init__(
+        self, cluster: Cluster, classes: tuple[JobClass, ...], run: str, topology: str = "chart"
+    ) -> None:
+        self.cluster, self.classes, self.run, self.topology = cluster, classes, run, topology
         config.load_kube_config(config_file=str(cluster.kubeconfig))
         configuration = client.Configuration.get_default_copy()
         configuration.connection_pool_maxsize = 32
@@ -638,10 +660,11 @@ class Bench:
         create: Callable[[Slot], None],
         quota_gpus: int,
         node_gpus: int,
-        operator: int | None = None,
+        operator: dict[str, int] | None = None,
     ) -> dict[str, Any]:
         kueue = json.loads((self.cluster.state / "pids.json").read_text()).get("kueue")
-        cpu = {"kueue": cpu_seconds(kueue), "operator": cpu_seconds(operator)}
+        pids = {"kueue": kueue, **(operator or {})}
+        cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
         for watcher in watchers:
             watcher.start()
         try:
@@ -652,8 +675,8 @@ class Bench:
                 watcher.stop()
         result = summarize(recorder, self.classes, quota_gpus, node_gpus, latencies)
         # CPU the controllers used from the first create to the last job done (this machine: 2 cores).
-        used = {"kueue": cpu_seconds(kueue), "operator": cpu_seconds(operator)}
-        result["cpu_seconds"] = {k: round(used[k] - cpu[k], 1) for k in cpu if operator or k == "kueue"}
+        used = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        result["cpu_seconds"] = {k: round(used[k] - cpu[k], 1) for k in cpu}
         result["watch_errors"] = sum(w.errors for w in watchers)
         if result["finished"] < result["jobs"]:
             print(f"warning: {result['jobs'] - result['finished']} jobs never finished", file=sys.stderr)
@@ -667,13 +690,39 @@ class Bench:
         signed = signed_image(self.cluster, self.tmp, repository="bench/trainer")
         kubeconfig = service_account_kubeconfig(self.cluster, self.tmp, RELEASE_NAMESPACE, "trainguard")
         prefix = f"st-{self.run}"
+        # The chart's topology: admission served by its own process(es), one reconciler beside
+        # them; or one process doing both (the local/test mode).
+        split = self.topology == "chart"
         operator = OperatorProcess(
-            self.tmp / "operator.log", [f"{prefix}-*"], kubeconfig, registry=self.cluster.registry
+            self.tmp / "operator.log",
+            [f"{prefix}-*"],
+            kubeconfig,
+            registry=self.cluster.registry,
+            admission=not split,
         )
-        operator.start()
+        processes = [operator]
+        if split:
+            processes.insert(
+                0,
+                OperatorProcess(
+                    self.tmp / "admission.log",
+                    [f"{prefix}-*"],
+                    kubeconfig,
+                    registry=self.cluster.registry,
+                    extra_args=("--role", "admission"),
+                ),
+            )
+        for process in processes:
+            process.start()
+        pids = {"operator": operator.proc.pid} if operator.proc else {}
+        if split and processes[0].proc:
+            pids["admission"] = processes[0].proc.pid
         assert operator.proc is not None
         rss = RssSampler(operator.proc.pid)
         rss.start()
+        admission_rss = RssSampler(pids["admission"]) if "admission" in pids else None
+        if admission_rss:
+            admission_rss.start()
         spaces = []
         try:
             for c in range(COHORTS):
@@ -763,19 +812,26 @@ class Bench:
                 )
 
             result = self._run_arm(
-                list(by_namespace), recorder, watchers, create, quota_gpus, node_gpus, operator.proc.pid
+                list(by_namespace), recorder, watchers, create, quota_gpus, node_gpus, pids
             )
             patcher.shutdown()
             result["pods_annotated_by_bench"] = len(patched)
             rss.stop()
             result["operator_peak_rss_mib"] = round(rss.hwm_kib / 1024, 1)
             result["operator_max_sampled_rss_mib"] = round(rss.max_rss_kib / 1024, 1)
+            result["topology"] = self.topology
+            if admission_rss:
+                admission_rss.stop()
+                result["admission_peak_rss_mib"] = round(admission_rss.hwm_kib / 1024, 1)
             # The webhooks fail closed without the operator: its namespaces go while it runs.
             self.delete_namespaces(list(by_namespace))
             self.cluster.kubectl("delete", "tenants", *[s.tenant for s in spaces], "--wait=true", check=False)
         finally:
             rss.stop()
-            operator.stop()
+            if admission_rss:
+                admission_rss.stop()
+            for process in reversed(processes):
+                process.stop()
         return result
 
 
@@ -784,7 +840,12 @@ def ratios(kueue: dict[str, Any], trainguard: dict[str, Any]) -> dict[str, Any]:
         return round(b / a, 3) if a and b is not None else None
 
     out: dict[str, Any] = {"wall": ratio(kueue["wall_s"], trainguard["wall_s"])}
-    for figure in ("mean_time_to_admission_s", "mean_time_to_start_s"):
+    for figure in (
+        "mean_time_to_admission_s",
+        "mean_time_to_start_s",
+        "mean_time_to_admission_from_answer_s",
+        "mean_time_to_admission_from_workload_s",
+    ):
         out[figure.removeprefix("mean_").removesuffix("_s")] = {
             name: ratio(kueue["classes"][name][figure], trainguard["classes"][name][figure])
             for name in kueue["classes"]
@@ -797,6 +858,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=0.02, help="job counts x this (default 0.02)")
     parser.add_argument("--stretch", type=float, help="intervals and run times x this (default 1/scale)")
     parser.add_argument("--arms", default="kueue,trainguard", help="which arms, in order (default both)")
+    parser.add_argument(
+        "--topology",
+        choices=["chart", "single"],
+        default="chart",
+        help="trainguard's processes: chart (the chart's default: an admission process beside one "
+        "reconciler) or single (one process doing both, the local test mode)",
+    )
     args = parser.parse_args(argv)
     stretch = args.stretch or 1 / args.scale
     classes = tuple(c.scaled(args.scale, stretch) for c in BASELINE)
@@ -806,7 +874,7 @@ def main(argv: list[str] | None = None) -> int:
     run = uuid.uuid4().hex[:6]
 
     cluster = LocalCluster().up()
-    bench = Bench(cluster, classes, run)
+    bench = Bench(cluster, classes, run, args.topology)
     bench.check_run_stage()
     nodes = bench.add_nodes()
     quota_gpus, node_gpus = COHORTS * TENANTS_PER_COHORT * NOMINAL, bench.node_gpus()
@@ -826,6 +894,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "benchmark": "scheduling (Kueue scheduler-performance baseline shape)",
         "run": run,
+        "topology": args.topology,
         "scale": args.scale,
         "stretch": round(stretch, 4),
         "cpus": os.cpu_count(),

@@ -128,7 +128,8 @@ def test_chart_renders_a_hardened_operator_deployment(cluster: Cluster, tmp_path
     assert with_kueue.returncode == 0
     assert (tmp_path / "with-kueue" / "trainguard" / "charts" / "kueue" / "templates" / "crd").is_dir()
     # The server-side dry run below checks trainguard's own objects (this cluster runs its Kueue).
-    helm += ["--set", "kueue.enabled=false"]
+    # (Its webhook configurations get their own name: the session operator's own live beside them.)
+    helm += ["--set", "kueue.enabled=false", "--set", "webhooks.configurationName=trainguard-dry-run"]
     own = tmp_path / "own"
     subprocess.run([*helm, "--output-dir", str(own)], check=True, capture_output=True, text=True)
     assert not (own / "trainguard" / "charts").exists()
@@ -141,6 +142,8 @@ def test_chart_renders_a_hardened_operator_deployment(cluster: Cluster, tmp_path
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
     }
     assert "--namespace=team-*" in container["args"]
     assert container["image"] == "ghcr.io/trainguard/operator:0.1.0"

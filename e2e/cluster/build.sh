@@ -60,6 +60,12 @@ kueue() { # the manager, and the CRDs of the same module (the local cluster appl
   chmod -R u+w "$1/kueue-crds"
 }
 
+prometheus() { # the server and promtool (rule checks and rule unit tests); the UI is not embedded, the API is all tests use
+  local ld="-s -w -X github.com/prometheus/common/version.Version=${2#v}"
+  GOBIN="$1" go install -ldflags "$ld" "github.com/prometheus/prometheus/cmd/prometheus@$2" \
+    "github.com/prometheus/prometheus/cmd/promtool@$2"
+}
+
 only=${1:-all}
 want() { [[ "$only" == all || ",$only," == *",$1,"* ]]; }
 want etcd && build_component etcd "$ETCD_VERSION" etcd
@@ -70,4 +76,5 @@ want crane && build_component crane "$CRANE_VERSION" crane
 want registry && build_component registry "$REGISTRY_VERSION" registry
 want cosign && build_component cosign "$COSIGN_VERSION" cosign
 want kueue && build_component kueue "$KUEUE_VERSION" kueue
+want prometheus && build_component prometheus "$PROMETHEUS_VERSION" prometheus
 echo "$bin"

@@ -18,7 +18,7 @@ from typing import Any
 
 from e2e.cluster.localcluster import Cluster, bin_dir
 from e2e.cluster.registry import CosignKey, Registry
-from e2e.cluster.waiting import die_with_parent, free_port, port_listening, wait_for
+from e2e.cluster.waiting import answers_ok, die_with_parent, free_port, port_listening, stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 RELEASE_NAMESPACE = "trainguard-system"
@@ -41,6 +41,9 @@ def install_chart(cluster: Cluster, *values: str) -> None:
     # Kueue runs beside the local control plane as a process (localcluster.py), as it runs in
     # clusters that already have it: the chart's Kueue subchart stays off.
     helm += ["--create-namespace", "--set", "operator.deploy=false", "--set", "kueue.enabled=false", "--wait"]
+    # The local operator process writes its own webhook configurations (URL, CA it makes), as
+    # before the chart could: the chart renders none.
+    helm += ["--set", "webhooks.managedBy=operator"]
     for value in values:
         helm += ["--set", value]
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
@@ -124,13 +127,7 @@ class OperatorProcess:
 
     def _healthy(self, port: int) -> bool:
         assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"the operator exited:\n{self.log_path.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
+        return answers_ok(f"http://127.0.0.1:{port}/healthz", self.proc, self.log_path, "the operator")
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, like a node loss or an OOM kill."""
@@ -139,12 +136,7 @@ class OperatorProcess:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
 
 
 def wait_for_terminating_namespaces(

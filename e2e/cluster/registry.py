@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 import tarfile
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from e2e.cluster.localcluster import bin_dir
@@ -15,8 +17,10 @@ from e2e.cluster.waiting import die_with_parent, port_listening, wait_for
 LOOPBACK = "127.0.0.1"
 
 
-def _run(*argv: str, cwd: Path | None = None) -> str:
+def _run(*argv: str, cwd: Path | None = None, docker_config: Path | None = None) -> str:
     env = {**os.environ, "COSIGN_PASSWORD": "", "COSIGN_YES": "true"}
+    if docker_config is not None:  # crane and cosign read registry credentials from $DOCKER_CONFIG
+        env["DOCKER_CONFIG"] = str(docker_config)
     result = subprocess.run(argv, check=False, capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{result.stderr}")
@@ -31,6 +35,7 @@ class Registry:
     port: int
     workdir: Path
     proc: subprocess.Popen[bytes] | None = None
+    docker_config: Path | None = None  # a folder with config.json: credentials crane and cosign push with
 
     @property
     def host(self) -> str:
@@ -61,12 +66,73 @@ class Registry:
             with tarfile.open(layer, "w") as tar:
                 tar.add(data, arcname="content.txt")
             _run(
-                str(bin_dir() / "crane"), "append", "-f", str(layer), "-t", f"{self.host}/{repository}:{tag}"
-            )
-        return _run(str(bin_dir() / "crane"), "digest", f"{self.host}/{repository}:{tag}")
+                str(bin_dir() / "crane"), "append", "-f", str(layer), "-t", f"{self.host}/{repository}:{tag}",
+                docker_config=self.docker_config,
+            )  # fmt: skip
+        return _run(
+            str(bin_dir() / "crane"),
+            "digest",
+            f"{self.host}/{repository}:{tag}",
+            docker_config=self.docker_config,
+        )
 
     def crane(self, *args: str) -> str:
-        return _run(str(bin_dir() / "crane"), *args)
+        return _run(str(bin_dir() / "crane"), *args, docker_config=self.docker_config)
+
+
+def docker_config_json(auths: dict[str, tuple[str, str]]) -> str:
+    """A docker config JSON (`~/.docker/config.json`, a pull Secret's `.dockerconfigjson`)."""
+    entries = {
+        host: {"auth": base64.b64encode(f"{u}:{p}".encode()).decode()} for host, (u, p) in auths.items()
+    }
+    return json.dumps({"auths": entries})
+
+
+@dataclass
+class AuthRegistry(Registry):
+    """The distribution registry (`registry serve`, the local cluster's own) with htpasswd Basic
+    authentication on loopback: `users` may push and pull, nobody else may do either. Pushes and
+    signatures go in with the first user's credentials."""
+
+    users: dict[str, str] = field(default_factory=dict)
+
+    def start(self) -> AuthRegistry:
+        import bcrypt  # a dev dependency: htpasswd entries must be bcrypt
+
+        state = self.workdir / f"auth-registry-{self.port}"
+        state.mkdir(parents=True, exist_ok=True)
+        htpasswd = state / "htpasswd"
+        htpasswd.write_text(
+            "".join(
+                f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=4)).decode()}\n"
+                for u, p in self.users.items()
+            )
+        )
+        config = state / "registry.yml"
+        config.write_text(
+            json.dumps(
+                {
+                    "version": 0.1,
+                    "log": {"level": "warn"},
+                    "storage": {"filesystem": {"rootdirectory": str(state / "data")}},
+                    "http": {"addr": self.host, "debug": {"addr": ""}},
+                    "auth": {"htpasswd": {"realm": "trainguard-test", "path": str(htpasswd)}},
+                }
+            )
+        )
+        user, password = next(iter(self.users.items()))
+        self.docker_config = state / "docker"
+        self.docker_config.mkdir(exist_ok=True)
+        (self.docker_config / "config.json").write_text(docker_config_json({self.host: (user, password)}))
+        log = (state / "registry.log").open("ab")
+        self.proc = subprocess.Popen(
+            [str(bin_dir() / "registry"), "serve", str(config)],
+            stdout=log,
+            stderr=log,
+            preexec_fn=die_with_parent,
+        )
+        wait_for("the authenticated registry to listen", lambda: port_listening(LOOPBACK, self.port))
+        return self
 
 
 @dataclass(frozen=True)
@@ -80,18 +146,20 @@ class CosignKey:
         _run(str(bin_dir() / "cosign"), "generate-key-pair", "--output-key-prefix", name, cwd=folder)
         return cls(folder / f"{name}.key", folder / f"{name}.pub")
 
-    def sign(self, reference: str, layout: str) -> None:
-        """Sign in one of cosign's two layouts: "classic" or "bundle"."""
-        {"classic": self.sign_classic, "bundle": self.sign_bundle}[layout](reference)
+    def sign(self, reference: str, layout: str, docker_config: Path | None = None) -> None:
+        """Sign in one of cosign's two layouts: "classic" or "bundle" (with the registry
+        credentials in `docker_config`, a folder holding config.json, when given)."""
+        {"classic": self.sign_classic, "bundle": self.sign_bundle}[layout](reference, docker_config)
 
-    def sign_classic(self, reference: str) -> None:
+    def sign_classic(self, reference: str, docker_config: Path | None = None) -> None:
         """The classic layout: a `sha256-<hex>.sig` simple-signing manifest, no transparency log."""
         _run(
             str(bin_dir() / "cosign"), "sign", "--key", str(self.private), "--tlog-upload=false",
             "--new-bundle-format=false", "--use-signing-config=false", "--allow-http-registry", reference,
+            docker_config=docker_config,
         )  # fmt: skip
 
-    def sign_bundle(self, reference: str) -> None:
+    def sign_bundle(self, reference: str, docker_config: Path | None = None) -> None:
         """The Sigstore bundle layout attached as an OCI referrer, with a signing config that names
         no transparency log and an empty trusted root, so cosign contacts nothing but the registry."""
         with tempfile.TemporaryDirectory() as tmp:
@@ -107,4 +175,5 @@ class CosignKey:
                 str(root),
                 "--allow-http-registry",
                 reference,
+                docker_config=docker_config,
             )

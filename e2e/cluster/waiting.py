@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -44,3 +47,25 @@ def die_with_parent() -> None:
     import signal
 
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def answers_ok(url: str, proc: subprocess.Popen[bytes], log_path: Path, what: str) -> bool:
+    """Whether the local process `proc` (logging to `log_path`) answers 200 at `url`; fails at
+    once, with the log's tail, if it exited."""
+    if proc.poll() is not None:
+        raise AssertionError(f"{what} exited:\n{log_path.read_text()[-4000:]}")
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 15) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import time
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Coroutine, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from trainguard.integrity.reports import JobIntegrity
 from trainguard.kube import client as kube
 from trainguard.quota.queueing import QuotaUsage, WorkloadView
 from trainguard.settings import Settings
-from trainguard.signing.tenants import TenantImages
+from trainguard.signing.tenants import SecretUnreadable, TenantImages
 from trainguard.workload.lifecycle import PodView
 
 JobKey = tuple[str, str]  # (namespace, name)
@@ -28,6 +29,8 @@ Tenants = Mapping[str, Iterable[Tenant]]
 TenantNamespaces = Mapping[str, Iterable[str]]
 JobPods = Mapping[tuple[str, str], Iterable[PodView]]  # (namespace, job uid) -> pods
 JobNames = Mapping[str, Iterable[str]]  # namespace -> names of its TrainingJobs
+
+log = logging.getLogger(__name__)
 
 # Verified steps alone reach a job's status at most this often; a violation at once.
 VERIFIED_FLUSH_SECONDS = 5.0
@@ -38,6 +41,7 @@ class Wakeups:
 
     def __init__(self) -> None:
         self._events: dict[JobKey, asyncio.Event] = {}
+        self._timers: dict[JobKey, asyncio.TimerHandle] = {}
 
     def event(self, key: JobKey) -> asyncio.Event:
         return self._events.setdefault(key, asyncio.Event())
@@ -45,8 +49,124 @@ class Wakeups:
     def wake(self, key: JobKey) -> None:
         self.event(key).set()
 
+    def wake_in(self, key: JobKey, delay: float) -> None:
+        """Wake the job `delay` seconds from now (now if 0), unless a wake is already timed."""
+        if delay <= 0:
+            self.wake(key)
+        elif key not in self._timers:
+
+            def fire() -> None:
+                self._timers.pop(key, None)
+                self.wake(key)
+
+            self._timers[key] = asyncio.get_running_loop().call_later(delay, fire)
+
     def forget(self, key: JobKey) -> None:
         self._events.pop(key, None)
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
+
+class EnsuredChildren:
+    """Which of a job's children (service account, claim, service, network policy, key Secret)
+    a pass has seen exist and be the job's own, so that later passes do not ask the API server
+    again on every pod or Workload change (a create answered "already exists", then a read).
+    Researchers cannot delete these children (their role only reads them), and an admin who
+    does sees them made again within `ttl` seconds."""
+
+    def __init__(self, ttl: float = 300.0, clock: Any = time.monotonic) -> None:
+        self.ttl, self._clock = ttl, clock
+        self._seen: dict[str, dict[tuple[str, str], float]] = {}  # job uid -> (kind, name) -> when
+
+    @staticmethod
+    def _key(child: Mapping[str, Any]) -> tuple[str, str]:
+        return child["kind"], child["metadata"]["name"]
+
+    def known(self, uid: str, child: Mapping[str, Any]) -> bool:
+        seen = self._seen.get(uid, {}).get(self._key(child))
+        return seen is not None and self._clock() - seen < self.ttl
+
+    def add(self, uid: str, child: Mapping[str, Any]) -> None:
+        self._seen.setdefault(uid, {})[self._key(child)] = self._clock()
+
+    def forget(self, uid: str) -> None:
+        self._seen.pop(uid, None)
+
+
+class LatestViews:
+    """The last view the planner reads of each pod and Workload (by uid): a change that does
+    not alter it (a condition the kubelet or Kueue adds, a managed-fields update) wakes no job."""
+
+    def __init__(self) -> None:
+        self._views: dict[str, object] = {}
+
+    def changed(self, uid: str, view: object) -> bool:
+        if self._views.get(uid) == view:
+            return False
+        self._views[uid] = view
+        return True
+
+    def forget(self, uid: str) -> None:
+        self._views.pop(uid, None)
+
+
+class FreshestJobs:
+    """The newest state of each job this process knows without asking the API server: kopf's
+    live body from the watch or, while the watch has not yet brought it, the answer to the
+    pass's own status write (a pass must never plan from a status older than one it wrote)."""
+
+    def __init__(self) -> None:
+        self._written: dict[JobKey, dict[str, Any]] = {}
+
+    def wrote(self, key: JobKey, job: dict[str, Any] | None) -> None:
+        if job is not None:
+            self._written[key] = job
+
+    def pick(self, key: JobKey, live: dict[str, Any]) -> dict[str, Any] | None:
+        """The newer of `live` and the last write; None when resource versions do not compare
+        as numbers (an API server not backed by etcd): then read the job from the API server."""
+        written = self._written.get(key)
+        if written is None:
+            return live
+        try:
+            newer = int(written["metadata"]["resourceVersion"]) > int(live["metadata"]["resourceVersion"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        if newer and written["metadata"].get("uid") == live["metadata"].get("uid"):
+            return written
+        del self._written[key]  # the watch has caught up
+        return live
+
+    def forget(self, key: JobKey) -> None:
+        self._written.pop(key, None)
+
+
+class JobEvents:
+    """Each job's Events, posted in the background in the order its passes made them: an Event
+    is history, not state (the status write came first), and a pass need not wait for it."""
+
+    def __init__(self) -> None:
+        self._tails: dict[JobKey, asyncio.Task[None]] = {}
+
+    def post(self, key: JobKey, posting: Coroutine[Any, Any, None]) -> None:
+        before = self._tails.get(key)
+
+        async def in_order() -> None:
+            if before is not None:
+                await asyncio.gather(before, return_exceptions=True)
+            try:
+                await posting
+            except kube.KubeError as exc:
+                log.warning("could not post an Event for %s/%s: %s", *key, exc)
+
+        self._tails[key] = asyncio.create_task(in_order())
+
+    async def flush(self, key: JobKey) -> None:
+        """Wait until the job's Events are out (its daemon is ending)."""
+        tail = self._tails.pop(key, None)
+        if tail is not None:
+            await asyncio.gather(tail, return_exceptions=True)
 
 
 @dataclass
@@ -64,11 +184,13 @@ class IntegrityInbox:
     def tracker(self, key: JobKey, uid: str, replicas: int) -> JobIntegrity:
         return self.trackers.setdefault((*key, uid), JobIntegrity(replicas))
 
-    def put(self, key: JobKey, verdicts: list[IntegrityVerdict]) -> bool:
-        """Queue `verdicts`; True when the job's pass should run now to write them."""
+    def put(self, key: JobKey, verdicts: list[IntegrityVerdict]) -> float:
+        """Queue `verdicts`; returns in how many seconds the job's pass should run to write them
+        (0: now, for a violation or when the last flush is old enough)."""
         self.pending.setdefault(key, []).extend(verdicts)
-        urgent = any(not v.verified for v in verdicts)
-        return urgent or time.monotonic() - self.flushed.get(key, 0.0) >= VERIFIED_FLUSH_SECONDS
+        if any(not v.verified for v in verdicts):
+            return 0.0
+        return max(0.0, VERIFIED_FLUSH_SECONDS - (time.monotonic() - self.flushed.get(key, 0.0)))
 
     def take(self, key: JobKey) -> list[IntegrityVerdict]:
         taken = self.pending.pop(key, [])
@@ -105,13 +227,29 @@ class OperatorContext:
     images: TenantImages
     wakeups: Wakeups = field(default_factory=Wakeups)
     integrity: IntegrityInbox = field(default_factory=IntegrityInbox)
+    children: EnsuredChildren = field(default_factory=EnsuredChildren)
+    views: LatestViews = field(default_factory=LatestViews)
+    jobs: FreshestJobs = field(default_factory=FreshestJobs)
+    events: JobEvents = field(default_factory=JobEvents)
 
     @classmethod
     def create(cls, settings: Settings) -> OperatorContext:
         images = TenantImages.create(
-            settings.plain_http_registries, settings.verify_cache_seconds, settings.verify_timeout_seconds
+            settings.plain_http_registries,
+            settings.verify_cache_seconds,
+            settings.verify_timeout_seconds,
+            read_secret=read_pull_secret,
+            auth_file=settings.registry_auth_file,
         )
         return cls(settings=settings, images=images)
+
+
+async def read_pull_secret(namespace: str, name: str) -> Mapping[str, Any] | None:
+    """A tenant's image pull Secret for image verification (None when it does not exist)."""
+    try:
+        return await kube.get_secret(namespace, name)
+    except kube.KubeError as exc:  # the message names the Secret and the status, never its data
+        raise SecretUnreadable(str(exc)) from exc
 
 
 def context_of(memo: MutableMapping[str, Any]) -> OperatorContext:

@@ -6,6 +6,7 @@ Labels are tenant and reason only, never job or pod names.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -59,6 +60,8 @@ def quota_figures(
     ):
         QUOTA_GPUS.labels(tenant=tenant, kind=kind).set(value)
     QUOTA_JOBS_WAITING.labels(tenant=tenant).set(waiting)
+    # The histogram's series exist at zero before the tenant's first admission, so that rate() sees it.
+    QUOTA_ADMISSION_WAIT.labels(tenant=tenant)
 
 
 def forget_tenant(tenant: str) -> None:
@@ -68,6 +71,34 @@ def forget_tenant(tenant: str) -> None:
             QUOTA_GPUS.remove(*labels)
     with contextlib.suppress(KeyError):
         QUOTA_JOBS_WAITING.remove(tenant)
+    with contextlib.suppress(KeyError):
+        QUOTA_ADMISSION_WAIT.remove(tenant)
+    for state in JOB_STATES:
+        with contextlib.suppress(KeyError):
+            JOBS.remove(tenant, state)
+
+
+# The states `trainguard.api.conditions.job_state` names: every one is exported, zeros included, so
+# that a state's series exists before its first job (alerts and dashboards need no `or vector(0)`).
+JOB_STATES = (
+    "Pending",
+    "NotAdmitted",
+    "Admitted",
+    "Queued",
+    "Preempted",
+    "Running",
+    "IntegrityViolation",
+    "Succeeded",
+    "Failed",
+)
+JOBS = Gauge(
+    "trainguard_jobs", "A tenant's TrainingJobs by state (their first True condition).", ["tenant", "state"]
+)
+
+
+def jobs_by_state(tenant: str, counts: Mapping[str, int]) -> None:
+    for state in JOB_STATES:
+        JOBS.labels(tenant=tenant, state=state).set(counts.get(state, 0))
 
 
 def job_transition(tenant: str, transition: Transition, reason: str) -> None:
@@ -94,6 +125,46 @@ ADMISSION_DENIED = Counter(
 
 def admission_denied(reason: str) -> None:
     ADMISSION_DENIED.labels(reason=reason).inc()
+
+
+ADMISSION_REVIEWS = Counter(
+    "trainguard_admission_reviews_total",
+    "Admission reviews answered, by resource (plural), operation and outcome (allowed, denied, error).",
+    ["resource", "operation", "outcome"],
+)
+ADMISSION_SECONDS = Histogram(
+    "trainguard_admission_duration_seconds",
+    "Time the operator took to answer one admission review (the API server waits for it).",
+    ["resource"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+def admission_review(resource: str, operation: str, outcome: str, seconds: float) -> None:
+    ADMISSION_REVIEWS.labels(resource=resource, operation=operation, outcome=outcome).inc()
+    ADMISSION_SECONDS.labels(resource=resource).observe(seconds)
+
+
+IMAGE_VERIFICATIONS = Counter(
+    "trainguard_image_verifications_total",
+    "Image signature verifications, by outcome (Verified, or the refusal's reason).",
+    ["outcome"],
+)
+IMAGE_VERIFY_SECONDS = Histogram(
+    "trainguard_image_verification_duration_seconds",
+    "Time of one image verification; cache=hit when a cached verdict answered without the registry.",
+    ["cache"],
+    buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+for _cache in ("hit", "miss"):  # both exist from the start: the hit ratio's rate() sees the first hit
+    IMAGE_VERIFY_SECONDS.labels(cache=_cache)
+
+
+def image_verification(outcome: str, cached: bool, seconds: float) -> None:
+    IMAGE_VERIFICATIONS.labels(outcome=outcome).inc()
+    IMAGE_VERIFY_SECONDS.labels(cache="hit" if cached else "miss").observe(seconds)
 
 
 POD_CONNECTS = Counter(
@@ -123,6 +194,35 @@ def integrity_violation(tenant: str, kind: str) -> None:
 
 def integrity_verified(tenant: str) -> None:
     INTEGRITY_VERIFIED_STEPS.labels(tenant=tenant).inc()
+
+
+INTEGRITY_REPORTS = Counter(
+    "trainguard_integrity_reports_total",
+    "Signed reports the operator accepted from sidecars, by kind (StepEnd, Verified, Violation, ...).",
+    ["tenant", "kind"],
+)
+INTEGRITY_REPORT_GAP = Histogram(
+    "trainguard_integrity_report_gap_seconds",
+    "Time between two reports of the same replica: how close a job comes to its reportGapSeconds.",
+    ["tenant"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800),
+)
+INTEGRITY_FINGERPRINT_SECONDS = Histogram(
+    "trainguard_integrity_fingerprint_duration_seconds",
+    "Time a sidecar took to fingerprint a replica's weights at the end of a step (as it reports).",
+    ["tenant"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+def integrity_report(
+    tenant: str, kind: str, gap_seconds: float | None, fingerprint_seconds: float | None
+) -> None:
+    INTEGRITY_REPORTS.labels(tenant=tenant, kind=kind).inc()
+    if gap_seconds is not None:
+        INTEGRITY_REPORT_GAP.labels(tenant=tenant).observe(gap_seconds)
+    if fingerprint_seconds is not None:
+        INTEGRITY_FINGERPRINT_SECONDS.labels(tenant=tenant).observe(fingerprint_seconds)
 
 
 INTEGRITY_KEY_REQUESTS = Counter(

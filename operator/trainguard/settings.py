@@ -4,9 +4,10 @@ environment."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from trainguard.workload.builders import WorkloadSettings
@@ -14,6 +15,26 @@ from trainguard.workload.builders import WorkloadSettings
 
 def _default_flavors() -> dict[str, dict[str, str]]:
     return {"gpu": {}}
+
+
+class WebhookConfigurations(StrEnum):
+    """Who writes the Validating/MutatingWebhookConfigurations."""
+
+    SELF = "self"  # the operator, at start, with a CA it makes (a local cluster, the tests)
+    CHART = "chart"  # the Helm chart; the operator only serves, with the mounted certificate
+
+
+class Role(StrEnum):
+    """What this process does. Admission is stateless and runs in every replica; reconciling
+    (daemons, timers, the integrity endpoint) runs in one process."""
+
+    ALL = "all"  # reconcile and, with a webhook port, serve admission (one process; today's mode)
+    ADMISSION = "admission"  # serve admission only, from kopf's indexes; never writes an object
+
+
+# In chart mode the serving certificate is a kubernetes.io/tls Secret mounted as a folder.
+TLS_CERT_FILE = "tls.crt"
+TLS_KEY_FILE = "tls.key"
 
 
 class Settings(BaseSettings):
@@ -26,6 +47,8 @@ class Settings(BaseSettings):
     webhook_service: str = Field(default="", description="namespace/name of the webhooks' Service")
     webhook_cert_dir: Path | None = None
     webhook_config_name: str = "trainguard"
+    webhooks: WebhookConfigurations = WebhookConfigurations.SELF
+    role: Role = Role.ALL
     operator_users: frozenset[str] = Field(
         default=frozenset(), description="this operator's identities in admission requests"
     )
@@ -34,6 +57,9 @@ class Settings(BaseSettings):
     plain_http_registries: frozenset[str] = frozenset()
     verify_timeout_seconds: float = Field(default=5.0, gt=0, description="well under the webhooks' 10 s")
     verify_cache_seconds: float = Field(default=300.0, ge=0)
+    # A docker config JSON (`auths`) the operator reads registries with when a tenant's pull Secret
+    # has no entry for them (e.g. a platform mirror every tenant may use); read again when it changes.
+    registry_auth_file: Path | None = None
 
     # Integrity reports.
     integrity_port: int = Field(default=8082, ge=0, le=65535, description="0: no report endpoint")
@@ -61,6 +87,17 @@ class Settings(BaseSettings):
     dns_namespace: str = WorkloadSettings.dns_namespace
     retry_backoff_seconds: float = Field(default=2.0, gt=0, description="first retry after a failed pass")
     retry_backoff_max_seconds: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.webhooks is WebhookConfigurations.CHART and self.webhook_cert_dir is None:
+            raise ValueError(
+                f"webhooks=chart needs webhook_cert_dir: the folder of the mounted Secret "
+                f"({TLS_CERT_FILE}, {TLS_KEY_FILE})"
+            )
+        if self.role is Role.ADMISSION and not self.webhook_port:
+            raise ValueError("role=admission needs a webhook_port: it serves nothing else")
+        return self
 
     def workload(self) -> WorkloadSettings:
         """What the pure builders need of these settings."""

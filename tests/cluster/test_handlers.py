@@ -73,11 +73,11 @@ def test_a_pass_that_fails_unexpectedly_is_retried_and_counted(
     real = kube.patch_job_status
     calls: list[str] = []
 
-    async def fails_once(namespace: str, name: str, status: dict[str, Any]) -> None:
+    async def fails_once(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
         calls.append(name)
         if len(calls) == 1:
             raise RuntimeError("injected: a bug in a reconcile pass")
-        await real(namespace, name, status)
+        return await real(namespace, name, status)
 
     monkeypatch.setattr(kube, "patch_job_status", fails_once)
     before = errors_counted("RuntimeError")

@@ -12,6 +12,7 @@ import pytest
 
 from e2e.cluster.registry import CosignKey, Registry
 from e2e.cluster.waiting import free_port
+from trainguard.signing.auth import Credential
 from trainguard.signing.cosign import Signer
 from trainguard.signing.registry import Fetched, RegistryClient
 from trainguard.signing.verifier import VerificationFailed, Verifier
@@ -169,9 +170,11 @@ class CountingClient(RegistryClient):
         super().__init__(plain_http=frozenset({host}), timeout=1.0)
         self.asked: list[str] = []
 
-    def manifest(self, registry: str, repository: str, reference: str) -> Fetched | None:
+    def manifest(
+        self, registry: str, repository: str, reference: str, credential: Credential | None = None
+    ) -> Fetched | None:
         self.asked.append(reference)
-        return super().manifest(registry, repository, reference)
+        return super().manifest(registry, repository, reference, credential)
 
 
 def test_one_admission_resolves_its_tag_once(registry: Registry, keys: dict[str, CosignKey]) -> None:

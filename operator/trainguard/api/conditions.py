@@ -54,6 +54,17 @@ def is_true(conditions: list[Condition], kind: str) -> bool:
     return found is not None and found.status == "True"
 
 
+def job_state(conditions: list[Condition]) -> str:
+    """A job's state in one word: its first True condition in the printer column's order
+    (IntegrityVerified, which accompanies the others, aside); else NotAdmitted when admission
+    turned it down, else Pending."""
+    for kind in ConditionType:
+        if kind is not ConditionType.INTEGRITY_VERIFIED and is_true(conditions, kind.value):
+            return kind.value
+    admitted = find(conditions, ConditionType.ADMITTED.value)
+    return "NotAdmitted" if admitted is not None and admitted.status == "False" else "Pending"
+
+
 def set_condition(
     conditions: list[Condition],
     kind: str,

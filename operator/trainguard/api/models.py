@@ -91,6 +91,19 @@ class SharedStorage(Model):
     claim_name: DNSLabel
 
 
+class PullSecretReference(Model):
+    """An image pull Secret (type kubernetes.io/dockerconfigjson) that each of the tenant's
+    namespaces holds under this name: trainguard reads the registry with it to verify the tenant's
+    images, and the tenant's pods pull with it (`imagePullSecrets`)."""
+
+    name: Annotated[
+        str,
+        StringConstraints(
+            pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", max_length=253
+        ),
+    ]
+
+
 class TenantSpec(Model):
     namespaces: list[DNSLabel] = Field(min_length=1, max_length=64)
     members: Members = Field(default_factory=Members)
@@ -98,6 +111,7 @@ class TenantSpec(Model):
     quota: TenantQuota
     trusted_signers: list[TrustedSigner] = Field(default_factory=list, max_length=16)
     shared_storage: list[SharedStorage] = Field(default_factory=list, max_length=64)
+    image_pull_secret: PullSecretReference | None = None  # None: anonymous (or the operator's own)
 
     def storage(self, name: str) -> SharedStorage | None:
         return next((s for s in self.shared_storage if s.name == name), None)

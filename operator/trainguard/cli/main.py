@@ -41,6 +41,18 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--webhook-cert-dir", type=Path, help="TLS files (made there when absent)")
     run.add_argument("--webhook-config-name", help="name of the webhook configurations")
     run.add_argument(
+        "--webhooks",
+        choices=["self", "chart"],
+        help="who writes the webhook configurations: self (at start, with a CA made here; default) or "
+        "chart (the Helm chart does; only serve, with tls.crt/tls.key from --webhook-cert-dir)",
+    )
+    run.add_argument(
+        "--role",
+        choices=["all", "admission"],
+        help="all: reconcile and serve admission (default); admission: serve the webhooks only "
+        "(stateless, every replica), never reconcile",
+    )
+    run.add_argument(
         "--plain-http-registry",
         dest="plain_http_registries",
         action="append",
@@ -53,11 +65,16 @@ def main(argv: list[str] | None = None) -> int:
         help="this operator's identity in admission requests (e.g. system:serviceaccount:ns:name)",
     )
     run.add_argument("--verify-cache-seconds", type=float, help="reuse a verified verdict this long")
+    run.add_argument(
+        "--registry-auth-file",
+        type=Path,
+        help="docker config JSON: registry credentials for registries no tenant pull Secret covers",
+    )
     run.add_argument("--integrity-port", type=int, help="port of the integrity report endpoint; 0: none")
     run.add_argument("--integrity-listen", help="address the integrity endpoint binds")
     args = parser.parse_args(argv)
 
-    from trainguard.settings import Settings
+    from trainguard.settings import Role, Settings
 
     given = {k: v for k, v in vars(args).items() if v is not None and k in Settings.model_fields}
     try:
@@ -70,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     from trainguard.kube import client as kube
 
     kube.configure()
+    if settings.role is Role.ADMISSION:
+        trainguard.handlers.serve_admission_only(kopf.get_default_registry())
     if settings.webhook_port:
-        import trainguard.handlers.admission  # noqa: F401 - registers the admission webhooks
+        import trainguard.handlers.admission  # registers the admission webhooks
 
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_address)

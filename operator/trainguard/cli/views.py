@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainguard.api.conditions import Condition, ConditionType, find, is_true, parse_time
+from trainguard.api.conditions import Condition, ConditionType, find, job_state, parse_time
 from trainguard.api.constants import LABEL_MANAGED_BY, MANAGED_BY
 from trainguard.api.models import IntegrityMode, TrainingJob
 from trainguard.policy.images import parse_verified_warning
@@ -45,17 +45,10 @@ EXIT_CODES_HELP = """exit codes:
   5  the cluster could not be reached, or answered with an error (a webhook unavailable)
   6  timed out: --wait ran past --timeout"""
 
-# The state a job is in: the first True condition in the printer column's order.
-_STATE_ORDER = [t.value for t in ConditionType if t is not ConditionType.INTEGRITY_VERIFIED]
-
 
 def state_of(job: TrainingJob) -> str:
-    conds = job.status.conditions
-    for kind in _STATE_ORDER:
-        if is_true(conds, kind):
-            return kind
-    admitted = find(conds, ConditionType.ADMITTED.value)
-    return "NotAdmitted" if admitted is not None and admitted.status == "False" else "Pending"
+    """The state a job is in: the first True condition in the printer column's order."""
+    return job_state(job.status.conditions)
 
 
 def finished_waiting(job: TrainingJob) -> bool:

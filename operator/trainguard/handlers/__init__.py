@@ -4,6 +4,29 @@ reconcile daemon, the tenant handlers and indexes, and the integrity endpoint;
 it serves webhooks). The modules never import each other: they share the `OperatorContext` in
 kopf's memo and kopf's indexes."""
 
+from typing import Any
+
 from trainguard.handlers import integrity, jobs, tenants
 
-__all__ = ["integrity", "jobs", "tenants"]
+__all__ = ["integrity", "jobs", "serve_admission_only", "tenants"]
+
+# What an admission-only process keeps of the registered start-up work: the API login, kopf's
+# settings, and the shared context. Everything else (releasing jobs, rendering flavors, the
+# integrity endpoint) writes to the cluster and belongs to the one reconciling process.
+_ADMISSION_ACTIVITIES = (jobs.login, jobs.configure, tenants.build_context)
+
+
+def serve_admission_only(registry: Any) -> None:
+    """Drop every handler that reconciles from kopf's `registry`, keeping the indexes (the
+    webhooks answer from them) and the activities above: this process then only watches and
+    serves admission, and any number of them can run beside the one reconciling operator.
+
+    With no daemon and no change handler left, kopf requires no finalizer of these objects; the
+    admission handlers' start-up points kopf at a finalizer name nobody sets, so that this process
+    never removes the reconciler's (see `handlers.admission.start_admission`)."""
+    registry._watching._handlers.clear()
+    registry._spawning._handlers.clear()
+    registry._changing._handlers.clear()
+    registry._activities._handlers[:] = [
+        handler for handler in registry._activities._handlers if handler.fn in _ADMISSION_ACTIVITIES
+    ]

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 import tempfile
+import time
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -75,10 +77,14 @@ from trainguard.policy.pods import (
     validate_foreign_pod,
 )
 from trainguard.policy.trainingjob import validate_training_job
-from trainguard.signing.verifier import VerificationFailed
+from trainguard.settings import TLS_CERT_FILE, TLS_KEY_FILE, Role, WebhookConfigurations
+from trainguard.signing.verifier import VerificationFailed, VerifiedImage
 from trainguard.tls import certs
 
 log = logging.getLogger("trainguard.admission")
+
+# The finalizer an admission-only process tells kopf about: no object ever carries it.
+ADMISSION_ONLY_FINALIZER = "admission-only.trainguard.dev/never-set"
 
 
 # --------------------------------------------------------------------------- server and configurations
@@ -106,8 +112,35 @@ class GuardedWebhookServer(kopf.WebhookServer):
                 return await review_token_request(self.operator_context, self.jobs, request)
             return await fn(request, **kwargs)
 
-        async for client_config in super().__call__(guarded):
+        async for client_config in super().__call__(_measured(guarded)):
             yield client_config
+
+
+def _measured(fn: Any) -> Any:
+    """`fn`, every review counted by outcome and timed (`trainguard_admission_reviews_total`,
+    `trainguard_admission_duration_seconds`): the API server waits for each one."""
+
+    async def measured(request: Any, **kwargs: Any) -> Any:
+        inner = request.get("request") or {}
+        resource = str((inner.get("resource") or {}).get("resource", ""))
+        operation, outcome, start = str(inner.get("operation", "")), "error", time.perf_counter()
+        try:
+            answer = await fn(request, **kwargs)
+            outcome = _outcome(answer)
+            return answer
+        finally:
+            metrics.admission_review(resource, operation, outcome, time.perf_counter() - start)
+
+    return measured
+
+
+def _outcome(answer: Mapping[str, Any]) -> str:
+    """allowed, denied (a rule refused), or error (a handler failed: kopf answers 500)."""
+    payload = answer.get("response") or {}
+    if payload.get("allowed"):
+        return "allowed"
+    code = (payload.get("status") or {}).get("code") or 500
+    return "error" if int(code) >= 500 else "denied"
 
 
 @kopf.on.startup()
@@ -118,23 +151,37 @@ async def start_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **kw
         return
     # Admission runs blocking calls (registry, API reads) in threads: size the pool for bursts.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32))
-    folder = config.webhook_cert_dir or Path(tempfile.mkdtemp(prefix="trainguard-webhook-"))
-    ca = certs.ensure_ca(folder, "webhook-ca")
-    serving = certs.ensure_leaf(
-        folder, "webhook", ca, common_name="trainguard-webhook", server_names=(config.webhook_host,)
-    )
-    settings.admission.server = GuardedWebhookServer(
+    settings.admission.managed = None  # kopf writes no configurations: trainguard or its chart does
+    if config.role is Role.ADMISSION:
+        # No daemon here requires a finalizer, so kopf would remove its configured one from every
+        # job it sees: point it at a name nobody sets, and the reconciler's stays untouched.
+        settings.persistence.finalizer = ADMISSION_ONLY_FINALIZER
+    server = functools.partial(
+        GuardedWebhookServer,
         context,
         tenants_index(kwargs),
         jobs_index(kwargs),
         addr=config.webhook_listen,
         port=config.webhook_port,
         host=config.webhook_host,
-        certfile=str(serving.cert),
-        pkeyfile=str(serving.key),
-        cafile=str(ca.cert),
     )
-    settings.admission.managed = None  # trainguard writes its own configurations (namespace selectors)
+    if config.webhooks is WebhookConfigurations.CHART:
+        # The chart wrote the configurations with the CA of this certificate (its generated
+        # Secret, or cert-manager's): serve with it, write nothing.
+        assert config.webhook_cert_dir is not None  # Settings refuses chart mode without it
+        settings.admission.server = server(
+            certfile=str(config.webhook_cert_dir / TLS_CERT_FILE),
+            pkeyfile=str(config.webhook_cert_dir / TLS_KEY_FILE),
+        )
+        return
+    folder = config.webhook_cert_dir or Path(tempfile.mkdtemp(prefix="trainguard-webhook-"))
+    ca = certs.ensure_ca(folder, "webhook-ca")
+    serving = certs.ensure_leaf(
+        folder, "webhook", ca, common_name="trainguard-webhook", server_names=(config.webhook_host,)
+    )
+    settings.admission.server = server(
+        certfile=str(serving.cert), pkeyfile=str(serving.key), cafile=str(ca.cert)
+    )
     bundle = base64.b64encode(ca.cert.read_bytes()).decode()
     if config.webhook_service:  # in a cluster: the API server reaches the operator through its Service
         namespace, _sep, name = config.webhook_service.partition("/")
@@ -176,10 +223,28 @@ async def deny(obj: Mapping[str, Any], errors: list[FieldError], *, dry_run: boo
     raise kopf.AdmissionError(message, code=403)
 
 
-async def _image_errors(context: OperatorContext, path: str, image: str, tenant: Tenant) -> list[FieldError]:
-    """The refusal of `image` at `path` if it does not verify under the tenant's trust."""
+async def _verify(context: OperatorContext, image: str, tenant: Tenant, namespace: str) -> VerifiedImage:
+    """`context.images.verify`, counted by outcome and timed (`trainguard_image_verification*`)."""
+    start = time.perf_counter()
     try:
-        await context.images.verify(image, tenant)
+        verified = await context.images.verify(image, tenant, namespace)
+    except VerificationFailed as failure:
+        metrics.image_verification(failure.reason, False, time.perf_counter() - start)
+        raise
+    except ValueError:
+        metrics.image_verification("InvalidImageReference", False, time.perf_counter() - start)
+        raise
+    metrics.image_verification("Verified", verified.cached, time.perf_counter() - start)
+    return verified
+
+
+async def _image_errors(
+    context: OperatorContext, path: str, image: str, tenant: Tenant, namespace: str
+) -> list[FieldError]:
+    """The refusal of `image` at `path` (of an object in `namespace`) if it does not verify under
+    the tenant's trust, read with the tenant's registry credentials."""
+    try:
+        await _verify(context, image, tenant, namespace)
     except VerificationFailed as failure:
         return [image_error(path, image, tenant, failure.reason, str(failure))]
     except ValueError as exc:
@@ -208,8 +273,9 @@ async def admit_job(
     tenant = await find_tenant(tenants_index(kwargs), tenant_name)
     if tenant is None:
         return  # validation reports it, with every other problem
+    namespace = str((body.get("metadata") or {}).get("namespace") or kwargs.get("namespace") or "")
     try:
-        verified = await context_of(memo).images.verify(image, tenant)
+        verified = await _verify(context_of(memo), image, tenant, namespace)
     except (VerificationFailed, ValueError):
         return  # validation reports it, with every other problem
     if verified.pinned != image:
@@ -257,7 +323,7 @@ async def validate_job(body: kopf.Body, userinfo: Mapping[str, Any], memo: kopf.
     if tenant is not None:
         errors += collaborator_errors(job, tenant)
         image = job.spec.image
-        image_errors = await _image_errors(context, "spec.image", image, tenant)
+        image_errors = await _image_errors(context, "spec.image", image, tenant, job.namespace)
         if not image_errors and "@" not in image:  # verified, yet the mutating webhook did not pin it
             message = f"{image} was not pinned to a digest at admission"
             image_errors = [image_error("spec.image", image, tenant, "NotPinned", message)]
@@ -314,7 +380,7 @@ async def _guard_pod(
         return
     errors = validate_foreign_pod(pod, _namespace_view(namespace, tenant, jobs_index(kwargs)))
     for path, image in images(pod):
-        errors += await _image_errors(context, path, image, tenant)
+        errors += await _image_errors(context, path, image, tenant, namespace)
     if errors:
         await deny({**pod, "apiVersion": "v1", "kind": "Pod"}, errors)
 

@@ -47,7 +47,7 @@ from trainguard.api.constants import (
 )
 from trainguard.api.models import TrainingJob
 from trainguard.context import KeyDelivery, OperatorContext, context_of
-from trainguard.integrity.reports import ForgedReport, StaleReport, open_report
+from trainguard.integrity.reports import ForgedReport, StaleReport, StepEnd, open_report
 from trainguard.kube import client as kube
 from trainguard.policy.pods import job_uid_of, orphans
 from trainguard.workload.builders import (
@@ -341,15 +341,20 @@ async def receive(request: web.Request) -> web.Response:
         log.warning("refused a report for %s/%s: %s", namespace, name, exc)
         metrics.integrity_violation(job.spec.tenant, "StaleReport")
         return web.Response(status=409, text=str(exc))
-    context.integrity.heard(job_key, report.replica, datetime.datetime.now(datetime.UTC))
+    now = datetime.datetime.now(datetime.UTC)
+    before = context.integrity.last_heard(job_key).get(report.replica)
+    gap = (now - before).total_seconds() if before is not None else None
+    fingerprint_seconds = report.seconds if isinstance(report, StepEnd) else None
+    metrics.integrity_report(job.spec.tenant, report.kind, gap, fingerprint_seconds)
+    context.integrity.heard(job_key, report.replica, now)
     verdicts = tracker.apply(report)
     for verdict in verdicts:
         if verdict.verified:
             metrics.integrity_verified(job.spec.tenant)
         else:
             metrics.integrity_violation(job.spec.tenant, verdict.kind)
-    if verdicts and context.integrity.put(job_key, verdicts):
-        context.wakeups.wake(job_key)
+    if verdicts:  # a violation at once; verified steps at most every few seconds, never left behind
+        context.wakeups.wake_in(job_key, context.integrity.put(job_key, verdicts))
     return web.Response(status=202)
 
 

@@ -2,9 +2,10 @@
 
 Each TrainingJob has one reconcile daemon (kopf starts it when the job appears and stops it
 when the job goes), so passes of one job never overlap and nothing else writes its status. A
-pass runs when the daemon starts, when one of the job's pods changes, when an integrity report
-arrives, and when the plan asks to look again. A pass that fails, for any reason, is logged,
-counted in `trainguard_reconcile_errors_total{reason}` and retried by kopf with back-off.
+pass runs when the daemon starts, when what the planner reads of one of the job's pods or of its
+Workload changes, when an integrity report arrives, and when the plan asks to look again. A
+pass that fails, for any reason, is logged, counted in `trainguard_reconcile_errors_total{reason}`
+and retried by kopf with back-off.
 
 A pass writes status first, in one patch, then creates children and pods and deletes pods, so
 an operator killed at any point converges on restart.
@@ -13,10 +14,11 @@ an operator killed at any point converges on restart.
 from __future__ import annotations
 
 import asyncio
+import copy
 import datetime
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NoReturn
 
 import kopf
@@ -38,6 +40,7 @@ from trainguard.api.constants import (
 from trainguard.api.models import TrainingJob
 from trainguard.context import (
     VERIFIED_FLUSH_SECONDS,
+    EnsuredChildren,
     JobKey,
     OperatorContext,
     Tenants,
@@ -116,15 +119,26 @@ async def stop_releasing(memo: kopf.Memo, **_: Any) -> None:
 
 
 async def _release_until_done(context: OperatorContext, attempts: int = 30) -> None:
+    """Each clean-up on its own: one that keeps failing does not hold the other back."""
+    await asyncio.gather(
+        _until_done(
+            context, "releasing jobs of terminating namespaces", _release_jobs_in_terminating_namespaces
+        ),
+        _until_done(context, "sweeping orphaned Workloads", _sweep_orphaned_workloads),
+    )
+
+
+async def _until_done(
+    context: OperatorContext, what: str, step: Callable[[], Awaitable[None]], attempts: int = 30
+) -> None:
     for attempt in range(attempts):
         try:
-            await _release_jobs_in_terminating_namespaces()
-            await _sweep_orphaned_workloads()
+            await step()
             return
         except kube.KubeError as exc:
             metrics.reconcile_failed("api")
             delay = context.settings.retry_delay(attempt)
-            log.info("releasing jobs of terminating namespaces failed (%s); again in %.0f s", exc, delay)
+            log.warning("%s failed (%s); again in %.0f s", what, exc, delay)
             await asyncio.sleep(delay)
 
 
@@ -219,14 +233,6 @@ def tenant_quota(name: str, body: kopf.Body, **_: Any) -> dict[str, QuotaUsage] 
     return {tenant: QuotaUsage.from_cluster_queue(dict(body))} if tenant else None
 
 
-@kopf.on.event(KUEUE_GROUP, KUEUE_VERSION, "workloads", labels={LABEL_JOB: kopf.PRESENT})
-async def workload_changed(
-    labels: Mapping[str, str], namespace: str | None, memo: kopf.Memo, **_: Any
-) -> None:
-    if namespace and labels.get(LABEL_MANAGED_BY) == MANAGED_BY:
-        context_of(memo).wakeups.wake((namespace, labels[LABEL_JOB]))
-
-
 @kopf.on.event(KUEUE_GROUP, KUEUE_VERSION, "clusterqueues", labels={LABEL_MANAGED_BY: MANAGED_BY})
 def quota_changed(name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
     """Per-tenant quota figures for Prometheus, from Kueue's status of the tenant's queue."""
@@ -242,10 +248,31 @@ def quota_changed(name: str, body: kopf.Body, type: str | None, **_: Any) -> Non
     )
 
 
+@kopf.on.event(
+    KUEUE_GROUP, KUEUE_VERSION, "workloads", labels={LABEL_JOB: kopf.PRESENT, LABEL_MANAGED_BY: MANAGED_BY}
+)
 @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT})
-async def pod_changed(labels: Mapping[str, str], namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    if namespace:
-        context_of(memo).wakeups.wake((namespace, labels[LABEL_JOB]))
+async def child_changed(
+    body: kopf.Body,
+    uid: str,
+    type: str | None,
+    labels: Mapping[str, str],
+    namespace: str | None,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    """A pod or the Workload of a job changed: wake the job when what its planner reads of it
+    changed (a condition the kubelet or Kueue adds alone wakes nobody)."""
+    if not namespace:
+        return
+    context = context_of(memo)
+    if type == "DELETED":
+        context.views.forget(uid)
+    else:
+        view = PodView if body.get("kind") == "Pod" else WorkloadView
+        if not context.views.changed(uid, view.from_manifest(dict(body))):
+            return
+    context.wakeups.wake((namespace, labels[LABEL_JOB]))
 
 
 @kopf.daemon(GROUP, VERSION, "trainingjobs", id="reconcile", cancellation_timeout=10.0)
@@ -253,6 +280,7 @@ async def reconcile_job(
     namespace: str | None,
     name: str,
     uid: str,
+    body: kopf.Body,
     stopped: kopf.DaemonStopped,
     memo: kopf.Memo,
     **kwargs: Any,
@@ -270,7 +298,7 @@ async def reconcile_job(
             pods = list(job_pods.get((namespace, uid), ()))
             try:
                 with metrics.RECONCILE_SECONDS.time():
-                    delay = await reconcile(context, key, pods, tenants, queues)
+                    delay = await reconcile(context, key, body, pods, tenants, queues)
             except Exception as exc:
                 retry(memo, exc, context)
             memo["failures"] = 0
@@ -280,9 +308,12 @@ async def reconcile_job(
                 delay = min(delay if delay is not None else VERIFIED_FLUSH_SECONDS, VERIFIED_FLUSH_SECONDS)
             await _sleep(wake, stopped, min(delay if delay is not None else RESYNC_SECONDS, RESYNC_SECONDS))
     finally:
+        await context.events.flush(key)
         if stopped or delay is GONE:
             context.wakeups.forget(key)
             context.integrity.forget(key)
+            context.children.forget(uid)
+            context.jobs.forget(key)
 
 
 def retry(memo: kopf.Memo, exc: Exception, context: OperatorContext) -> NoReturn:
@@ -327,13 +358,16 @@ class Queues:
 async def reconcile(
     context: OperatorContext,
     key: JobKey,
+    body: kopf.Body,
     pods: list[PodView],
     tenants: Tenants,
     queues: Queues,
 ) -> float | None:
     """One pass: read, plan, apply. Returns when to look again (None: when something changes)."""
     namespace, name = key
-    raw = await kube.get_job(namespace, name)
+    raw = context.jobs.pick(key, copy.deepcopy(dict(body)))
+    if raw is None:
+        raw = await kube.get_job(namespace, name)
     if raw is None:
         return GONE
     if raw["metadata"].get("deletionTimestamp"):
@@ -349,7 +383,7 @@ async def reconcile(
             # parallel; the planner drops the Workload again should the image not verify.
             await kube.create_object(build_workload(job))
         try:
-            image = await context.images.verify_pinned(job.spec.image, tenant)
+            image = await context.images.verify_pinned(job.spec.image, tenant, job.namespace)
         except VerificationFailed as failure:
             image = ImageProblem(failure.reason, str(failure))
     verdicts = context.integrity.take(key)
@@ -369,32 +403,44 @@ async def reconcile(
         if decided.reports_stopped:
             metrics.integrity_violation(job.spec.tenant, "ReportsStopped")
         if decided.status.to_api() != raw.get("status"):
-            await _write(raw, job, decided)
+            await _write(context, raw, job, decided)
         else:
-            await _post_events(raw, job, decided)
+            _post_events(context, raw, job, decided)
     except BaseException:
         context.integrity.give_back(key, verdicts)
         raise
     if decided.create_workload is not None:  # first: Kueue can decide while the rest is made
         await kube.create_object(decided.create_workload)
-    for pod in decided.delete_pods:
-        await kube.delete_pod(namespace, pod)
+    await asyncio.gather(*(kube.delete_pod(namespace, pod) for pod in decided.delete_pods))
     if decided.release_workload is not None and decided.status.queue and decided.status.queue.workload:
         await kube.patch_workload_status(namespace, decided.status.queue.workload, decided.release_workload)
-    taken = [
-        f"{child['kind']} {child['metadata']['name']}"
-        for child in decided.children
-        if not await kube.create(child) and not await _owned(child, job)
-    ]
+    taken = await _ensure_children(context.children, decided.children, job)
     if decided.create_pods and not taken:
         taken = await _create_gang(namespace, decided.create_pods, job)
     if taken:
         now = job.model_copy(update={"status": decided.status})
-        await _write(raw, job, name_taken(now, taken, datetime.datetime.now(datetime.UTC)))
+        await _write(context, raw, job, name_taken(now, taken, datetime.datetime.now(datetime.UTC)))
         return None
     if decided.delete_workload:
         await kube.delete_workload(namespace, decided.delete_workload)
     return decided.requeue_after
+
+
+async def _ensure_children(
+    ensured: EnsuredChildren, children: list[dict[str, Any]], job: TrainingJob
+) -> list[str]:
+    """Get-or-create each child not seen lately, all at once; returns those whose names others
+    hold."""
+
+    async def ensure(child: dict[str, Any]) -> str | None:
+        if ensured.known(job.metadata.uid, child):
+            return None
+        if await kube.create(child) or await _owned(child, job):
+            ensured.add(job.metadata.uid, child)
+            return None
+        return f"{child['kind']} {child['metadata']['name']}"
+
+    return [taken for taken in await asyncio.gather(*map(ensure, children)) if taken]
 
 
 async def _owned(child: dict[str, Any], job: TrainingJob) -> bool:
@@ -406,12 +452,13 @@ async def _owned(child: dict[str, Any], job: TrainingJob) -> bool:
     return await kube.controller_uid(child["kind"], meta["namespace"], meta["name"]) == job.metadata.uid
 
 
-async def _write(raw: dict[str, Any], job: TrainingJob, decided: Plan) -> None:
+async def _write(context: OperatorContext, raw: dict[str, Any], job: TrainingJob, decided: Plan) -> None:
     """The pass's one status patch, then its events (counted by their transitions)."""
-    await kube.patch_job_status(
+    written = await kube.patch_job_status(
         job.namespace, job.name, _merge_patch(raw.get("status") or {}, decided.status.to_api())
     )
-    await _post_events(raw, job, decided)
+    context.jobs.wrote((job.namespace, job.name), written)
+    _post_events(context, raw, job, decided)
 
 
 def _merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -426,9 +473,11 @@ def _merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return patch
 
 
-async def _post_events(raw: dict[str, Any], job: TrainingJob, decided: Plan) -> None:
+def _post_events(context: OperatorContext, raw: dict[str, Any], job: TrainingJob, decided: Plan) -> None:
+    """Count the pass's transitions now; post its Events behind the job's earlier ones."""
+    if decided.events:
+        context.events.post((job.namespace, job.name), _post_all(raw, decided.events))
     for event in decided.events:
-        await kube.post_event(raw, event.type, event.reason, event.message, component=event.component)
         metrics.job_transition(job.spec.tenant, event.transition, event.reason)
         if event.transition is Transition.QUOTA_ADMITTED and not job.status.preemptions:
             created = job.metadata.creation_timestamp
@@ -437,31 +486,36 @@ async def _post_events(raw: dict[str, Any], job: TrainingJob, decided: Plan) -> 
                 metrics.QUOTA_ADMISSION_WAIT.labels(tenant=job.spec.tenant).observe(waited.total_seconds())
 
 
+async def _post_all(raw: dict[str, Any], events: list[Any]) -> None:
+    for event in events:
+        await kube.post_event(raw, event.type, event.reason, event.message, component=event.component)
+
+
 async def _create_gang(namespace: str, pods: list[dict[str, Any]], job: TrainingJob) -> list[str]:
-    """All pods of an attempt or none: on a failure, remove the ones already created. Returns
-    the pods whose names another object holds (then none of the gang is left)."""
-    created: list[str] = []
-    taken: list[str] = []
-    try:
-        for pod in pods:
-            try:
-                made = await kube.create(pod)
-            except kube.KubeError as exc:
-                # A pod that exists already is refused by the tenant's ResourceQuota (admission
-                # counts the request again) before the API server could answer "already exists".
-                if exc.status != 403 or not await _owned(pod, job):
-                    raise
-                continue  # ours already
-            if made:
-                created.append(pod["metadata"]["name"])
-            elif not await _owned(pod, job):
-                taken.append(f"Pod {pod['metadata']['name']}")
-                break
-    except Exception:
-        for pod_name in created:
-            await kube.delete_pod(namespace, pod_name)
-        raise
-    if taken:
-        for pod_name in created:
-            await kube.delete_pod(namespace, pod_name)
+    """All pods of an attempt or none, created at once: on a failure, remove the ones created.
+    Returns the pods whose names another object holds (then none of the gang is left)."""
+
+    async def create(pod: dict[str, Any]) -> bool | None:
+        """True: created; None: ours already; False: another object holds the name."""
+        try:
+            if await kube.create(pod):
+                return True
+        except kube.KubeError as exc:
+            # A pod that exists already is refused by the tenant's ResourceQuota (admission
+            # counts the request again) before the API server could answer "already exists".
+            if exc.status != 403:
+                raise
+            if not await _owned(pod, job):
+                raise
+            return None
+        return None if await _owned(pod, job) else False
+
+    outcomes = await asyncio.gather(*map(create, pods), return_exceptions=True)
+    failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
+    taken = [f"Pod {pod['metadata']['name']}" for pod, o in zip(pods, outcomes, strict=True) if o is False]
+    if failed is not None or taken:
+        created = [pod["metadata"]["name"] for pod, o in zip(pods, outcomes, strict=True) if o is True]
+        await asyncio.gather(*(kube.delete_pod(namespace, name) for name in created))
+    if failed is not None:
+        raise failed
     return taken

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
 from trainguard import metrics
+from trainguard.api.conditions import Condition, job_state
 from trainguard.api.constants import (
     GPU_CEILING_QUOTA,
     GROUP,
@@ -51,6 +53,27 @@ def tenants_by_name(name: str, body: kopf.Body, **_: Any) -> dict[str, Tenant] |
 def tenant_namespaces(name: str, labels: Mapping[str, str], **_: Any) -> dict[str, str]:
     """namespace -> the tenant its label names (the pod guard's webhooks select by that label)."""
     return {name: labels[TENANT_NAMESPACE_LABEL]}
+
+
+@kopf.index(GROUP, VERSION, "trainingjobs")
+def job_states(spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, str] | None:
+    """tenant -> the state of each of its jobs (`job_state`), for `trainguard_jobs{tenant,state}`."""
+    tenant = spec.get("tenant")
+    if not isinstance(tenant, str):
+        return None
+    try:
+        conditions = [Condition.model_validate(c) for c in status.get("conditions") or []]
+    except ValidationError:  # only the operator writes status; a job it cannot read counts as Pending
+        conditions = []
+    return {tenant: job_state(conditions)}
+
+
+@kopf.timer(GROUP, VERSION, "tenants", interval=15.0, idle=0)
+async def count_jobs(name: str, **kwargs: Any) -> None:
+    """A tenant's jobs by state, for Prometheus: counted from the index at a scrape-like pace
+    rather than on every job change."""
+    states: Mapping[str, Iterable[str]] = kwargs["job_states"]
+    metrics.jobs_by_state(name, Counter(states.get(name, ())))
 
 
 @kopf.on.event(GROUP, VERSION, "tenants")

@@ -63,6 +63,8 @@ class StepEnd(_Report):
     step: int
     fingerprint: str
     regions: dict[str, str]
+    seconds: float | None = None  # how long fingerprinting every region took (for the operator's metrics)
+    omit_when_none: ClassVar[tuple[str, ...]] = ("seconds",)
 
 
 class Verified(_Report):

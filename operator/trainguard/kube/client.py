@@ -133,8 +133,9 @@ async def get_tenant(name: str) -> Obj | None:
     return None if resp is None else _json(resp)
 
 
-async def patch_job_status(namespace: str, name: str, status: Obj) -> None:
-    await _call(
+async def patch_job_status(namespace: str, name: str, status: Obj) -> Obj | None:
+    """Merge-patch the job's status; returns the job as written (None: the job is gone)."""
+    resp = await _call(
         f"patch status of TrainingJob {namespace}/{name}",
         _custom().patch_namespaced_custom_object_status,
         GROUP,
@@ -143,8 +144,10 @@ async def patch_job_status(namespace: str, name: str, status: Obj) -> None:
         "trainingjobs",
         name,
         {"status": status},
+        _preload_content=False,
         ok=(404,),
     )
+    return None if resp is None else _json(resp)
 
 
 async def list_jobs() -> list[Obj]:

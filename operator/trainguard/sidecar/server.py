@@ -392,12 +392,14 @@ class Sidecar:
         if problem is not None:  # the baseline stays the last one taken in order
             return self.protocol(step, problem)
         if step % self.every == 0:
+            started = time.perf_counter()
             state = self.fingerprints()
+            seconds = time.perf_counter() - started
             self.at_end = {step: state}  # only the latest step is compared
             fps = {name: fp for name, (fp, _) in state.items()}
-            self.report(
-                self.stamped(StepEnd, step=step, fingerprint=self.replicated(fps), regions=fps)
-            )  # fmt: skip
+            fingerprint = self.replicated(fps)
+            report = self.stamped(StepEnd, step=step, fingerprint=fingerprint, regions=fps, seconds=seconds)
+            self.report(report)
         return Reply(ok=True)
 
     def begin(self, step: int) -> Reply:

@@ -3,16 +3,36 @@
 Every response is size-capped and every request has a timeout; content is checked against the
 digest that addressed it. Registries listed as plain-HTTP (a loopback test registry) are spoken
 to over http; all others over https.
+
+Authentication follows the registry's `401` challenge: Basic with the credential given, or a
+Bearer token from the challenge's realm, asked for `repository:<name>:pull` only (anonymously when
+no credential is given: public images on Docker Hub, ghcr.io and the like need such tokens too).
+Tokens are kept until shortly before they expire, per (registry, repository, credential identity),
+so one tenant's token is never shown for another tenant's request. The Authorization header is
+never sent on after a redirect (blobs are often served from another host).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
+
+from trainguard.signing.auth import (
+    Challenge,
+    Credential,
+    CredentialsInvalid,
+    identity_of,
+    parse_challenge,
+    parse_token_response,
+    pull_scope,
+)
 
 MANIFEST_TYPES = ", ".join(
     [
@@ -28,6 +48,29 @@ class RegistryError(Exception):
     """The registry could not be read (down, slow, too large, inconsistent)."""
 
 
+class RegistryAuthError(RegistryError):
+    """The registry refused to let us read (401 or 403): no credentials, or the wrong ones.
+    The message names where the credentials came from, never their values."""
+
+    def __init__(self, registry: str, repository: str, status: int, credential: Credential | None) -> None:
+        self.registry, self.repository, self.status, self.credential = (
+            registry,
+            repository,
+            status,
+            credential,
+        )
+        if credential is not None:
+            message = f"registry {registry} refused the credentials in {credential.source} ({status})"
+        else:
+            message = (
+                f"registry {registry} refused to let {repository} be read without credentials ({status})"
+            )
+        super().__init__(message)
+
+
+_AuthKey = tuple[str, str, str]  # (registry, repository, credential identity)
+
+
 @dataclass(frozen=True)
 class Fetched:
     body: bytes
@@ -41,33 +84,166 @@ class RegistryClient:
     max_manifest_bytes: int = 256 * 1024
     max_blob_bytes: int = 64 * 1024
     max_descriptors: int = 16
+    max_token_bytes: int = 64 * 1024
+    # Authorization headers that worked: key -> (monotonic expiry, header value).
+    _auth: dict[_AuthKey, tuple[float, str]] = field(default_factory=dict, repr=False)
+    _auth_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    max_auth_entries: int = 4096
 
     def _url(self, registry: str, path: str) -> str:
         scheme = "http" if registry in self.plain_http else "https"
         return f"{scheme}://{registry}/v2/{path}"
 
-    def _get(self, registry: str, path: str, accept: str, limit: int) -> tuple[bytes, dict[str, str]] | None:
-        request = urllib.request.Request(self._url(registry, path), headers={"Accept": accept})  # noqa: S310
+    def _fetch(
+        self, registry: str, request: urllib.request.Request, limit: int, what: str
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """(status, body, lower-case headers): 2xx, and 401/403/404 as answers; anything else raises."""
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as resp:  # noqa: S310 - http(s) only
                 body = resp.read(limit + 1)
-                headers = {k.lower(): v for k, v in resp.headers.items()}
+                status, headers = resp.status, {k.lower(): v for k, v in resp.headers.items()}
         except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return None
-            raise RegistryError(f"registry {registry} answered {exc.code} for {path}") from exc
+            if exc.code in (401, 403, 404):
+                return exc.code, b"", {k.lower(): v for k, v in (exc.headers or {}).items()}
+            raise RegistryError(f"registry {registry} answered {exc.code} for {what}") from exc
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             raise RegistryError(
                 f"registry {registry} cannot be reached: {getattr(exc, 'reason', exc)}"
             ) from exc
         if len(body) > limit:
-            raise RegistryError(f"{path} on {registry} is larger than {limit} bytes")
+            raise RegistryError(f"{what} on {registry} is larger than {limit} bytes")
+        return status, body, headers
+
+    def _request(self, url: str, accept: str, authorization: str | None) -> urllib.request.Request:
+        request = urllib.request.Request(url, headers={"Accept": accept})  # noqa: S310
+        if authorization:
+            # Unredirected: a redirect (a blob served from storage elsewhere) must not carry it.
+            request.add_unredirected_header("Authorization", authorization)
+        return request
+
+    def _get(
+        self,
+        registry: str,
+        repository: str,
+        path: str,
+        accept: str,
+        limit: int,
+        credential: Credential | None = None,
+    ) -> tuple[bytes, dict[str, str]] | None:
+        key = (registry, repository, identity_of(credential))
+        url = self._url(registry, f"{repository}/{path}")
+        what = f"{repository}/{path}"
+        status, body, headers = self._fetch(
+            registry, self._request(url, accept, self._known(key)), limit, what
+        )
+        if status == 401:
+            challenge = parse_challenge(headers.get("www-authenticate", ""))
+            authorization = self._authorize(registry, repository, challenge, credential)
+            status, body, headers = self._fetch(
+                registry, self._request(url, accept, authorization), limit, what
+            )
+        if status in (401, 403):
+            self._forget(key)
+            raise RegistryAuthError(registry, repository, status, credential)
+        if status == 404:
+            return None
         return body, headers
 
-    def manifest(self, registry: str, repository: str, reference: str) -> Fetched | None:
+    # ----------------------------------------------------------------------- authentication
+
+    def _known(self, key: _AuthKey) -> str | None:
+        with self._auth_lock:
+            hit = self._auth.get(key)
+            if hit is None or hit[0] < time.monotonic():
+                self._auth.pop(key, None)
+                return None
+            return hit[1]
+
+    def _remember(self, key: _AuthKey, authorization: str, seconds: float) -> None:
+        with self._auth_lock:
+            if len(self._auth) >= self.max_auth_entries:
+                self._auth.pop(next(iter(self._auth)))
+            self._auth[key] = (time.monotonic() + seconds, authorization)
+
+    def _forget(self, key: _AuthKey) -> None:
+        with self._auth_lock:
+            self._auth.pop(key, None)
+
+    def _authorize(
+        self, registry: str, repository: str, challenge: Challenge | None, credential: Credential | None
+    ) -> str:
+        """The Authorization header the registry's challenge asks for, remembered for next time."""
+        key = (registry, repository, identity_of(credential))
+        if challenge is not None and challenge.scheme == "basic":
+            if credential is None or not (credential.username or credential.password):
+                raise RegistryAuthError(registry, repository, 401, credential)
+            authorization = credential.basic_header()
+            self._remember(key, authorization, 3600.0)
+            return authorization
+        if challenge is None or challenge.scheme != "bearer" or not challenge.realm:
+            raise RegistryError(
+                f"registry {registry} asks for an authentication scheme trainguard does not speak "
+                "(only Basic and Bearer tokens)"
+            )
+        token, seconds = self._token(registry, repository, challenge, credential)
+        authorization = f"Bearer {token}"
+        # Ask again a little before the token expires: it must still be valid when it arrives.
+        self._remember(key, authorization, max(seconds - min(10.0, seconds / 10), 1.0))
+        return authorization
+
+    def _token(
+        self, registry: str, repository: str, challenge: Challenge, credential: Credential | None
+    ) -> tuple[str, float]:
+        realm = urllib.parse.urlsplit(challenge.realm)
+        plain = registry in self.plain_http
+        if realm.scheme != "https" and not (plain and realm.scheme == "http"):
+            raise RegistryError(
+                f"registry {registry} names a token realm that is not https; trainguard sends no "
+                "credentials there"
+            )
+        query = {"scope": pull_scope(repository)}
+        if challenge.params.get("service"):
+            query["service"] = challenge.params["service"]
+        if credential is not None and credential.identity_token:
+            # docker's way with an identity token: the OAuth2 refresh-token grant, by POST.
+            form = {**query, "grant_type": "refresh_token", "refresh_token": credential.identity_token}
+            form["client_id"] = "trainguard"
+            request = urllib.request.Request(  # noqa: S310 - the realm is http(s), checked above
+                challenge.realm, data=urllib.parse.urlencode(form).encode(), method="POST"
+            )
+        else:
+            separator = "&" if realm.query else "?"
+            url = challenge.realm + separator + urllib.parse.urlencode(query)
+            basic = (
+                credential.basic_header()
+                if credential and (credential.username or credential.password)
+                else None
+            )
+            request = self._request(url, "application/json", basic)
+        status, body, _ = self._fetch(registry, request, self.max_token_bytes, "the token endpoint")
+        if status in (401, 403):
+            raise RegistryAuthError(registry, repository, status, credential)
+        if status == 404:
+            raise RegistryError(f"the token endpoint of registry {registry} answered 404")
+        try:
+            token = parse_token_response(body)
+        except CredentialsInvalid as exc:
+            raise RegistryError(f"registry {registry}: {exc}") from exc
+        return token.value, token.expires_in
+
+    # ----------------------------------------------------------------------- content
+
+    def manifest(
+        self, registry: str, repository: str, reference: str, credential: Credential | None = None
+    ) -> Fetched | None:
         """The manifest at a tag or digest; None when absent. A digest reference is checked."""
         got = self._get(
-            registry, f"{repository}/manifests/{reference}", MANIFEST_TYPES, self.max_manifest_bytes
+            registry,
+            repository,
+            f"manifests/{reference}",
+            MANIFEST_TYPES,
+            self.max_manifest_bytes,
+            credential,
         )
         if got is None:
             return None
@@ -82,8 +258,10 @@ class RegistryClient:
             )
         return Fetched(body, digest)
 
-    def blob(self, registry: str, repository: str, digest: str) -> bytes:
-        got = self._get(registry, f"{repository}/blobs/{digest}", "*/*", self.max_blob_bytes)
+    def blob(
+        self, registry: str, repository: str, digest: str, credential: Credential | None = None
+    ) -> bytes:
+        got = self._get(registry, repository, f"blobs/{digest}", "*/*", self.max_blob_bytes, credential)
         if got is None:
             raise RegistryError(f"blob {digest} is missing from {registry}/{repository}")
         body = got[0]
@@ -92,22 +270,31 @@ class RegistryClient:
         return body
 
     def referrers(
-        self, registry: str, repository: str, digest: str, artifact_type: str
+        self,
+        registry: str,
+        repository: str,
+        digest: str,
+        artifact_type: str,
+        credential: Credential | None = None,
     ) -> list[dict[str, Any]]:
         """Descriptors of artifacts attached to `digest`: the referrers API, else the tag fallback."""
         index: bytes | None = None
         try:
             got = self._get(
                 registry,
-                f"{repository}/referrers/{digest}",
+                repository,
+                f"referrers/{digest}",
                 "application/vnd.oci.image.index.v1+json",
                 self.max_manifest_bytes,
+                credential,
             )
             index = got[0] if got else None
+        except RegistryAuthError:
+            raise
         except RegistryError:
             index = None  # registries without the referrers API answer 400/405: use the tag schema
         if index is None:
-            fallback = self.manifest(registry, repository, digest.replace(":", "-"))
+            fallback = self.manifest(registry, repository, digest.replace(":", "-"), credential)
             index = fallback.body if fallback else None
         if index is None:
             return []

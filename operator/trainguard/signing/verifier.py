@@ -1,11 +1,14 @@
 """Deciding whether an image may run: resolve it to a digest and find a trusted signature.
 
-Results are cached by (digest, trusted signers) for a bounded time: a digest names immutable
-content. A tag alone is resolved at the registry on every call, because a tag can move. A tag given
-with a digest (`name:tag@sha256:…`, what admission pins a job to) is checked against the tag's
-resolution of the last few seconds, so one admission request resolves its tag once: the mutating
-webhook resolves and pins it, and the validating webhook's check of the final object, moments
-later, finds that resolution instead of asking the registry again.
+Results are cached by (digest, trusted signers, credential identity) for a bounded time: a digest
+names immutable content, and a verdict reached with one tenant's registry credentials is never
+reused for a request that would read the registry with other credentials (or none): that request
+must show the registry it may read the image itself. A tag alone is resolved at the registry on
+every call, because a tag can move. A tag given with a digest (`name:tag@sha256:…`, what
+admission pins a job to) is checked against the tag's resolution of the last few seconds, so one
+admission request resolves its tag once: the mutating webhook resolves and pins it, and the
+validating webhook's check of the final object, moments later, finds that resolution instead of
+asking the registry again.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from cryptography.hazmat.primitives import serialization
 
 from trainguard.api.images import ImageReference, InvalidReference, parse
 from trainguard.signing import cosign
-from trainguard.signing.registry import RegistryClient, RegistryError
+from trainguard.signing.auth import Credential, Keychain, identity_of
+from trainguard.signing.registry import RegistryAuthError, RegistryClient, RegistryError
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class VerifiedImage:
     reference: ImageReference
     digest: str
     signer: str
+    cached: bool = False  # answered from the result cache, without the registry
 
     @property
     def pinned(self) -> str:
@@ -71,13 +76,13 @@ class ExpiringCache(Generic[K, V]):
             self._entries[key] = (time.monotonic() + self.ttl_seconds, value)
 
 
-class ResultCache(ExpiringCache[tuple[str, str], str]):
-    """(digest, trusted signers' key) -> the signer that verified it."""
+class ResultCache(ExpiringCache[tuple[str, str, str], str]):
+    """(digest, trusted signers' key, credential identity) -> the signer that verified it."""
 
 
 @dataclass
-class TagCache(ExpiringCache[str, str]):
-    """Recent tag resolutions: `registry/repository:tag` -> digest."""
+class TagCache(ExpiringCache[tuple[str, str], str]):
+    """Recent tag resolutions: (credential identity, `registry/repository:tag`) -> digest."""
 
     ttl_seconds: float = 10.0
 
@@ -99,7 +104,11 @@ class Verifier:
     cache: ResultCache = field(default_factory=ResultCache)
     tags: TagCache = field(default_factory=TagCache)
 
-    def verify(self, image: str, signers: list[cosign.Signer]) -> VerifiedImage:
+    def verify(
+        self, image: str, signers: list[cosign.Signer], keychain: Keychain | None = None
+    ) -> VerifiedImage:
+        """Verify `image` under `signers`, reading its registry with the credential `keychain`
+        holds for it (anonymously without one)."""
         try:
             ref = parse(image)
         except InvalidReference as exc:
@@ -109,28 +118,32 @@ class Verifier:
                 "NoTrustedSigners", "the tenant trusts no signer, so no image can be verified"
             )
         trust = signers_key(signers)
+        credential = keychain.for_registry(ref.registry) if keychain is not None else None
+        identity = identity_of(credential)
         if ref.digest and not ref.tag:  # nothing to resolve: a warm cache answers without the registry
-            cached = self.cache.get((ref.digest, trust))
+            cached = self.cache.get((ref.digest, trust, identity))
             if cached is not None:
-                return VerifiedImage(ref, ref.digest, cached)
+                return VerifiedImage(ref, ref.digest, cached, cached=True)
         try:
-            digest = self._resolve(ref)
-            key = (digest, trust)
+            digest = self._resolve(ref, credential)
+            key = (digest, trust, identity)
             cached = self.cache.get(key)
             if cached is not None:
-                return VerifiedImage(ref, digest, cached)
-            signer = self._find_signature(ref, digest, signers)
+                return VerifiedImage(ref, digest, cached, cached=True)
+            signer = self._find_signature(ref, digest, signers, credential)
+        except RegistryAuthError as exc:
+            raise VerificationFailed("RegistryAuthFailed", _auth_message(image, exc, keychain)) from exc
         except RegistryError as exc:
             raise VerificationFailed("CannotVerify", f"cannot verify {image}: {exc}") from exc
         self.cache.put(key, signer)
         return VerifiedImage(ref, digest, signer)
 
-    def _resolve(self, ref: ImageReference) -> str:
-        tag = f"{ref.name}:{ref.tag}" if ref.tag else ""
+    def _resolve(self, ref: ImageReference, credential: Credential | None) -> str:
+        tag = (identity_of(credential), f"{ref.name}:{ref.tag}" if ref.tag else "")
         if ref.tag and ref.digest:
             if self.tags.get(tag) == ref.digest:
                 return ref.digest  # resolved a moment ago (by the same admission request's pinning)
-            fetched = self.client.manifest(ref.registry, ref.repository, ref.tag)
+            fetched = self.client.manifest(ref.registry, ref.repository, ref.tag, credential)
             if fetched is None:
                 raise VerificationFailed("ImageNotFound", f"tag {ref.tag} of {ref.name} does not exist")
             if fetched.digest != ref.digest:
@@ -141,10 +154,12 @@ class Verifier:
                 )
             self.tags.put(tag, ref.digest)
             return ref.digest
-        fetched = self.client.manifest(ref.registry, ref.repository, ref.digest or ref.tag or "latest")
+        fetched = self.client.manifest(
+            ref.registry, ref.repository, ref.digest or ref.tag or "latest", credential
+        )
         if fetched is None:
             raise VerificationFailed("ImageNotFound", f"{ref} does not exist in its registry")
-        if tag:
+        if ref.tag:
             self.tags.put(tag, fetched.digest)
         return fetched.digest
 
@@ -159,22 +174,31 @@ class Verifier:
         return [layer for layer in layers[: self.client.max_descriptors] if isinstance(layer, dict)]
 
     def _payload(
-        self, ref: ImageReference, layer: dict[str, Any], what: str, problems: list[str]
+        self,
+        ref: ImageReference,
+        layer: dict[str, Any],
+        what: str,
+        problems: list[str],
+        credential: Credential | None,
     ) -> bytes | None:
         """The layer's blob, unless its declared size is over the bound (then noted in `problems`)."""
         if int(layer.get("size", 0)) > cosign.MAX_PAYLOAD_BYTES:
             problems.append(f"a {what} of {layer.get('size')} bytes is too large")
             return None
-        return self.client.blob(ref.registry, ref.repository, layer["digest"])
+        return self.client.blob(ref.registry, ref.repository, layer["digest"], credential)
 
-    def _find_signature(self, ref: ImageReference, digest: str, signers: list[cosign.Signer]) -> str:
+    def _find_signature(
+        self, ref: ImageReference, digest: str, signers: list[cosign.Signer], credential: Credential | None
+    ) -> str:
         problems: list[str] = []
-        classic = self.client.manifest(ref.registry, ref.repository, digest.replace(":", "-") + ".sig")
+        classic = self.client.manifest(
+            ref.registry, ref.repository, digest.replace(":", "-") + ".sig", credential
+        )
         for layer in self._layers(classic.body, ".sig") if classic else []:
             annotation = (layer.get("annotations") or {}).get(cosign.SIGNATURE_ANNOTATION)
             if not annotation or layer.get("mediaType") != cosign.SIMPLE_SIGNING_MEDIA_TYPE:
                 continue
-            payload = self._payload(ref, layer, "signature payload", problems)
+            payload = self._payload(ref, layer, "signature payload", problems, credential)
             if payload is None:
                 continue
             try:
@@ -182,13 +206,13 @@ class Verifier:
             except cosign.SignatureInvalid as exc:
                 problems.append(str(exc))
         for descriptor in self.client.referrers(
-            ref.registry, ref.repository, digest, cosign.BUNDLE_MEDIA_TYPE
+            ref.registry, ref.repository, digest, cosign.BUNDLE_MEDIA_TYPE, credential
         ):
-            manifest = self.client.manifest(ref.registry, ref.repository, descriptor["digest"])
+            manifest = self.client.manifest(ref.registry, ref.repository, descriptor["digest"], credential)
             for layer in self._layers(manifest.body, "bundle") if manifest else []:
                 if layer.get("mediaType") != cosign.BUNDLE_MEDIA_TYPE:
                     continue
-                bundle = self._payload(ref, layer, "signature bundle", problems)
+                bundle = self._payload(ref, layer, "signature bundle", problems, credential)
                 if bundle is None:
                     continue
                 try:
@@ -200,3 +224,14 @@ class Verifier:
         unique = list(dict.fromkeys(problems))
         reason = "UntrustedSigner" if all("does not trust" in p for p in unique) else "InvalidSignature"
         raise VerificationFailed(reason, f"no trusted signature for {ref.name}@{digest}: {'; '.join(unique)}")
+
+
+def _auth_message(image: str, exc: RegistryAuthError, keychain: Keychain | None) -> str:
+    """Why the registry would not let the image be read, naming the credentials to fix (by where
+    they live: a Secret, the operator's file), never their values."""
+    message = f"cannot verify {image}: {exc}"
+    if exc.credential is not None:
+        return f"{message}: the credentials for {exc.registry} there cannot read {exc.repository}"
+    if keychain is not None and keychain.tenant_source:
+        return f"{message}: {keychain.tenant_source} has no credentials for {exc.registry}"
+    return f"{message}: the tenant names no pull Secret (spec.imagePullSecret)"

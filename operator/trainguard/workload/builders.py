@@ -382,6 +382,10 @@ def build_pod(
         # CUDA IPC checks process ids: the sidecar opens the trainer's GPU memory only when both
         # see the same process namespace. The sidecar's own user keeps it out of the trainer's reach.
         pod_spec["shareProcessNamespace"] = True
+    if tenant.spec.image_pull_secret is not None:
+        # The Secret the image was verified with (each tenant namespace holds it under this name):
+        # the kubelet pulls with the same credentials.
+        pod_spec["imagePullSecrets"] = [{"name": tenant.spec.image_pull_secret.name}]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
