@@ -90,6 +90,10 @@ class EnsuredChildren:
     def add(self, uid: str, child: Mapping[str, Any]) -> None:
         self._seen.setdefault(uid, {})[self._key(child)] = self._clock()
 
+    def discard(self, uid: str, child: Mapping[str, Any]) -> None:
+        """`child` is gone again (a gang rolled back): the next pass makes it anew."""
+        self._seen.get(uid, {}).pop(self._key(child), None)
+
     def forget(self, uid: str) -> None:
         self._seen.pop(uid, None)
 

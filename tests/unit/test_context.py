@@ -35,8 +35,12 @@ def test_a_child_seen_is_not_asked_for_again_until_its_time_is_up() -> None:
     now[0] += 300.0
     assert not ensured.known("uid-1", SA), "checked again once the time is up"
     ensured.add("uid-1", SA)
+    ensured.add("uid-1", SERVICE)
+    ensured.discard("uid-1", SA)
+    assert not ensured.known("uid-1", SA), "rolled back: made anew"
+    assert ensured.known("uid-1", SERVICE)
     ensured.forget("uid-1")
-    assert not ensured.known("uid-1", SA)
+    assert not ensured.known("uid-1", SERVICE)
 
 
 def pod(phase: str, **status: Any) -> dict[str, Any]:

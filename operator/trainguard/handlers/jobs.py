@@ -416,7 +416,7 @@ async def reconcile(
         await kube.patch_workload_status(namespace, decided.status.queue.workload, decided.release_workload)
     taken = await _ensure_children(context.children, decided.children, job)
     if decided.create_pods and not taken:
-        taken = await _create_gang(namespace, decided.create_pods, job)
+        taken = await _create_gang(context.children, namespace, decided.create_pods, job)
     if taken:
         now = job.model_copy(update={"status": decided.status})
         await _write(context, raw, job, name_taken(now, taken, datetime.datetime.now(datetime.UTC)))
@@ -491,14 +491,25 @@ async def _post_all(raw: dict[str, Any], events: list[Any]) -> None:
         await kube.post_event(raw, event.type, event.reason, event.message, component=event.component)
 
 
-async def _create_gang(namespace: str, pods: list[dict[str, Any]], job: TrainingJob) -> list[str]:
+async def _create_gang(
+    ensured: EnsuredChildren, namespace: str, pods: list[dict[str, Any]], job: TrainingJob
+) -> list[str]:
     """All pods of an attempt or none, created at once: on a failure, remove the ones created.
-    Returns the pods whose names another object holds (then none of the gang is left)."""
+    Returns the pods whose names another object holds (then none of the gang is left).
+
+    A pod this process created is not created again while the pods index has not shown it yet
+    (Kubernetes controllers' "expectations"): a second create of an existing pod is charged to
+    the namespace's ResourceQuota before the API server answers "already exists", and the quota
+    controller gives the charge back only at its next full count, minutes later, so the
+    tenant's ceiling would look full meanwhile."""
 
     async def create(pod: dict[str, Any]) -> bool | None:
         """True: created; None: ours already; False: another object holds the name."""
+        if ensured.known(job.metadata.uid, pod):
+            return None
         try:
             if await kube.create(pod):
+                ensured.add(job.metadata.uid, pod)
                 return True
         except kube.KubeError as exc:
             # A pod that exists already is refused by the tenant's ResourceQuota (admission
@@ -514,8 +525,10 @@ async def _create_gang(namespace: str, pods: list[dict[str, Any]], job: Training
     failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
     taken = [f"Pod {pod['metadata']['name']}" for pod, o in zip(pods, outcomes, strict=True) if o is False]
     if failed is not None or taken:
-        created = [pod["metadata"]["name"] for pod, o in zip(pods, outcomes, strict=True) if o is True]
-        await asyncio.gather(*(kube.delete_pod(namespace, name) for name in created))
+        created = [pod for pod, o in zip(pods, outcomes, strict=True) if o is True]
+        for pod in created:
+            ensured.discard(job.metadata.uid, pod)
+        await asyncio.gather(*(kube.delete_pod(namespace, pod["metadata"]["name"]) for pod in created))
     if failed is not None:
         raise failed
     return taken
