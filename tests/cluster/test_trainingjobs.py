@@ -158,7 +158,8 @@ def test_the_image_is_pinned_to_the_verified_digest(tenant_space: TenantSpace, s
     spec_image = space.get("trainingjob", "pinned")["spec"]["image"]
     assert spec_image == f"{signed.image}@{signed.digest}"
     status = wait_for(
-        "the pinned image in status", lambda: space.get("trainingjob", "pinned")["status"].get("image")
+        "the pinned image in status",
+        lambda: space.get("trainingjob", "pinned").get("status", {}).get("image"),  # none yet: wait
     )
     assert status == {"reference": signed.image, "digest": signed.digest, "signer": "release"}
     wait_condition(space, "pinned", "Running")
