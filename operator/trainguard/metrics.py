@@ -17,6 +17,13 @@ RECONCILE_SECONDS = Histogram(
     "Time of one TrainingJob reconcile pass.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+LEADER = Gauge(
+    "trainguard_leader",
+    "1 while this process holds the reconciler Lease (or runs without leader election), else 0.",
+)
+LEADER_TRANSITIONS = Counter(
+    "trainguard_leader_acquired_total", "Times this process took the reconciler Lease."
+)
 RECONCILE_ERRORS = Counter("trainguard_reconcile_errors_total", "Reconcile passes that failed.", ["reason"])
 JOB_RESTARTS = Counter("trainguard_job_restarts_total", "Gang restarts after a failed replica.", ["tenant"])
 JOBS_FINISHED = Counter(

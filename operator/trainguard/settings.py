@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from trainguard.leadership import Timing
 from trainguard.workload.builders import WorkloadSettings
 
 
@@ -82,6 +83,18 @@ class Settings(BaseSettings):
     # TrainingJob annotations copied onto its pods, by prefix (the local cluster: kwok's hooks).
     pod_annotation_prefixes: frozenset[str] = frozenset()
 
+    # One reconciler at a time among replicas: a standby waits for this Lease (in the operator's
+    # namespace) before it starts reconciling (`trainguard.cli.leader`). Off: this process
+    # reconciles from the start (one replica, the local cluster).
+    leader_election: bool = False
+    lease_name: str = "trainguard-reconciler"
+    lease_duration_seconds: float = Field(default=15.0, gt=0)
+    lease_renew_deadline_seconds: float = Field(default=10.0, gt=0)
+    lease_retry_seconds: float = Field(default=2.0, gt=0)
+    # This replica's pod (the downward API), labelled while it leads so that the integrity
+    # Service routes sidecars' reports to the leader only; empty outside a pod.
+    pod_name: str = ""
+
     # Tenants and reconciliation.
     researcher_role: str = "trainguard-researcher"
     dns_namespace: str = WorkloadSettings.dns_namespace
@@ -97,7 +110,20 @@ class Settings(BaseSettings):
             )
         if self.role is Role.ADMISSION and not self.webhook_port:
             raise ValueError("role=admission needs a webhook_port: it serves nothing else")
+        if self.leader_election:
+            if self.role is not Role.ALL:
+                raise ValueError(
+                    "leader_election is for the reconciler (role=all); admission needs no leader"
+                )
+            self.lease_timing()  # raises on inconsistent durations
         return self
+
+    def lease_timing(self) -> Timing:
+        return Timing(
+            duration=self.lease_duration_seconds,
+            renew_deadline=self.lease_renew_deadline_seconds,
+            retry=self.lease_retry_seconds,
+        )
 
     def workload(self) -> WorkloadSettings:
         """What the pure builders need of these settings."""

@@ -170,7 +170,13 @@ def test_cert_manager_issues_the_certificate_and_injects_its_ca() -> None:
 def test_operator_managed_webhooks_render_no_configurations() -> None:
     docs = render("webhooks.managedBy=operator")
     assert configurations(docs) == {}
-    assert not [d for d in docs if d["kind"] in {"Secret", "PodDisruptionBudget"}]
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "PodDisruptionBudget"] == [
+        "trainguard-operator"
+    ]
+    # The operator serves admission itself: only the replica that leads runs, so only it is called.
+    selector = one(docs, "Service", "trainguard-webhook")["spec"]["selector"]
+    assert selector["trainguard.dev/reconciler-leader"] == "true"
     operator = one(docs, "Deployment", "trainguard-operator")["spec"]["template"]["spec"]["containers"][0]
     assert "--webhook-port=9443" in operator["args"]
     rules = one(docs, "ClusterRole", "trainguard-operator")["rules"]
@@ -197,12 +203,39 @@ def test_admission_runs_in_two_spread_replicas_with_a_disruption_budget() -> Non
     service = one(docs, "Service", "trainguard-webhook")
     assert service["spec"]["selector"] == webhook["spec"]["selector"]["matchLabels"]
     operator = one(docs, "Deployment", "trainguard-operator")
-    assert operator["spec"]["replicas"] == 1
     assert "--webhook-port=0" in operator["spec"]["template"]["spec"]["containers"][0]["args"]
     selector = operator["spec"]["selector"]["matchLabels"]
     assert not set(selector.items()) <= set(webhook["spec"]["template"]["metadata"]["labels"].items())
     # One replica: no budget, which would block every drain of its node.
-    assert not [d for d in render("webhooks.replicaCount=1") if d["kind"] == "PodDisruptionBudget"]
+    assert not [
+        d for d in render("webhooks.replicaCount=1", "replicaCount=1") if d["kind"] == "PodDisruptionBudget"
+    ]
+
+
+def test_the_reconciler_runs_two_replicas_one_leading_by_a_lease() -> None:
+    docs = render("leaderElection.leaseDuration=8", "leaderElection.renewDeadline=5")
+    operator = one(docs, "Deployment", "trainguard-operator")
+    assert operator["spec"]["replicas"] == 2
+    # A rolling update never waits on standbys, and never runs two leaders (the Lease decides).
+    assert operator["spec"]["strategy"]["type"] == "RollingUpdate"
+    pod = operator["spec"]["template"]["spec"]
+    assert pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+    container = pod["containers"][0]
+    assert {"--leader-elect", "--lease-duration=8", "--lease-renew-deadline=5", "--lease-retry=2"} <= set(
+        container["args"]
+    )
+    env = {e["name"]: e for e in container["env"]}
+    assert env["TRAINGUARD_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert one(docs, "PodDisruptionBudget", "trainguard-operator")["spec"]["minAvailable"] == 1
+    # Sidecars' reports reach the leader only: the replica holding the Lease labels its pod.
+    integrity = one(docs, "Service", "trainguard-integrity")
+    assert integrity["spec"]["selector"]["trainguard.dev/reconciler-leader"] == "true"
+    role = one(docs, "Role", "trainguard-leader-election")
+    assert {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+            "resourceNames": ["trainguard-reconciler"], "verbs": ["get", "update"]} in role["rules"]  # fmt: skip
+    assert {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]} in role["rules"]
+    binding = one(docs, "RoleBinding", "trainguard-leader-election")
+    assert binding["subjects"][0]["name"] == "trainguard"
 
 
 def test_every_pod_is_hardened_and_bounded() -> None:
@@ -231,7 +264,12 @@ def test_rbac_has_no_wildcards() -> None:
 
 
 def test_schema_refuses_a_misspelled_value() -> None:
-    for value in ("webhooks.timeoutSecond=3", "certManager.enable=true", "webhooks.managedBy=helm"):
+    for value in (
+        "webhooks.timeoutSecond=3",
+        "certManager.enable=true",
+        "webhooks.managedBy=helm",
+        "leaderElection.leaseDuraton=5",
+    ):
         result = helm_template(value)
         assert result.returncode != 0, value
         assert "schema" in result.stderr, result.stderr

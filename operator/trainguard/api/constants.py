@@ -17,6 +17,8 @@ LABEL_JOB_UID = f"{GROUP}/job-uid"
 LABEL_TENANT = f"{GROUP}/tenant"
 LABEL_REPLICA = f"{GROUP}/replica-index"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
+# On the reconciler pod that holds the Lease: the integrity Service sends sidecars' reports there.
+LABEL_LEADER = f"{GROUP}/reconciler-leader"
 
 # On a namespace: the tenant that owns it. The pod guard's webhooks select namespaces by it.
 TENANT_NAMESPACE_LABEL = LABEL_TENANT

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import sys
+import uuid
 from pathlib import Path
 
 import kopf
@@ -53,6 +55,21 @@ def main(argv: list[str] | None = None) -> int:
         "(stateless, every replica), never reconcile",
     )
     run.add_argument(
+        "--leader-elect",
+        dest="leader_election",
+        action="store_const",
+        const=True,
+        help="reconcile only while holding the Lease --lease-name in the operator's namespace; "
+        "wait as a standby until then (several reconciler replicas)",
+    )
+    run.add_argument("--lease-name", help="name of the reconciler's Lease (default trainguard-reconciler)")
+    run.add_argument("--lease-duration", dest="lease_duration_seconds", type=float,
+                     help="seconds a silent leader's Lease stays its own (default 15)")  # fmt: skip
+    run.add_argument("--lease-renew-deadline", dest="lease_renew_deadline_seconds", type=float,
+                     help="a leader that could not renew for this long stops (default 10)")  # fmt: skip
+    run.add_argument("--lease-retry", dest="lease_retry_seconds", type=float,
+                     help="seconds between renewals and standby tries (default 2)")  # fmt: skip
+    run.add_argument(
         "--plain-http-registry",
         dest="plain_http_registries",
         action="append",
@@ -74,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--integrity-listen", help="address the integrity endpoint binds")
     args = parser.parse_args(argv)
 
+    from trainguard import metrics
+    from trainguard.cli.leader import Elector, lead_while
     from trainguard.settings import Role, Settings
 
     given = {k: v for k, v in vars(args).items() if v is not None and k in Settings.model_fields}
@@ -94,15 +113,26 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_address)
-    asyncio.run(
-        kopf.operator(
-            standalone=True,
-            clusterwide=not args.namespace,
-            namespaces=args.namespace,
-            liveness_endpoint=args.liveness,
-            memo=kopf.Memo(settings=settings),
-        )
+    operator = kopf.operator(
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=args.liveness,
+        memo=kopf.Memo(settings=settings),
     )
+    if not settings.leader_election:
+        metrics.LEADER.set(1 if settings.role is Role.ALL else 0)
+        asyncio.run(operator)
+        return 0
+    # A Pod's name is its hostname: the Lease names the replica that leads.
+    elector = Elector(
+        settings.operator_namespace,
+        settings.lease_name,
+        f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}",
+        settings.lease_timing(),
+        settings.pod_name,
+    )
+    asyncio.run(lead_while(elector, operator, args.liveness))
     return 0
 
 

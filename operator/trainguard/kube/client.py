@@ -566,3 +566,48 @@ async def patch_workload_status(namespace: str, name: str, patch: Obj) -> None:
         _preload_content=False,
         ok=(404,),
     )
+
+
+# --------------------------------------------------------------------------- the reconciler's Lease
+
+
+def _coordination() -> client.CoordinationV1Api:
+    return client.CoordinationV1Api(_api())
+
+
+async def get_lease(namespace: str, name: str) -> Obj | None:
+    resp = await _call(
+        f"get Lease {namespace}/{name}",
+        _coordination().read_namespaced_lease,
+        name,
+        namespace,
+        _preload_content=False,
+        ok=(404,),
+    )
+    return None if resp is None else _json(resp)
+
+
+async def write_lease(lease: Obj) -> Obj | None:
+    """Create the Lease (no resourceVersion) or replace it (only if unchanged since that version).
+    None when another candidate wrote first (409): it won this round."""
+    meta = lease["metadata"]
+    if meta.get("resourceVersion"):
+        fn: Callable[..., Any] = _coordination().replace_namespaced_lease
+        args: tuple[Any, ...] = (meta["name"], meta["namespace"], lease)
+    else:
+        fn, args = _coordination().create_namespaced_lease, (meta["namespace"], lease)
+    resp = await _call(f"write Lease {meta['namespace']}/{meta['name']}", fn, *args,
+                       _preload_content=False, ok=(409,))  # fmt: skip
+    return None if resp is None else _json(resp)
+
+
+async def label_pod(namespace: str, name: str, labels: dict[str, str | None]) -> None:
+    """Set (None: remove) labels of a pod; each key on its own."""
+    await _call(
+        f"label pod {namespace}/{name}",
+        _core().patch_namespaced_pod,
+        name,
+        namespace,
+        {"metadata": {"labels": labels}},
+        _preload_content=False,
+    )
