@@ -51,7 +51,8 @@ def running_jobs(space: TenantSpace) -> set[str]:
         j["metadata"]["name"]
         for j in json.loads(out)["items"]
         if any(
-            c["type"] == "Running" and c["status"] == "True" for c in j.get("status", {}).get("conditions", [])
+            c["type"] == "Running" and c["status"] == "True"
+            for c in j.get("status", {}).get("conditions", [])
         )
     }
 
@@ -77,8 +78,11 @@ def test_the_standby_takes_over_when_the_leader_is_killed_mid_burst(
     space = make_tenant(cluster, prefix="tjh", signed=signed, nominal=JOBS)
     kubeconfig = service_account_kubeconfig(cluster, tmp_path, RELEASE_NAMESPACE, "trainguard")
     # Both would serve sidecars on one port (a Service in a cluster): only the leader binds it.
-    flags = ("--leader-elect", "--lease-duration", str(DURATION), "--lease-renew-deadline",
-             str(RENEW_DEADLINE), "--lease-retry", str(RETRY), "--integrity-port", str(free_port()))  # fmt: skip
+    flags = (
+        *("--leader-elect", "--lease-duration", str(DURATION)),
+        *("--lease-renew-deadline", str(RENEW_DEADLINE), "--lease-retry", str(RETRY)),
+        *("--integrity-port", str(free_port())),
+    )
 
     def reconciler(name: str) -> OperatorProcess:
         return OperatorProcess(tmp_path / f"{name}.log", [space.namespace], kubeconfig,

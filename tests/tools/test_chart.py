@@ -231,8 +231,10 @@ def test_the_reconciler_runs_two_replicas_one_leading_by_a_lease() -> None:
     integrity = one(docs, "Service", "trainguard-integrity")
     assert integrity["spec"]["selector"]["trainguard.dev/reconciler-leader"] == "true"
     role = one(docs, "Role", "trainguard-leader-election")
-    assert {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-            "resourceNames": ["trainguard-reconciler"], "verbs": ["get", "update"]} in role["rules"]  # fmt: skip
+    lease_rule = {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"]}
+    assert {**lease_rule, "resourceNames": ["trainguard-reconciler"], "verbs": ["get", "update"]} in role[
+        "rules"
+    ]
     assert {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]} in role["rules"]
     binding = one(docs, "RoleBinding", "trainguard-leader-election")
     assert binding["subjects"][0]["name"] == "trainguard"
