@@ -181,6 +181,7 @@ def test_helm_install_upgrade_uninstall_with_chart_webhooks(
                 "--role=admission",
                 "--webhooks=chart",
                 "--verbose",  # kopf logs each finalizer it adds or removes at DEBUG
+                "--log-format=json",  # the chart's default
                 f"--webhook-port={port}",
                 f"--webhook-cert-dir={certs}",
                 "--integrity-port=0",
@@ -216,6 +217,15 @@ def test_helm_install_upgrade_uninstall_with_chart_webhooks(
         admission_log = (tmp_path / "admission.log").read_text()
         assert "Indexer 'job_states' succeeded" in admission_log, "the admission process saw the job"
         assert "the finalizer" not in admission_log, "nor tried to add or remove one"
+        # Every decision is one JSON line naming who, what, which tenant and why.
+        lines = [json.loads(line) for line in admission_log.splitlines() if line.startswith("{")]
+        decisions = [d for d in lines if d.get("decision") == "denied" and d.get("namespace") == namespace]
+        assert decisions, "no denial logged"
+        assert decisions[0]["user"] == "trainguard-admin"
+        assert (decisions[0]["operation"], decisions[0]["resource"]) == ("CREATE", "trainingjobs")
+        assert (decisions[0]["objectName"], decisions[0]["tenant"]) == ("probe", "no-such-tenant")
+        assert decisions[0]["reasons"], decisions[0]
+        assert decisions[0]["severity"] == "warn"
 
         # --- upgrade: new settings applied, the same certificate kept.
         install(cluster, port, "webhooks.timeoutSeconds=3", "webhooks.replicaCount=3")

@@ -146,7 +146,7 @@ def test_the_tenant_renders_its_queue_local_queue_cohort_and_gpu_ceiling(
 
 
 def test_borrowing_positions_reasons_and_reclaim_by_preemption(
-    cohort: tuple[TenantSpace, TenantSpace],
+    cohort: tuple[TenantSpace, TenantSpace], operator: OperatorProcess
 ) -> None:
     a, b = cohort
     cluster = a.cluster
@@ -189,6 +189,11 @@ def test_borrowing_positions_reasons_and_reclaim_by_preemption(
         "get", "events", "-n", a.namespace, "--field-selector", "involvedObject.name=borrower"
     ).stdout
     assert "Preempted" in events
+    # The audit log has the same: whose job, which tenant, by which tenant's claim.
+    audit = f"job {a.namespace}/borrower of trainguard-admin (tenant {a.tenant}): Preempted:"
+    wait_for("the preemption's log line", lambda: audit in operator.log_path.read_text(), timeout=10)
+    line = next(x for x in operator.log_path.read_text().splitlines() if audit in x)
+    assert b.tenant in line, line
     assert a.get("trainingjob", "borrower")["status"]["preemptions"] == 1
     # Back in A's queue where Kueue puts it (by creation: ahead of the others), and it cannot
     # borrow now: B uses what it lent.

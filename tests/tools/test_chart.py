@@ -195,7 +195,7 @@ def test_admission_runs_in_two_spread_replicas_with_a_disruption_budget() -> Non
     assert pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
     assert pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
     args = pod["containers"][0]["args"]
-    assert {"--role=admission", "--webhooks=chart"} <= set(args)
+    assert {"--role=admission", "--webhooks=chart", "--log-format=json"} <= set(args)
     pdb = one(docs, "PodDisruptionBudget", "trainguard-webhook")
     assert pdb["spec"]["minAvailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == webhook["spec"]["selector"]["matchLabels"]
@@ -221,9 +221,13 @@ def test_the_reconciler_runs_two_replicas_one_leading_by_a_lease() -> None:
     pod = operator["spec"]["template"]["spec"]
     assert pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
     container = pod["containers"][0]
-    assert {"--leader-elect", "--lease-duration=8", "--lease-renew-deadline=5", "--lease-retry=2"} <= set(
-        container["args"]
-    )
+    assert {
+        "--leader-elect",
+        "--lease-duration=8",
+        "--lease-renew-deadline=5",
+        "--lease-retry=2",
+        "--log-format=json",
+    } <= set(container["args"])
     env = {e["name"]: e for e in container["env"]}
     assert env["TRAINGUARD_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert one(docs, "PodDisruptionBudget", "trainguard-operator")["spec"]["minAvailable"] == 1
@@ -271,6 +275,7 @@ def test_schema_refuses_a_misspelled_value() -> None:
         "certManager.enable=true",
         "webhooks.managedBy=helm",
         "leaderElection.leaseDuraton=5",
+        "operator.logFormat=yaml",
     ):
         result = helm_template(value)
         assert result.returncode != 0, value

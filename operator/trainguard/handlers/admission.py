@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import contextvars
 import functools
 import logging
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from pydantic import ValidationError
 
 from trainguard import metrics
 from trainguard.admission import configurations
+from trainguard.admission.decisions import decision_of
 from trainguard.api.constants import (
     API_VERSION,
     GROUP,
@@ -95,11 +98,19 @@ class GuardedWebhookServer(kopf.WebhookServer):
     portforward` CONNECT (their object is PodExecOptions; the pod is only named in the request) and
     `serviceaccounts/token` (a TokenRequest; the account is only named in the request)."""
 
-    def __init__(self, context: OperatorContext, tenants: Tenants, jobs: JobNames, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        context: OperatorContext,
+        tenants: Tenants,
+        jobs: JobNames,
+        tenant_namespaces: TenantNamespaces,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.operator_context = context  # not `context`: kopf's server keeps its SSL context there
         self.tenants = tenants
         self.jobs = jobs
+        self.tenant_namespaces = tenant_namespaces
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
         async def guarded(request: Any, **kwargs: Any) -> Any:
@@ -112,11 +123,11 @@ class GuardedWebhookServer(kopf.WebhookServer):
                 return await review_token_request(self.operator_context, self.jobs, request)
             return await fn(request, **kwargs)
 
-        async for client_config in super().__call__(_measured(guarded)):
+        async for client_config in super().__call__(_measured(guarded, self.tenant_namespaces)):
             yield client_config
 
 
-def _measured(fn: Any) -> Any:
+def _measured(fn: Any, tenants_of_namespaces: TenantNamespaces | None = None) -> Any:
     """`fn`, every review counted by outcome and timed (`trainguard_admission_reviews_total`,
     `trainguard_admission_duration_seconds`): the API server waits for each one."""
 
@@ -124,14 +135,43 @@ def _measured(fn: Any) -> Any:
         inner = request.get("request") or {}
         resource = str((inner.get("resource") or {}).get("resource", ""))
         operation, outcome, start = str(inner.get("operation", "")), "error", time.perf_counter()
+        reasons: list[str] = []
+        _DENIAL_REASONS.set(reasons)  # one list object, shared by any context copy kopf makes
+        answer: Any = {}
         try:
             answer = await fn(request, **kwargs)
             outcome = _outcome(answer)
             return answer
         finally:
             metrics.admission_review(resource, operation, outcome, time.perf_counter() - start)
+            _log_decision(inner, answer, reasons, tenants_of_namespaces)
 
     return measured
+
+
+# The refusal reasons of the review being answered: `deny` and `_refuse` add theirs.
+_DENIAL_REASONS: contextvars.ContextVar[list[str]] = contextvars.ContextVar("denial_reasons")
+
+
+def _note_reasons(reasons: Iterable[str]) -> None:
+    with contextlib.suppress(LookupError):
+        _DENIAL_REASONS.get().extend(reasons)
+
+
+def _log_decision(
+    request: Mapping[str, Any],
+    answer: Mapping[str, Any],
+    reasons: list[str],
+    tenants_of_namespaces: TenantNamespaces | None,
+) -> None:
+    """One audit line per decision (fields as JSON keys with `--log-format json`). The operator's
+    own and Kueue's routine requests, allowed, are logged at DEBUG only: they are most reviews."""
+    namespace = str(request.get("namespace") or "")
+    tenant = next(iter((tenants_of_namespaces or {}).get(namespace, ())), "") if namespace else ""
+    record = decision_of(request, answer or {}, reasons=reasons, tenant_of_namespace=tenant)
+    routine = record.decision == "allowed" and record.user.startswith("system:")
+    level = logging.DEBUG if routine else (logging.INFO if record.decision == "allowed" else logging.WARNING)
+    log.log(level, "%s", record.line(), extra=record.fields())
 
 
 def _outcome(answer: Mapping[str, Any]) -> str:
@@ -161,6 +201,7 @@ async def start_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **kw
         context,
         tenants_index(kwargs),
         jobs_index(kwargs),
+        tenant_namespaces_index(kwargs),
         addr=config.webhook_listen,
         port=config.webhook_port,
         host=config.webhook_host,
@@ -207,6 +248,7 @@ async def deny(obj: Mapping[str, Any], errors: list[FieldError], *, dry_run: boo
     message = format_errors(kind, name, errors)
     for error in errors:
         metrics.admission_denied(error.reason)
+    _note_reasons(error.reason for error in errors)
     if dry_run:
         raise kopf.AdmissionError(message, code=403)
     event_target = {
@@ -538,6 +580,7 @@ async def _refuse(
 ) -> None:
     """A raw review's refusal: counted, recorded as an Event naming who asked, and answered 403."""
     metrics.admission_denied(refusal.reason)
+    _note_reasons([refusal.reason])
     message = f"{who.user}: {refusal.message}"
     await kube.post_event(
         dict(target), "Warning", "AdmissionDenied", message, component="trainguard-admission"

@@ -479,6 +479,28 @@ def _post_events(context: OperatorContext, raw: dict[str, Any], job: TrainingJob
         context.events.post((job.namespace, job.name), _post_all(raw, decided.events))
     for event in decided.events:
         metrics.job_transition(job.spec.tenant, event.transition, event.reason)
+        # The audit line beside the Event: which job of whose, of which tenant, what and why
+        # (JSON keys with --log-format json). Preemptions and integrity verdicts are among them.
+        owner = job.spec.owner.user if job.spec.owner else ""
+        log.log(
+            logging.WARNING if event.type == "Warning" else logging.INFO,
+            "job %s/%s of %s (tenant %s): %s: %s",
+            job.namespace,
+            job.name,
+            owner or "?",
+            job.spec.tenant,
+            event.reason,
+            event.message,
+            extra={
+                "event": event.reason,
+                "transition": event.transition.value,
+                "namespace": job.namespace,
+                "objectName": job.name,
+                "owner": owner,
+                "tenant": job.spec.tenant,
+                "detail": event.message,
+            },
+        )
         if event.transition is Transition.QUOTA_ADMITTED and not job.status.preemptions:
             created = job.metadata.creation_timestamp
             if created:
