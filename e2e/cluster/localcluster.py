@@ -29,6 +29,7 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from e2e.cluster import pki
 
@@ -179,11 +180,21 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex((LOOPBACK, port)) == 0
 
 
-def _spawn(state: Path, name: str, argv: list[str], pids: dict[str, int]) -> subprocess.Popen[bytes]:
+# The distribution registry logs every request (its access log) and, since v3, exports OpenTelemetry
+# traces to localhost:4318 by default, logging an error per export: neither helps here, and both
+# cost CPU on every image read the admission webhooks make.
+REGISTRY_QUIET: dict[str, Any] = {"log": {"level": "warn", "accesslog": {"disabled": True}}}
+REGISTRY_ENV = {"OTEL_TRACES_EXPORTER": "none"}
+
+
+def _spawn(
+    state: Path, name: str, argv: list[str], pids: dict[str, int], env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     log = (state / "logs" / f"{name}.log").open("ab")
     proc = subprocess.Popen(
         argv,
         cwd=REPO,
+        env={**os.environ, **env} if env else None,
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -687,14 +698,14 @@ class LocalCluster:
             json.dumps(
                 {
                     "version": 0.1,
-                    "log": {"level": "warn"},
+                    **REGISTRY_QUIET,
                     "storage": {"filesystem": {"rootdirectory": str(self.state / "registry-data")}},
                     "http": {"addr": self.registry_host, "debug": {"addr": ""}},
                 }
             )
         )
         self.procs["registry"] = _spawn(
-            self.state, "registry", [str(self.bin / "registry"), "serve", str(config)], pids
+            self.state, "registry", [str(self.bin / "registry"), "serve", str(config)], pids, REGISTRY_ENV
         )
 
     def _create_nodes(self) -> None:

@@ -11,7 +11,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from e2e.cluster.localcluster import bin_dir
+from e2e.cluster.localcluster import REGISTRY_ENV, REGISTRY_QUIET, bin_dir
 from e2e.cluster.waiting import die_with_parent, port_listening, wait_for
 
 LOOPBACK = "127.0.0.1"
@@ -113,7 +113,7 @@ class AuthRegistry(Registry):
             json.dumps(
                 {
                     "version": 0.1,
-                    "log": {"level": "warn"},
+                    **REGISTRY_QUIET,
                     "storage": {"filesystem": {"rootdirectory": str(state / "data")}},
                     "http": {"addr": self.host, "debug": {"addr": ""}},
                     "auth": {"htpasswd": {"realm": "trainguard-test", "path": str(htpasswd)}},
@@ -127,6 +127,7 @@ class AuthRegistry(Registry):
         log = (state / "registry.log").open("ab")
         self.proc = subprocess.Popen(
             [str(bin_dir() / "registry"), "serve", str(config)],
+            env={**os.environ, **REGISTRY_ENV},
             stdout=log,
             stderr=log,
             preexec_fn=die_with_parent,

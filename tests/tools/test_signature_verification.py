@@ -15,7 +15,7 @@ from e2e.cluster.waiting import free_port
 from trainguard.signing.auth import Credential
 from trainguard.signing.cosign import Signer
 from trainguard.signing.registry import Fetched, RegistryClient
-from trainguard.signing.verifier import VerificationFailed, Verifier
+from trainguard.signing.verifier import TagCache, VerificationFailed, Verifier
 
 
 @pytest.fixture(scope="module")
@@ -183,17 +183,23 @@ def test_one_admission_resolves_its_tag_once(registry: Registry, keys: dict[str,
     digest = registry.push("team/once", "v1", "resolve me once")
     keys["release"].sign_classic(f"{registry.host}/team/once@{digest}")
     client = CountingClient(registry.host)
-    v = Verifier(client)
+    now = [0.0]
+    v = Verifier(client, tags=TagCache(clock=lambda: now[0]))
     pinned = v.verify(f"{registry.host}/team/once:v1", [signer(keys["release"])]).pinned
     assert client.asked.count("v1") == 1
     assert v.verify(pinned, [signer(keys["release"])]).digest == digest
     assert client.asked.count("v1") == 1  # no second resolution, no second signature fetch
     assert len(client.asked) == 2  # the tag, then the signature manifest (once: the digest is cached)
-    # A tag alone is always resolved again: it may have moved.
+    # A burst of creates of the tag within its few seconds asks the registry nothing more...
+    again = v.verify(f"{registry.host}/team/once:v1", [signer(keys["release"])])
+    assert (again.digest, again.cached, len(client.asked)) == (digest, True, 2)
+    # ...and after them the tag is resolved again: it may have moved.
+    now[0] += TagCache.ttl_seconds + 0.1
     v.verify(f"{registry.host}/team/once:v1", [signer(keys["release"])])
     assert client.asked.count("v1") == 2
     # Once the tag moves and is resolved again, the old digest with the tag is a mismatch.
     moved = registry.push("team/once", "v1", "moved on")
+    now[0] += TagCache.ttl_seconds + 0.1
     with pytest.raises(VerificationFailed):
         v.verify(f"{registry.host}/team/once:v1", [signer(keys["release"])])  # unsigned now
     with pytest.raises(VerificationFailed) as caught:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import socket
 import sys
 import uuid
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
 
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()])
+    # aiohttp's access log would add a line per webhook call beside trainguard's own line per
+    # admission decision (who, what, tenant, why): keep it for --verbose.
+    logging.getLogger("aiohttp.access").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     import trainguard.handlers  # registers the reconcilers and the integrity endpoint
     from trainguard.kube import client as kube
 

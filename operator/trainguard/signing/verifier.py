@@ -3,12 +3,15 @@
 Results are cached by (digest, trusted signers, credential identity) for a bounded time: a digest
 names immutable content, and a verdict reached with one tenant's registry credentials is never
 reused for a request that would read the registry with other credentials (or none): that request
-must show the registry it may read the image itself. A tag alone is resolved at the registry on
-every call, because a tag can move. A tag given with a digest (`name:tag@sha256:…`, what
-admission pins a job to) is checked against the tag's resolution of the last few seconds, so one
-admission request resolves its tag once: the mutating webhook resolves and pins it, and the
-validating webhook's check of the final object, moments later, finds that resolution instead of
-asking the registry again.
+must show the registry it may read the image itself.
+
+A tag can move, so its resolution is kept only a few seconds (`TagCache`, 10 s): a burst of
+creates of one tag asks the registry once, and a tag moved in the registry is followed within
+those seconds. What runs is never in doubt: the job is pinned to the digest the tag named, and
+that digest's signature is what was verified. A tag given with a digest (`name:tag@sha256:…`,
+what admission pins a job to) is checked against the same resolution, so the validating
+webhook's check of the final object, moments after the mutating webhook pinned it, asks the
+registry nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -58,13 +62,14 @@ class ExpiringCache(Generic[K, V]):
 
     ttl_seconds: float = 300.0
     max_entries: int = 4096
+    clock: Callable[[], float] = time.monotonic
     _entries: dict[K, tuple[float, V]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, key: K) -> V | None:
         with self._lock:
             hit = self._entries.get(key)
-            if hit is None or hit[0] < time.monotonic():
+            if hit is None or hit[0] < self.clock():
                 self._entries.pop(key, None)
                 return None
             return hit[1]
@@ -73,7 +78,7 @@ class ExpiringCache(Generic[K, V]):
         with self._lock:
             if len(self._entries) >= self.max_entries:
                 self._entries.pop(next(iter(self._entries)))
-            self._entries[key] = (time.monotonic() + self.ttl_seconds, value)
+            self._entries[key] = (self.clock() + self.ttl_seconds, value)
 
 
 class ResultCache(ExpiringCache[tuple[str, str, str], str]):
@@ -154,6 +159,10 @@ class Verifier:
                 )
             self.tags.put(tag, ref.digest)
             return ref.digest
+        if ref.tag and not ref.digest:
+            recent = self.tags.get(tag)
+            if recent is not None:  # this tag's resolution of the last few seconds
+                return recent
         fetched = self.client.manifest(
             ref.registry, ref.repository, ref.digest or ref.tag or "latest", credential
         )
