@@ -5,7 +5,7 @@ its schema, CEL rules and the webhooks; nothing is stored), in three arms measur
 on the same cluster, interleaved RUNS times (each figure is the median of the runs):
 
   baseline  trainguard's webhook configurations removed: the API server's own cost of the create
-  warm      trainguard's webhooks (mutating pin-image, validating), verdict cache warm: each create
+  warm      trainguard's webhooks (mutating admit-trainingjob, validating), verdict cache warm: each create
             still resolves its tag at the registry once (a tag can move)
   cold      the same with the verdict cache off: each create also reads and checks the signature
 
@@ -17,6 +17,7 @@ Writes bench/results/admission.json.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -51,6 +52,11 @@ def remove_configurations(cluster: Any) -> None:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument(
+        "--runs", type=int, default=RUNS, help=f"interleaved runs of the arms (default {RUNS})"
+    )
+    runs_wanted = parser.parse_args().runs
     cluster = LocalCluster().up()
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT_CRDS))
     install_chart(cluster)
@@ -90,8 +96,8 @@ def main() -> int:
 
     runs: dict[str, list[dict[str, float]]] = {"baseline": [], "warm_cache": [], "cold_cache": []}
     try:
-        for run in range(RUNS):
-            print(f"run {run + 1} of {RUNS}", file=sys.stderr)
+        for run in range(runs_wanted):
+            print(f"run {run + 1} of {runs_wanted}", file=sys.stderr)
             remove_configurations(cluster)
             runs["baseline"].append(run_arm("baseline", None))
             for name, cache in (("warm_cache", "300"), ("cold_cache", "0")):
@@ -128,7 +134,7 @@ def main() -> int:
     report = {
         "concurrency": CONCURRENCY,
         "requests": REQUESTS,
-        "runs": RUNS,
+        "runs": runs_wanted,
         "statistic": "median of the runs",
         "results": results,
         "ratio_to_baseline": ratios,

@@ -3,7 +3,11 @@ digests, tenant rules, and the pod guard. Every refusal's message is asserted.""
 
 from __future__ import annotations
 
+import base64
+import http.server
 import json
+import ssl
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,8 +18,9 @@ from e2e.cluster.harness import OperatorProcess, SignedImage, TenantSpace
 from e2e.cluster.localcluster import LOOPBACK
 from e2e.cluster.registry import CosignKey, Registry
 from e2e.cluster.waiting import free_port, wait_for
+from trainguard.tls import certs
 
-DENIED_JOB = 'admission webhook "validate-trainingjob.trainguard.dev" denied the request'
+DENIED_JOB = 'admission webhook "admit-trainingjob.trainguard.dev" denied the request'
 DENIED_POD = 'admission webhook "pod-guard.trainguard.dev" denied the request'
 
 
@@ -320,3 +325,102 @@ def test_only_the_operator_deletes_a_jobs_pods(tenant_space: TenantSpace, ns_adm
     deleted = space.cluster.kubectl("delete", "pod", name, "-n", space.namespace, *ns_admin, check=False)
     assert deleted.returncode != 0
     assert "only trainguard may delete the pods of TrainingJob 'owned'" in deleted.stderr
+
+
+class LaterMutation:
+    """A mutating webhook of another party, called after trainguard's (configurations are called
+    in name order): it rewrites each TrainingJob create with `change(spec)`. HTTPS on loopback,
+    with a CA of its own."""
+
+    def __init__(self, folder: Path, namespace: str, change: Any, reinvocation: str) -> None:
+        self.change, self.name = change, f"zz-later-mutation-{uuid.uuid4().hex[:6]}"
+        ca = certs.ensure_ca(folder, "later-ca")
+        leaf = certs.ensure_leaf(folder, "later", ca, common_name="later", server_names=(LOOPBACK,))
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(leaf.cert), str(leaf.key))
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                spec = dict(review["request"]["object"].get("spec") or {})
+                ops = [{"op": "replace", "path": "/spec", "value": outer.change(spec)}]
+                body = json.dumps({
+                    "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                    "response": {"uid": review["request"]["uid"], "allowed": True, "patchType": "JSONPatch",
+                                 "patch": base64.b64encode(json.dumps(ops).encode()).decode()},
+                }).encode()  # fmt: skip
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((LOOPBACK, free_port()), Handler)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.configuration = {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": self.name},
+            "webhooks": [{
+                "name": "later.example.com",
+                "clientConfig": {"url": f"https://{LOOPBACK}:{self.server.server_port}/",
+                                 "caBundle": base64.b64encode(ca.cert.read_bytes()).decode()},
+                "rules": [{"apiGroups": ["trainguard.dev"], "apiVersions": ["v1alpha1"],
+                           "resources": ["trainingjobs"], "operations": ["CREATE"]}],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
+                "reinvocationPolicy": reinvocation, "timeoutSeconds": 5,
+            }],
+        }  # fmt: skip
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def later_mutation(tenant_space: TenantSpace, tmp_path: Path) -> Any:
+    made: list[LaterMutation] = []
+
+    def install(change: Any, reinvocation: str = "Never") -> LaterMutation:
+        later = LaterMutation(tmp_path / f"later-{len(made)}", tenant_space.namespace, change, reinvocation)
+        made.append(later)
+        tenant_space.cluster.kubectl("apply", "-f", "-", input=json.dumps(later.configuration))
+        return later
+
+    yield install
+    for later in made:
+        tenant_space.cluster.kubectl("delete", "mutatingwebhookconfiguration", later.name, check=False)
+        later.stop()
+
+
+def test_a_later_mutating_webhook_cannot_slip_in_another_image_or_owner(
+    tenant_space: TenantSpace, registry: Registry, later_mutation: Any
+) -> None:
+    """A create is decided whole by admit-trainingjob; what a mutating webhook that runs after it
+    changes is checked again: trainguard's is reinvoked (IfNeeded), and the validating webhook sees
+    the final object whenever its image or owner is not what was admitted."""
+    space = tenant_space
+    assert "created" in space.apply(space.job("before")).stdout  # admitted, one webhook call
+    admitted = space.get("trainingjob", "before")
+    assert admitted["metadata"]["annotations"]["trainguard.dev/admitted-image"] == admitted["spec"]["image"]
+    name = repo()
+    unsigned = registry.push(name, "v1", "slipped in by another webhook")
+    swapped = f"{registry.host}/{name}@{unsigned}"
+    # The image swapped after trainguard pinned the signed one: trainguard's reinvocation sees it.
+    later = later_mutation(lambda spec: {**spec, "image": swapped})
+    err = refused(space, space.job("swapped"))
+    assert DENIED_JOB in err
+    assert f"{swapped} has no cosign signature" in err
+    space.cluster.kubectl("delete", "mutatingwebhookconfiguration", later.name)
+    # The owner rewritten every time it is called, after trainguard's own reinvocation too: the
+    # final object is not as admitted, so the validating webhook runs, and refuses it.
+    later_mutation(lambda spec: {**spec, "owner": {"user": "someone-else"}}, reinvocation="IfNeeded")
+    err = refused(space, space.job("disowned"))
+    assert 'admission webhook "validate-trainingjob.trainguard.dev" denied the request' in err
+    assert "spec.owner records who created the job and is written by trainguard" in err
+    assert [j["metadata"]["name"] for j in space.list("trainingjobs")] == ["before"]

@@ -66,6 +66,7 @@ COMPARED = (
     "namespaceSelector",
     "objectSelector",
     "reinvocationPolicy",
+    "matchConditions",
     "matchPolicy",
     "sideEffects",
     "failurePolicy",

@@ -193,6 +193,14 @@ def test_one_admission_resolves_its_tag_once(registry: Registry, keys: dict[str,
     # A burst of creates of the tag within its few seconds asks the registry nothing more...
     again = v.verify(f"{registry.host}/team/once:v1", [signer(keys["release"])])
     assert (again.digest, again.cached, len(client.asked)) == (digest, True, 2)
+    # The event loop asks the caches first, without a thread: the same verdict, or None.
+    remembered = v.from_memory(f"{registry.host}/team/once:v1", [signer(keys["release"])])
+    assert remembered is not None
+    assert (remembered.digest, remembered.signer, remembered.cached) == (digest, "release", True)
+    assert v.from_memory(pinned, [signer(keys["release"])]) is not None
+    assert v.from_memory(f"{registry.host}/team/once:v2", [signer(keys["release"])]) is None
+    assert v.from_memory(f"{registry.host}/team/once:v1", [signer(keys["stranger"])]) is None
+    assert len(client.asked) == 2
     # ...and after them the tag is resolved again: it may have moved.
     now[0] += TagCache.ttl_seconds + 0.1
     v.verify(f"{registry.host}/team/once:v1", [signer(keys["release"])])

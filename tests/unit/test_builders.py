@@ -295,7 +295,7 @@ def test_webhook_configurations_fail_closed_and_scope_the_pod_guard() -> None:
     check_golden("webhooks-local", local)
     check_golden("webhooks-in-cluster", in_cluster)
     mutating, validating = local
-    assert mutating["webhooks"][0]["clientConfig"]["url"] == "https://127.0.0.1:9443/pin-image"
+    assert mutating["webhooks"][0]["clientConfig"]["url"] == "https://127.0.0.1:9443/admit-trainingjob"
     for hook in mutating["webhooks"] + validating["webhooks"]:
         assert hook["failurePolicy"] == "Fail"
         assert hook["timeoutSeconds"] == 10

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainguard.api.constants import (
+    ANNOTATION_ADMITTED_IMAGE,
     GROUP,
     KUEUE_GROUP,
     LABEL_MANAGED_BY,
@@ -15,7 +16,7 @@ from trainguard.api.constants import (
 )
 
 Manifest = dict[str, Any]
-PIN_IMAGE = "pin-image"
+ADMIT_JOB = "admit-trainingjob"
 VALIDATE_JOB = "validate-trainingjob"
 POD_GUARD = "pod-guard"
 POD_GUARD_EPHEMERAL = "pod-guard-ephemeral"
@@ -25,6 +26,20 @@ TOKEN_GUARD = "token-guard"  # noqa: S105 - a webhook name, not a secret
 KUEUE_GUARD = "kueue-guard"
 KUEUE_QUEUE_GUARD = "kueue-queue-guard"
 TIMEOUT_SECONDS = 10
+
+# A create is decided whole by the mutating webhook (every rule, the image verified and pinned, the
+# pinned image stamped on the job); the validating webhook sees the final object of a create only
+# when it is not what the mutating webhook admitted: a mutating webhook that ran after trainguard's
+# changed the image or the owner (and trainguard's reinvocation, `IfNeeded`, did not see it). Every
+# update and delete is validated. One webhook call per create instead of two; the API server
+# evaluates this in-process (CEL), before calling anything.
+FINAL_OBJECT_CHANGED = (
+    "request.operation != 'CREATE' || "
+    "!has(object.metadata.annotations) || "
+    f"!('{ANNOTATION_ADMITTED_IMAGE}' in object.metadata.annotations) || "
+    f"object.metadata.annotations['{ANNOTATION_ADMITTED_IMAGE}'] != object.spec.image || "
+    "!has(object.spec.owner) || object.spec.owner.user != request.userInfo.username"
+)
 
 
 @dataclass(frozen=True)
@@ -83,8 +98,10 @@ def build_webhook_configurations(name: str, endpoint: Endpoint) -> list[Manifest
         "metadata": {"name": name, "labels": labels},
         "webhooks": [
             {
-                **_webhook(PIN_IMAGE, endpoint, [creates], False),
-                "reinvocationPolicy": "Never",
+                **_webhook(ADMIT_JOB, endpoint, [creates], False),
+                # Called again when a later mutating webhook changed the job: what it changed is
+                # checked with every rule before the create goes on.
+                "reinvocationPolicy": "IfNeeded",
             }
         ],
     }
@@ -93,7 +110,10 @@ def build_webhook_configurations(name: str, endpoint: Endpoint) -> list[Manifest
         "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": name, "labels": labels},
         "webhooks": [
-            _webhook(VALIDATE_JOB, endpoint, [jobs_and_deletes], False),
+            {
+                **_webhook(VALIDATE_JOB, endpoint, [jobs_and_deletes], False),
+                "matchConditions": [{"name": "not-as-admitted", "expression": FINAL_OBJECT_CHANGED}],
+            },
             _webhook(
                 POD_GUARD,
                 endpoint,

@@ -20,6 +20,11 @@ LABEL_ATTEMPT = f"{GROUP}/attempt"
 # On the reconciler pod that holds the Lease: the integrity Service sends sidecars' reports there.
 LABEL_LEADER = f"{GROUP}/reconciler-leader"
 
+# On a TrainingJob, set by the mutating webhook at creation: the image it verified and pinned. The
+# validating webhook is called for a create only when the final object's image differs from it
+# (a later mutating webhook changed the job): see admission/configurations.py.
+ANNOTATION_ADMITTED_IMAGE = f"{GROUP}/admitted-image"
+
 # On a namespace: the tenant that owns it. The pod guard's webhooks select namespaces by it.
 TENANT_NAMESPACE_LABEL = LABEL_TENANT
 

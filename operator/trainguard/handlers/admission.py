@@ -34,6 +34,7 @@ from trainguard import metrics
 from trainguard.admission import configurations
 from trainguard.admission.decisions import decision_of
 from trainguard.api.constants import (
+    ANNOTATION_ADMITTED_IMAGE,
     API_VERSION,
     KUEUE_GROUP,
     KUEUE_VERSION,
@@ -86,7 +87,7 @@ from trainguard.tls import certs
 log = logging.getLogger("trainguard.admission")
 
 # The TrainingJob webhooks trainguard serves itself (`serve_job_review`).
-_JOB_WEBHOOKS = frozenset({configurations.PIN_IMAGE, configurations.VALIDATE_JOB})
+_JOB_WEBHOOKS = frozenset({configurations.ADMIT_JOB, configurations.VALIDATE_JOB})
 
 # The finalizer an admission-only process tells kopf about: no object ever carries it.
 ADMISSION_ONLY_FINALIZER = "admission-only.trainguard.dev/never-set"
@@ -311,45 +312,89 @@ async def _image_errors(
 async def pin_job(
     context: OperatorContext, tenants: Tenants, request: Mapping[str, Any]
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """At creation (mutating webhook `pin-image`): record who creates the job (from the request,
-    never from the body), settle whether it may be debugged, and pin the image's tag to the
-    verified digest. Returns the JSON Patch and the warnings (a dry run's: the signer and digest).
-    A job this cannot pin is left as it is: the validating webhook refuses it with every reason."""
+    """A create, decided whole (mutating webhook `admit-trainingjob`): record who creates the job (from the
+    request, never from the body), settle whether it may be debugged, check every rule, verify the
+    image and pin its tag to the verified digest, and stamp the pinned image on the job
+    (ANNOTATION_ADMITTED_IMAGE). Refuses with every reason at once (kopf.AdmissionError).
+
+    Returns the JSON Patch and the warnings (a dry run's: the signer and digest). A body the models
+    cannot read is left unstamped, so the validating webhook runs and says what is wrong."""
     body = request.get("object") or {}
     spec = body.get("spec") if isinstance(body.get("spec"), dict) else None
+    meta: dict[str, Any] = body["metadata"] if isinstance(body.get("metadata"), dict) else {}
     who = Identity.from_userinfo(request.get("userInfo") or {})
     ops: list[dict[str, Any]] = [] if spec is not None else [{"op": "add", "path": "/spec", "value": {}}]
-    spec = spec or {}
+    spec = dict(spec or {})
     # "add" replaces a member that exists: an owner written in the body is overwritten.
-    ops.append({"op": "add", "path": "/spec/owner", "value": who.owner().to_api()})
+    spec["owner"] = who.owner().to_api()
+    ops.append({"op": "add", "path": "/spec/owner", "value": spec["owner"]})
     if "debugging" not in spec:
         enforce = (spec.get("integrity") or {}).get("mode") == IntegrityMode.ENFORCE.value
-        debugging = (Debugging.DISALLOWED if enforce else Debugging.ALLOWED).value
-        ops.append({"op": "add", "path": "/spec/debugging", "value": debugging})
-    image, tenant_name = spec.get("image"), spec.get("tenant")
-    if not isinstance(image, str) or not isinstance(tenant_name, str):
-        return ops, []  # the schema reports it
-    tenant = await find_tenant(tenants, tenant_name)
-    if tenant is None:
-        return ops, []
-    namespace = str(request.get("namespace") or (body.get("metadata") or {}).get("namespace") or "")
+        spec["debugging"] = (Debugging.DISALLOWED if enforce else Debugging.ALLOWED).value
+        ops.append({"op": "add", "path": "/spec/debugging", "value": spec["debugging"]})
+    annotations = meta.get("annotations") if isinstance(meta.get("annotations"), dict) else None
+    unstamp = (
+        [{"op": "remove", "path": f"/metadata/annotations/{_pointer(ANNOTATION_ADMITTED_IMAGE)}"}]
+        if annotations and ANNOTATION_ADMITTED_IMAGE in annotations
+        else []
+    )
+    namespace = str(request.get("namespace") or meta.get("namespace") or "")
+    raw = {**body, "metadata": {**meta, "namespace": namespace}, "spec": spec}
     try:
-        verified = await _verify(context, image, tenant, namespace)
-    except (VerificationFailed, ValueError):
-        return ops, []
-    if verified.pinned != image:
+        job = TrainingJob.model_validate(raw)
+    except ValidationError:
+        return ops + unstamp, []  # the validating webhook runs (no stamp) and lists the problems
+    tenant = await find_tenant(tenants, job.spec.tenant)
+    errors, verified = await _create_errors(context, job, tenant, who)
+    if errors:
+        target = {**raw, "apiVersion": API_VERSION, "kind": "TrainingJob"}
+        await deny(target, errors, dry_run=bool(request.get("dryRun")))
+    if verified is None:
+        return ops + unstamp, []
+    if verified.pinned != job.spec.image:
         ops.append({"op": "replace", "path": "/spec/image", "value": verified.pinned})
+    if annotations is None:
+        ops.append({"op": "add", "path": "/metadata/annotations", "value": {}})
+    key = _pointer(ANNOTATION_ADMITTED_IMAGE)
+    ops.append({"op": "add", "path": f"/metadata/annotations/{key}", "value": verified.pinned})
     warnings = []
     if request.get("dryRun"):  # what `kubectl trainguard verify-image` and --dry-run=server show
-        warnings.append(verified_warning(tenant_name, verified.signer, verified.pinned))
+        warnings.append(verified_warning(job.spec.tenant, verified.signer, verified.pinned))
     return ops, warnings
+
+
+def _pointer(key: str) -> str:
+    """`key` as one JSON Pointer token (RFC 6901)."""
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+async def _create_errors(
+    context: OperatorContext, job: TrainingJob, tenant: Tenant | None, who: Identity
+) -> tuple[list[FieldError], VerifiedImage | None]:
+    """Every rule a new job breaks, and its image's verification when it passed."""
+    # Cluster admins may create jobs under any tenant (they can do anything else too).
+    member = "" if CLUSTER_ADMINS in who.groups else who.user
+    errors = validate_training_job(job, tenant, member, who.groups)
+    errors += owner_errors(job, who)
+    if tenant is None:
+        return errors, None
+    errors += collaborator_errors(job, tenant)
+    image = job.spec.image
+    try:
+        verified = await _verify(context, image, tenant, job.namespace)
+    except VerificationFailed as failure:
+        return [*errors, image_error("spec.image", image, tenant, failure.reason, str(failure))], None
+    except ValueError as exc:
+        return [*errors, image_error("spec.image", image, tenant, "InvalidImageReference", str(exc))], None
+    return errors, verified
 
 
 async def check_job(context: OperatorContext, tenants: Tenants, request: Mapping[str, Any]) -> None:
     """The validating webhook `validate-trainingjob`, on the final object: every rule at once
-    (raises kopf.AdmissionError listing them). On CREATE the image must be the digest the mutating
-    webhook pinned, verified again from the verdict cache (no registry call within seconds of the
-    pinning): a later mutating webhook that changed it is caught here."""
+    (raises kopf.AdmissionError listing them). It sees every update and delete, and a create only
+    when the final object is not what `pin_job` admitted (configurations.FINAL_OBJECT_CHANGED): then
+    the image must still be a pinned, verified digest (from the verdict cache: no registry call
+    within seconds of the pinning)."""
     operation = str(request.get("operation") or "")
     old = request.get("oldObject")
     who = Identity.from_userinfo(request.get("userInfo") or {})
@@ -376,18 +421,11 @@ async def check_job(context: OperatorContext, tenants: Tenants, request: Mapping
         if errors:
             await deny(target, errors)
         return
-    # Cluster admins may create jobs under any tenant (they can do anything else too).
-    member = "" if CLUSTER_ADMINS in who.groups else who.user
-    errors = validate_training_job(job, tenant, member, who.groups)
-    errors += owner_errors(job, who)
-    if tenant is not None:
-        errors += collaborator_errors(job, tenant)
-        image = job.spec.image
-        image_errors = await _image_errors(context, "spec.image", image, tenant, job.namespace)
-        if not image_errors and "@" not in image:  # verified, yet the mutating webhook did not pin it
-            message = f"{image} was not pinned to a digest at admission"
-            image_errors = [image_error("spec.image", image, tenant, "NotPinned", message)]
-        errors += image_errors
+    errors, verified = await _create_errors(context, job, tenant, who)
+    if verified is not None and tenant is not None and "@" not in job.spec.image:
+        # Verified, yet the mutating webhook did not pin it.
+        message = f"{job.spec.image} was not pinned to a digest at admission"
+        errors.append(image_error("spec.image", job.spec.image, tenant, "NotPinned", message))
     if errors:
         await deny(target, errors, dry_run=bool(request.get("dryRun")))
 
@@ -395,11 +433,11 @@ async def check_job(context: OperatorContext, tenants: Tenants, request: Mapping
 async def serve_job_review(
     context: OperatorContext, tenants: Tenants, webhook: str, review: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Answer one AdmissionReview of a TrainingJob for `pin-image` or `validate-trainingjob`."""
+    """Answer one AdmissionReview of a TrainingJob for `admit-trainingjob` or `validate-trainingjob`."""
     request = review.get("request") or {}
     response: dict[str, Any] = {"uid": request.get("uid", ""), "allowed": True}
     try:
-        if webhook == configurations.PIN_IMAGE:
+        if webhook == configurations.ADMIT_JOB:
             ops, warnings = await pin_job(context, tenants, request)
             if ops:
                 response["patchType"] = "JSONPatch"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from dataclasses import dataclass
 
@@ -35,6 +36,14 @@ MAX_PAYLOAD_BYTES = 64 * 1024
 class Signer:
     name: str
     public_key: ec.EllipticCurvePublicKey
+
+    @functools.cached_property
+    def identity(self) -> bytes:
+        """The signer's name and public key (DER) as bytes: what a set of signers is keyed by."""
+        der = self.public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return self.name.encode() + b"\0" + der
 
     @classmethod
     def from_pem(cls, name: str, pem: str) -> Signer:

@@ -18,11 +18,11 @@ import hashlib
 import json
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
+
+import urllib3
 
 from trainguard.signing.auth import (
     Challenge,
@@ -77,6 +77,32 @@ class Fetched:
     digest: str
 
 
+_MAX_REDIRECTS = 5
+
+
+@dataclass(frozen=True)
+class _Request:
+    url: str
+    headers: dict[str, str]
+    authorization: str | None  # sent to `url` only, never after a redirect
+    method: str = "GET"
+    body: bytes | None = None
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, without urllib3's connection object in front."""
+    text = str(getattr(exc, "reason", None) or exc)
+    if text.startswith(("HTTPConnection(", "HTTPSConnection(")) and "): " in text:
+        return text.split("): ", 1)[1]
+    return text
+
+
+def _pool() -> urllib3.PoolManager:
+    # Connections kept per registry host; more concurrent requests than that open (and then drop)
+    # extra ones rather than wait.
+    return urllib3.PoolManager(num_pools=64, maxsize=16, block=False)
+
+
 @dataclass
 class RegistryClient:
     plain_http: frozenset[str] = field(default_factory=frozenset)
@@ -89,37 +115,66 @@ class RegistryClient:
     _auth: dict[_AuthKey, tuple[float, str]] = field(default_factory=dict, repr=False)
     _auth_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     max_auth_entries: int = 4096
+    _pool: urllib3.PoolManager = field(default_factory=_pool, repr=False)
 
     def _url(self, registry: str, path: str) -> str:
         scheme = "http" if registry in self.plain_http else "https"
         return f"{scheme}://{registry}/v2/{path}"
 
     def _fetch(
-        self, registry: str, request: urllib.request.Request, limit: int, what: str
+        self, registry: str, request: _Request, limit: int, what: str
     ) -> tuple[int, bytes, dict[str, str]]:
-        """(status, body, lower-case headers): 2xx, and 401/403/404 as answers; anything else raises."""
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as resp:  # noqa: S310 - http(s) only
-                body = resp.read(limit + 1)
-                status, headers = resp.status, {k.lower(): v for k, v in resp.headers.items()}
-        except urllib.error.HTTPError as exc:
-            if exc.code in (401, 403, 404):
-                return exc.code, b"", {k.lower(): v for k, v in (exc.headers or {}).items()}
-            raise RegistryError(f"registry {registry} answered {exc.code} for {what}") from exc
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            raise RegistryError(
-                f"registry {registry} cannot be reached: {getattr(exc, 'reason', exc)}"
-            ) from exc
-        if len(body) > limit:
-            raise RegistryError(f"{what} on {registry} is larger than {limit} bytes")
-        return status, body, headers
+        """(status, body, lower-case headers): 2xx, and 401/403/404 as answers; anything else raises.
+        Connections are kept alive per host (`_pool`): a cold verification's requests, and the next
+        verification's, reuse one. Redirects are followed (a blob served from storage elsewhere),
+        never carrying the Authorization header on."""
+        url, method, body, authorization = request.url, request.method, request.body, request.authorization
+        for _hop in range(_MAX_REDIRECTS + 1):
+            headers = dict(request.headers)
+            if authorization:
+                headers["Authorization"] = authorization
+            try:
+                resp = self._pool.request(
+                    method,
+                    url,
+                    body=body,
+                    headers=headers,
+                    timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout),
+                    redirect=False,
+                    retries=False,
+                    preload_content=False,
+                )
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise RegistryError(f"registry {registry} cannot be reached: {_reason(exc)}") from exc
+            try:
+                location = resp.headers.get("location")
+                if resp.status in (301, 302, 303, 307, 308) and location:
+                    resp.drain_conn()
+                    url, authorization = urllib.parse.urljoin(url, location), None
+                    if resp.status == 303:
+                        method, body = "GET", None
+                    continue
+                answer = {k.lower(): v for k, v in resp.headers.items()}
+                if resp.status in (401, 403, 404):
+                    resp.drain_conn()
+                    return resp.status, b"", answer
+                if not 200 <= resp.status < 300:
+                    resp.drain_conn()
+                    raise RegistryError(f"registry {registry} answered {resp.status} for {what}")
+                try:
+                    content = resp.read(limit + 1)
+                except (urllib3.exceptions.HTTPError, OSError) as exc:
+                    raise RegistryError(f"registry {registry} cannot be reached: {_reason(exc)}") from exc
+                if len(content) > limit:
+                    resp.close()  # the rest unread: this connection cannot be reused
+                    raise RegistryError(f"{what} on {registry} is larger than {limit} bytes")
+                return resp.status, content, answer
+            finally:
+                resp.release_conn()
+        raise RegistryError(f"registry {registry} redirected {what} more than {_MAX_REDIRECTS} times")
 
-    def _request(self, url: str, accept: str, authorization: str | None) -> urllib.request.Request:
-        request = urllib.request.Request(url, headers={"Accept": accept})  # noqa: S310
-        if authorization:
-            # Unredirected: a redirect (a blob served from storage elsewhere) must not carry it.
-            request.add_unredirected_header("Authorization", authorization)
-        return request
+    def _request(self, url: str, accept: str, authorization: str | None) -> _Request:
+        return _Request(url, {"Accept": accept}, authorization)
 
     def _get(
         self,
@@ -208,8 +263,12 @@ class RegistryClient:
             # docker's way with an identity token: the OAuth2 refresh-token grant, by POST.
             form = {**query, "grant_type": "refresh_token", "refresh_token": credential.identity_token}
             form["client_id"] = "trainguard"
-            request = urllib.request.Request(  # noqa: S310 - the realm is http(s), checked above
-                challenge.realm, data=urllib.parse.urlencode(form).encode(), method="POST"
+            request = _Request(  # the realm is http(s), checked above
+                challenge.realm,
+                {"Content-Type": "application/x-www-form-urlencoded"},
+                None,
+                method="POST",
+                body=urllib.parse.urlencode(form).encode(),
             )
         else:
             separator = "&" if realm.query else "?"

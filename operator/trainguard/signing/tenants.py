@@ -104,7 +104,8 @@ class TenantImages:
 
     async def keychain(self, tenant: Tenant, namespace: str) -> Keychain:
         """The credentials a job of `tenant` in `namespace` is verified (and its pods pull) with."""
-        operator = await asyncio.to_thread(self.operator_credentials.load)
+        credentials = self.operator_credentials
+        operator = await asyncio.to_thread(credentials.load) if credentials.path else {}
         secret_ref = tenant.spec.image_pull_secret
         if secret_ref is None:
             return Keychain(operator=operator)
@@ -146,6 +147,9 @@ class TenantImages:
         self, image: str, signers: list[Signer], tenant: Tenant, namespace: str
     ) -> VerifiedImage:
         keychain = await self.keychain(tenant, namespace)
+        known = self.verifier.from_memory(image, signers, keychain)
+        if known is not None:  # a warm cache: no registry, so no thread either
+            return known
         return await asyncio.to_thread(self.verifier.verify, image, signers, keychain)
 
     async def verify_pinned(self, image: str, tenant: Tenant, namespace: str) -> PinnedImage:

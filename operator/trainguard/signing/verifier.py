@@ -24,8 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from cryptography.hazmat.primitives import serialization
-
 from trainguard.api.images import ImageReference, InvalidReference, parse
 from trainguard.signing import cosign
 from trainguard.signing.auth import Credential, Keychain, identity_of
@@ -93,14 +91,8 @@ class TagCache(ExpiringCache[tuple[str, str], str]):
 
 
 def signers_key(signers: list[cosign.Signer]) -> str:
-    der = sorted(
-        s.name.encode()
-        + s.public_key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        for s in signers
-    )
-    return hashlib.sha256(b"\0".join(der)).hexdigest()
+    """One key for a set of trusted signers (their names and public keys, in any order)."""
+    return hashlib.sha256(b"\0\0".join(sorted(s.identity for s in signers))).hexdigest()
 
 
 @dataclass
@@ -108,6 +100,30 @@ class Verifier:
     client: RegistryClient
     cache: ResultCache = field(default_factory=ResultCache)
     tags: TagCache = field(default_factory=TagCache)
+
+    def from_memory(
+        self, image: str, signers: list[cosign.Signer], keychain: Keychain | None = None
+    ) -> VerifiedImage | None:
+        """The verdict `verify` would give from its caches alone (no I/O, so the event loop may
+        ask it without a thread hop); None when answering needs the registry (or to refuse)."""
+        try:
+            ref = parse(image)
+        except InvalidReference:
+            return None
+        if not signers:
+            return None
+        credential = keychain.for_registry(ref.registry) if keychain is not None else None
+        identity = identity_of(credential)
+        if ref.tag:
+            digest = self.tags.get((identity, f"{ref.name}:{ref.tag}"))
+            if digest is None or (ref.digest and ref.digest != digest):
+                return None
+        else:
+            digest = ref.digest
+        if not digest:
+            return None
+        signer = self.cache.get((digest, signers_key(signers), identity))
+        return None if signer is None else VerifiedImage(ref, digest, signer, cached=True)
 
     def verify(
         self, image: str, signers: list[cosign.Signer], keychain: Keychain | None = None
