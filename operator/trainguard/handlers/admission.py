@@ -36,6 +36,7 @@ from trainguard.admission.decisions import decision_of
 from trainguard.api.constants import (
     ANNOTATION_ADMITTED_IMAGE,
     API_VERSION,
+    FINALIZER,
     KUEUE_GROUP,
     KUEUE_VERSION,
     LABEL_TENANT,
@@ -357,6 +358,13 @@ async def pin_job(
         ops.append({"op": "add", "path": "/metadata/annotations", "value": {}})
     key = _pointer(ANNOTATION_ADMITTED_IMAGE)
     ops.append({"op": "add", "path": f"/metadata/annotations/{key}", "value": verified.pinned})
+    # The reconciler's finalizer, which kopf would otherwise add with a patch of its own (and a
+    # watch event to wait for) before it may start the job's daemon: the job is born with it.
+    finalizers = meta.get("finalizers")
+    if not isinstance(finalizers, list):
+        ops.append({"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]})
+    elif FINALIZER not in finalizers:
+        ops.append({"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER})
     warnings = []
     if request.get("dryRun"):  # what `kubectl trainguard verify-image` and --dry-run=server show
         warnings.append(verified_warning(job.spec.tenant, verified.signer, verified.pinned))
