@@ -48,6 +48,7 @@ class Observed:
     renew_time: str
     transitions: int
     at: float
+    duration: float = 0.0  # the holder's leaseDurationSeconds (0: not given)
 
 
 def observe(previous: Observed | None, lease: Obj | None, now: float) -> Observed | None:
@@ -61,14 +62,15 @@ def observe(previous: Observed | None, lease: Obj | None, now: float) -> Observe
     transitions = int(spec.get("leaseTransitions") or 0)
     if previous and (previous.holder, previous.renew_time) == (holder, renew):
         return previous
-    return Observed(holder, renew, transitions, now)
+    return Observed(holder, renew, transitions, now, float(spec.get("leaseDurationSeconds") or 0))
 
 
 def held_by_another(observed: Observed | None, identity: str, now: float, timing: Timing) -> bool:
-    """True while someone else's Lease is still valid: this candidate must wait."""
+    """True while someone else's Lease is still valid: this candidate must wait (for the duration
+    the holder wrote, as client-go does; the candidate's own when the Lease names none)."""
     if observed is None or not observed.holder or observed.holder == identity:
         return False
-    return now < observed.at + timing.duration
+    return now < observed.at + (observed.duration or timing.duration)
 
 
 def micro_time(at: datetime.datetime) -> str:

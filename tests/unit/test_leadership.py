@@ -37,8 +37,16 @@ def test_a_renewal_seen_restarts_the_wait() -> None:
     same = observe(seen, lease("a", renew="r1"), now=110.0)
     assert same is seen  # no change: the age keeps counting from 100
     renewed = observe(seen, lease("a", renew="r2"), now=110.0)
-    assert renewed == Observed("a", "r2", 0, 110.0)
+    assert renewed == Observed("a", "r2", 0, 110.0, 15.0)
     assert held_by_another(renewed, "b", 120.0, T)
+
+
+def test_the_holders_own_duration_counts() -> None:
+    long = lease("a")
+    long["spec"]["leaseDurationSeconds"] = 60
+    seen = observe(None, long, now=100.0)
+    assert held_by_another(seen, "b", 150.0, T)  # T says 15 s; the holder asked for 60
+    assert not held_by_another(seen, "b", 160.5, T)
 
 
 def test_a_free_missing_or_own_lease_is_never_someone_elses() -> None:
