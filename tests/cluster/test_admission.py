@@ -20,7 +20,7 @@ from e2e.cluster.registry import CosignKey, Registry
 from e2e.cluster.waiting import free_port, wait_for
 from trainguard.tls import certs
 
-DENIED_JOB = 'admission webhook "admit-trainingjob.trainguard.dev" denied the request'
+DENIED_JOB = 'admission webhook "validate-trainingjob.trainguard.dev" denied the request'
 DENIED_POD = 'admission webhook "pod-guard.trainguard.dev" denied the request'
 
 
@@ -401,9 +401,9 @@ def later_mutation(tenant_space: TenantSpace, tmp_path: Path) -> Any:
 def test_a_later_mutating_webhook_cannot_slip_in_another_image_or_owner(
     tenant_space: TenantSpace, registry: Registry, later_mutation: Any
 ) -> None:
-    """A create is decided whole by admit-trainingjob; what a mutating webhook that runs after it
-    changes is checked again: trainguard's is reinvoked (IfNeeded), and the validating webhook sees
-    the final object whenever its image or owner is not what was admitted."""
+    """A create is admitted whole by admit-trainingjob; what a mutating webhook that runs after it
+    changes is checked again: trainguard's is reinvoked (IfNeeded) and takes its stamp back, and
+    the validating webhook sees the final object whenever its image or owner is not as admitted."""
     space = tenant_space
     assert "created" in space.apply(space.job("before")).stdout  # admitted, one webhook call
     admitted = space.get("trainingjob", "before")
@@ -411,7 +411,8 @@ def test_a_later_mutating_webhook_cannot_slip_in_another_image_or_owner(
     name = repo()
     unsigned = registry.push(name, "v1", "slipped in by another webhook")
     swapped = f"{registry.host}/{name}@{unsigned}"
-    # The image swapped after trainguard pinned the signed one: trainguard's reinvocation sees it.
+    # The image swapped after trainguard pinned the signed one: trainguard's reinvocation sees it,
+    # leaves the job unstamped, and the validating webhook refuses it.
     later = later_mutation(lambda spec: {**spec, "image": swapped})
     err = refused(space, space.job("swapped"))
     assert DENIED_JOB in err
@@ -421,6 +422,6 @@ def test_a_later_mutating_webhook_cannot_slip_in_another_image_or_owner(
     # final object is not as admitted, so the validating webhook runs, and refuses it.
     later_mutation(lambda spec: {**spec, "owner": {"user": "someone-else"}}, reinvocation="IfNeeded")
     err = refused(space, space.job("disowned"))
-    assert 'admission webhook "validate-trainingjob.trainguard.dev" denied the request' in err
+    assert DENIED_JOB in err
     assert "spec.owner records who created the job and is written by trainguard" in err
     assert [j["metadata"]["name"] for j in space.list("trainingjobs")] == ["before"]

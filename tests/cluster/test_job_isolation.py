@@ -300,6 +300,19 @@ def test_with_no_operator_running_admission_fails_closed(
             ],
         },
     }
+    # The pod guard covers the namespaces the operator has labelled as the tenant's: wait for the
+    # label before stopping it (a namespace is not a tenant's until then).
+    wait_for(
+        "the operator to label the tenant namespace",
+        lambda: (
+            json.loads(space.cluster.kubectl("get", "namespace", space.namespace, "-o", "json").stdout)[
+                "metadata"
+            ]
+            .get("labels", {})
+            .get("trainguard.dev/tenant")
+            == space.tenant
+        ),
+    )
     if stop == "SIGTERM":
         operator.stop()
     else:

@@ -17,7 +17,7 @@ from e2e.cluster.localcluster import Cluster
 from e2e.cluster.registry import AuthRegistry, CosignKey, docker_config_json
 from e2e.cluster.waiting import wait_for
 
-DENIED_JOB = 'admission webhook "admit-trainingjob.trainguard.dev" denied the request'
+DENIED_JOB = 'admission webhook "validate-trainingjob.trainguard.dev" denied the request'
 USER = "team-a-puller"  # conftest's AUTH_REGISTRY_USERS
 PASSWORD = "team-a-" + "password"
 

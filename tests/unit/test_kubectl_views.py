@@ -220,7 +220,9 @@ def test_verification_reads_the_pinned_image_and_the_signer_from_the_webhook_war
     ok = views.verification("r/t:v1", "team-a", "ns", {"spec": {"image": IMAGE}}, ["other", warning])
     assert (ok.verified, ok.signer, ok.digest, ok.exit) == (True, "release", DIGEST, Exit.OK)
     assert ok.lines()[0] == "verified: r/t:v1 is signed by release, a signer tenant team-a trusts"
-    refusal = 'admission webhook "admit-trainingjob.trainguard.dev" denied the request: ...\n* spec.image: x'
+    refusal = (
+        'admission webhook "validate-trainingjob.trainguard.dev" denied the request: ...\n* spec.image: x'
+    )
     no = views.verification("r/u:v1", "team-a", "ns", None, [], refusal)
     assert (no.verified, no.exit) == (False, Exit.NO)
     assert no.lines()[1:] == refusal.splitlines()

@@ -313,13 +313,14 @@ async def _image_errors(
 async def pin_job(
     context: OperatorContext, tenants: Tenants, request: Mapping[str, Any]
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """A create, decided whole (mutating webhook `admit-trainingjob`): record who creates the job (from the
-    request, never from the body), settle whether it may be debugged, check every rule, verify the
-    image and pin its tag to the verified digest, and stamp the pinned image on the job
-    (ANNOTATION_ADMITTED_IMAGE). Refuses with every reason at once (kopf.AdmissionError).
+    """A create, decided whole (mutating webhook `admit-trainingjob`): record who creates the job
+    (from the request, never from the body), settle whether it may be debugged, check every rule,
+    verify the image and pin its tag to the verified digest, and stamp the pinned image on the job
+    (ANNOTATION_ADMITTED_IMAGE) with the reconciler's finalizer.
 
-    Returns the JSON Patch and the warnings (a dry run's: the signer and digest). A body the models
-    cannot read is left unstamped, so the validating webhook runs and says what is wrong."""
+    Returns the JSON Patch and the warnings (a dry run's: the signer and digest). A job that breaks
+    a rule, or a body the models cannot read, is left unstamped: `validate-trainingjob` then runs
+    on the final object and refuses it with every reason (configurations.FINAL_OBJECT_CHANGED)."""
     body = request.get("object") or {}
     spec = body.get("spec") if isinstance(body.get("spec"), dict) else None
     meta: dict[str, Any] = body["metadata"] if isinstance(body.get("metadata"), dict) else {}
@@ -347,13 +348,14 @@ async def pin_job(
         return ops + unstamp, []  # the validating webhook runs (no stamp) and lists the problems
     tenant = await find_tenant(tenants, job.spec.tenant)
     errors, verified = await _create_errors(context, job, tenant, who)
-    if errors:
-        target = {**raw, "apiVersion": API_VERSION, "kind": "TrainingJob"}
-        await deny(target, errors, dry_run=bool(request.get("dryRun")))
-    if verified is None:
-        return ops + unstamp, []
-    if verified.pinned != job.spec.image:
+    if verified is not None and verified.pinned != job.spec.image:
         ops.append({"op": "replace", "path": "/spec/image", "value": verified.pinned})
+    if errors or verified is None:
+        # Refused, but not here: left unstamped, the create goes on to the API server's own schema
+        # and CEL checks (which run after mutation), then to `validate-trainingjob`, which refuses
+        # it with every reason. A researcher reads the schema's message first, as without this
+        # webhook, and one refusal, recorded once.
+        return ops + unstamp, []
     if annotations is None:
         ops.append({"op": "add", "path": "/metadata/annotations", "value": {}})
     key = _pointer(ANNOTATION_ADMITTED_IMAGE)
