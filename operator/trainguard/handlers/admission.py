@@ -134,7 +134,7 @@ class GuardedWebhookServer(kopf.WebhookServer):
             yield client_config
 
 
-def _measured(fn: Any, tenants_of_namespaces: TenantNamespaces | None = None) -> Any:
+def _measured(fn: Any, tenants_of_namespaces: TenantNamespaces) -> Any:
     """`fn`, every review counted by outcome and timed (`trainguard_admission_reviews_total`,
     `trainguard_admission_duration_seconds`): the API server waits for each one."""
 
@@ -169,12 +169,12 @@ def _log_decision(
     request: Mapping[str, Any],
     answer: Mapping[str, Any],
     reasons: list[str],
-    tenants_of_namespaces: TenantNamespaces | None,
+    tenants_of_namespaces: TenantNamespaces,
 ) -> None:
     """One audit line per decision (fields as JSON keys with `--log-format json`). The operator's
     own and Kueue's routine requests, allowed, are logged at DEBUG only: they are most reviews."""
     namespace = str(request.get("namespace") or "")
-    tenant = next(iter((tenants_of_namespaces or {}).get(namespace, ())), "") if namespace else ""
+    tenant = next(iter(tenants_of_namespaces.get(namespace, ())), "") if namespace else ""
     record = decision_of(request, answer or {}, reasons=reasons, tenant_of_namespace=tenant)
     routine = record.decision == "allowed" and record.user.startswith("system:")
     level = logging.DEBUG if routine else (logging.INFO if record.decision == "allowed" else logging.WARNING)
@@ -287,18 +287,24 @@ async def _verify(context: OperatorContext, image: str, tenant: Tenant, namespac
     return verified
 
 
+async def _verified_or_refused(
+    context: OperatorContext, path: str, image: str, tenant: Tenant, namespace: str
+) -> tuple[VerifiedImage | None, list[FieldError]]:
+    """`image` (at `path` of an object in `namespace`) verified under the tenant's trust, read with
+    the tenant's registry credentials; or its refusal."""
+    try:
+        return await _verify(context, image, tenant, namespace), []
+    except VerificationFailed as failure:
+        return None, [image_error(path, image, tenant, failure.reason, str(failure))]
+    except ValueError as exc:
+        return None, [image_error(path, image, tenant, "InvalidImageReference", str(exc))]
+
+
 async def _image_errors(
     context: OperatorContext, path: str, image: str, tenant: Tenant, namespace: str
 ) -> list[FieldError]:
-    """The refusal of `image` at `path` (of an object in `namespace`) if it does not verify under
-    the tenant's trust, read with the tenant's registry credentials."""
-    try:
-        await _verify(context, image, tenant, namespace)
-    except VerificationFailed as failure:
-        return [image_error(path, image, tenant, failure.reason, str(failure))]
-    except ValueError as exc:
-        return [image_error(path, image, tenant, "InvalidImageReference", str(exc))]
-    return []
+    """The refusal of `image` at `path` if it does not verify (see `_verified_or_refused`)."""
+    return (await _verified_or_refused(context, path, image, tenant, namespace))[1]
 
 
 # --------------------------------------------------------------------------- TrainingJobs
@@ -310,7 +316,7 @@ async def _image_errors(
 # operator's CPU per create. The pod guard and the others, less hot, stay kopf handlers.
 
 
-async def pin_job(
+async def admit_job_create(
     context: OperatorContext, tenants: Tenants, request: Mapping[str, Any]
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """A create, decided whole (mutating webhook `admit-trainingjob`): record who creates the job
@@ -389,20 +395,16 @@ async def _create_errors(
     if tenant is None:
         return errors, None
     errors += collaborator_errors(job, tenant)
-    image = job.spec.image
-    try:
-        verified = await _verify(context, image, tenant, job.namespace)
-    except VerificationFailed as failure:
-        return [*errors, image_error("spec.image", image, tenant, failure.reason, str(failure))], None
-    except ValueError as exc:
-        return [*errors, image_error("spec.image", image, tenant, "InvalidImageReference", str(exc))], None
-    return errors, verified
+    verified, refused = await _verified_or_refused(
+        context, "spec.image", job.spec.image, tenant, job.namespace
+    )
+    return errors + refused, verified
 
 
 async def check_job(context: OperatorContext, tenants: Tenants, request: Mapping[str, Any]) -> None:
     """The validating webhook `validate-trainingjob`, on the final object: every rule at once
     (raises kopf.AdmissionError listing them). It sees every update and delete, and a create only
-    when the final object is not what `pin_job` admitted (configurations.FINAL_OBJECT_CHANGED): then
+    when the final object is not what `admit_job_create` admitted (configurations.FINAL_OBJECT_CHANGED): then
     the image must still be a pinned, verified digest (from the verdict cache: no registry call
     within seconds of the pinning)."""
     operation = str(request.get("operation") or "")
@@ -448,7 +450,7 @@ async def serve_job_review(
     response: dict[str, Any] = {"uid": request.get("uid", ""), "allowed": True}
     try:
         if webhook == configurations.ADMIT_JOB:
-            ops, warnings = await pin_job(context, tenants, request)
+            ops, warnings = await admit_job_create(context, tenants, request)
             if ops:
                 response["patchType"] = "JSONPatch"
                 response["patch"] = base64.b64encode(json.dumps(ops).encode()).decode("ascii")

@@ -138,13 +138,12 @@ class Verifier:
             raise VerificationFailed(
                 "NoTrustedSigners", "the tenant trusts no signer, so no image can be verified"
             )
+        known = self.from_memory(image, signers, keychain)  # a warm cache answers without the registry
+        if known is not None:
+            return known
         trust = signers_key(signers)
         credential = keychain.for_registry(ref.registry) if keychain is not None else None
         identity = identity_of(credential)
-        if ref.digest and not ref.tag:  # nothing to resolve: a warm cache answers without the registry
-            cached = self.cache.get((ref.digest, trust, identity))
-            if cached is not None:
-                return VerifiedImage(ref, ref.digest, cached, cached=True)
         try:
             digest = self._resolve(ref, credential)
             key = (digest, trust, identity)
