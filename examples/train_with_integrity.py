@@ -1,4 +1,4 @@
-"""A training loop guarded by trainguard's weight-verification sidecar (three added lines, marked).
+"""A training loop guarded by trainguard's weight-verification sidecar (two added lines, marked).
 
     python examples/train_with_integrity.py --steps 100
 
@@ -30,17 +30,22 @@ def main() -> None:
         device
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    guard = IntegrityGuard(model, optimizer, args.socket)  # trainguard: share weights and optimizer state
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.steps)
+    # trainguard: share weights and optimizer state; check them, the hyperparameters and the seeds
+    # just before every optimizer.step() against what the previous one left
+    guard = IntegrityGuard(
+        model, optimizer, args.socket, schedulers=[scheduler], generators=IntegrityGuard.default_generators()
+    )
     data = torch.Generator().manual_seed(1234)
-    for step in range(args.steps):
-        guard.begin(step)  # trainguard: weights still as the last step left them?
+    for _ in range(args.steps):
         x = torch.randn(32, 64, generator=data).to(device)
         y = torch.randint(0, 10, (32,), generator=data).to(device)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        guard.end(step)  # trainguard: fingerprint the weights this step produced
+        scheduler.step()
+    guard.close()  # trainguard
     print(f"trained {args.steps} steps, final loss {loss.item():.4f}")
 
 

@@ -59,10 +59,12 @@ class TwoReplicas:
         self.guards = [IntegrityGuard(self.nets[r], socket_path=self.sidecars[r].socket) for r in (0, 1)]
         self.optimizers = [torch.optim.SGD(n.parameters(), lr=0.1) for n in self.nets]
 
-    def train(self, steps: range, drift: tuple[int, int] | None = None) -> None:
-        """Train both replicas; with `drift` = (replica, step), that replica gets other data from then on."""
+    def train(
+        self, steps: range, drift: tuple[int, int] | None = None, replicas: tuple[int, ...] = (0, 1)
+    ) -> None:
+        """Train the replicas; with `drift` = (replica, step), that replica gets other data from then on."""
         for step in steps:
-            for r in (0, 1):
+            for r in replicas:
                 self.guards[r].begin(step)
                 self.optimizers[r].zero_grad()
                 scale = 2.0 if drift is not None and r == drift[0] and step >= drift[1] else 1.0
@@ -210,8 +212,7 @@ def test_a_sidecar_that_falls_silent_is_a_violation_and_enforce_stops_the_job(
         for step in range(3, 60):  # replica 0 keeps training and reporting
             if "IntegrityViolation" in conditions(space, "quiet"):
                 break
-            replicas.guards[0].begin(step)
-            replicas.guards[0].end(step)
+            replicas.train(range(step, step + 1), replicas=(0,))
             time.sleep(1)
         violation = wait_for("ReportsStopped", lambda: conditions(space, "quiet").get("IntegrityViolation"))
         assert violation["reason"] == "ReportsStopped"

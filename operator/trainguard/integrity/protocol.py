@@ -282,22 +282,74 @@ class Register(WireModel):
     region: Region
 
 
+MAX_CONTROLS = 4096  # hyperparameters and generator values per message
+MAX_CONTROL_NAME = 200
+Controls = dict[str, int | float]
+
+
+def _controls(value: object) -> object:
+    """What the optimizer and the random generators will do next, as flat name -> number pairs
+    (see `trainguard.trainer.guard.controls`): checked, never trusted for size."""
+    if value is None:
+        return value
+    if not isinstance(value, dict) or len(value) > MAX_CONTROLS:
+        raise ValueError(f"controls must be an object of at most {MAX_CONTROLS} names")
+    for name, number in value.items():
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_CONTROL_NAME:
+            raise ValueError(f"controls: {name!r} is not a name of 1 to {MAX_CONTROL_NAME} characters")
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            raise ValueError(f"controls.{name} must be a number, got {number!r}")
+    return value
+
+
 class Begin(WireModel):
-    """Step `step` starts: the state must be what the end of the step before left."""
+    """Step `step` starts: the state must be what the end of the step before left. With the guard
+    watching the optimizer, `begin` is sent just before `optimizer.step()`, so that everything
+    between two optimizer steps (data loading, forward, backward) lies inside the checked window.
+    `controls` are the hyperparameters and generator states now (None: none are watched)."""
 
     op: Literal["begin"] = "begin"
     step: int
+    controls: Controls | None = None
 
+    omit_when_none: ClassVar[tuple[str, ...]] = ("controls",)
     check_step = field_validator("step", mode="before")(_integer_step)
+    check_controls = field_validator("controls", mode="before")(_controls)
 
 
 class End(WireModel):
-    """Step `step` ended: fingerprint the state it produced."""
+    """Step `step` ended (just after `optimizer.step()`): fingerprint the state it produced, and take
+    `controls` as what the next step must start from."""
 
     op: Literal["end"] = "end"
     step: int
+    controls: Controls | None = None
 
+    omit_when_none: ClassVar[tuple[str, ...]] = ("controls",)
     check_step = field_validator("step", mode="before")(_integer_step)
+    check_controls = field_validator("controls", mode="before")(_controls)
+
+
+class Adjust(WireModel):
+    """The training code changed hyperparameters or generators on purpose, between two steps: a
+    watched learning-rate scheduler stepped, or code ran inside `guard.adjusting()`. `before` must
+    be what the last step left (else something changed them unannounced); `after` is what the
+    next step must start from. `reason` says who (it is in the signed report)."""
+
+    op: Literal["adjust"] = "adjust"
+    reason: str
+    before: Controls
+    after: Controls
+
+    check_before = field_validator("before", mode="before")(_controls)
+    check_after = field_validator("after", mode="before")(_controls)
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _reason(cls, value: object) -> object:
+        if not isinstance(value, str) or not 0 < len(value) <= MAX_CONTROL_NAME:
+            raise ValueError(f"reason must be text of 1 to {MAX_CONTROL_NAME} characters")
+        return value
 
 
 class Checkpoint(WireModel):
@@ -325,11 +377,12 @@ class Verify(WireModel):
     check_path = field_validator("path", mode="before")(_string_path)
 
 
-Request = Register | Begin | End | Checkpoint | Verify
+Request = Register | Begin | End | Adjust | Checkpoint | Verify
 _REQUESTS: dict[str, type[Request]] = {
     "register": Register,
     "begin": Begin,
     "end": End,
+    "adjust": Adjust,
     "checkpoint": Checkpoint,
     "verify": Verify,
 }
@@ -347,6 +400,38 @@ def parse_request(data: object, folder: Path) -> Request:
     if isinstance(request, Register):
         return request.model_copy(update={"region": in_shared_folder(request.region, folder)})
     return request
+
+
+# ----------------------------------------------------------------- what the next step will do
+def control_kind(name: str) -> str:
+    """The violation kind a changed control is reported as: "RandomState" for a generator's values
+    (`rng.<generator>.seed`, `.offset`), "Hyperparameters" for the optimizer's."""
+    return "RandomState" if name.startswith("rng.") else "Hyperparameters"
+
+
+def _number(value: int | float | None) -> str:
+    return "absent" if value is None else repr(value)
+
+
+def control_changes(expected: Controls, now: Controls) -> dict[str, list[str]]:
+    """How `now` differs from `expected`, per violation kind, each change in words. A generator's
+    offset (the CUDA Philox counter) may only grow: it moves on with every random number drawn, and
+    goes back only when someone reseeds or restores an older state. Everything else must be equal:
+    a learning rate, a beta, a weight decay, a seed, the number of parameter groups and of
+    parameters in each."""
+    changes: dict[str, list[str]] = {}
+    for name in sorted(set(expected) | set(now)):
+        before, after = expected.get(name), now.get(name)
+        if before is not None and after is not None and name.startswith("rng.") and name.endswith(".offset"):
+            if after >= before:
+                continue
+            text = f"{name} went back from {before} to {after}"
+        elif before == after:
+            continue
+        else:
+            text = f"{name} {_number(before)} -> {_number(after)}"
+        changes.setdefault(control_kind(name), []).append(text)
+    return changes
 
 
 # ----------------------------------------------------------------- the order of steps
@@ -391,6 +476,13 @@ class StepSequence:
             problem = f"end({step}) during step {self.current} (begun with begin({self.current}))"
         self.current, self.last_end, self.seen = None, step, True
         return problem
+
+    def adjust(self) -> str | None:
+        """Hyperparameters and generators are changed on purpose between steps, never inside one
+        (the state `begin(t)` saw is what `optimizer.step()` must run with)."""
+        if self.current is not None:
+            return f"hyperparameters adjusted during step {self.current} (between begin and end)"
+        return None
 
 
 # ----------------------------------------------------------------- sidecar -> trainer

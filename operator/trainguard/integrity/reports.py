@@ -64,7 +64,10 @@ class StepEnd(_Report):
     fingerprint: str
     regions: dict[str, str]
     seconds: float | None = None  # how long fingerprinting every region took (for the operator's metrics)
-    omit_when_none: ClassVar[tuple[str, ...]] = ("seconds",)
+    # What the next step will run with: every param group's hyperparameters and the watched
+    # generators' seeds and offsets (the audit trail of a learning rate or a seed over time).
+    controls: dict[str, int | float] | None = None
+    omit_when_none: ClassVar[tuple[str, ...]] = ("seconds", "controls")
 
 
 class Verified(_Report):
@@ -84,6 +87,15 @@ class Violation(_Report):
     omit_when_none: ClassVar[tuple[str, ...]] = ("tensors",)
 
 
+class Adjusted(_Report):
+    """The training code changed hyperparameters or generators on purpose between steps (a watched
+    learning-rate scheduler, or code inside `guard.adjusting()`): who, and each change."""
+
+    kind: Literal["Adjusted"] = "Adjusted"
+    reason: str
+    changes: list[str]
+
+
 class CheckpointSigned(_Report):
     kind: Literal["CheckpointSigned"] = "CheckpointSigned"
     checkpoint: str
@@ -91,7 +103,7 @@ class CheckpointSigned(_Report):
 
 
 Report = Annotated[
-    Registered | StepEnd | Verified | Violation | CheckpointSigned, Field(discriminator="kind")
+    Registered | StepEnd | Verified | Violation | Adjusted | CheckpointSigned, Field(discriminator="kind")
 ]
 _REPORT: TypeAdapter[Report] = TypeAdapter(Report)
 

@@ -52,6 +52,7 @@ from trainguard.integrity.fingerprint import CHUNK_BYTES, FingerprintKey, finger
 from trainguard.integrity.manifest import DIRECTORY_MANIFEST, build_manifest, manifest_path, verify_manifest
 from trainguard.integrity.protocol import (
     REPLICATED_KINDS,
+    Adjust,
     Begin,
     Checkpoint,
     End,
@@ -62,11 +63,13 @@ from trainguard.integrity.protocol import (
     Request,
     StepSequence,
     ViolationNotice,
+    control_changes,
     parse_request,
     region_kind,
     tensors_in_chunks,
 )
 from trainguard.integrity.reports import (
+    Adjusted,
     CheckpointSigned,
     Registered,
     Report,
@@ -77,7 +80,10 @@ from trainguard.integrity.reports import (
 )
 
 MODES = ("Off", "Audit", "Enforce")
-R = TypeVar("R", Registered, StepEnd, Verified, Violation, CheckpointSigned)
+R = TypeVar("R", Registered, StepEnd, Verified, Violation, Adjusted, CheckpointSigned)
+# Checked steps in a row in which the weights did not change at all before it is reported: an
+# optimizer that updates nothing, or a region that is not the memory training uses (a decoy).
+FROZEN_CHECKS = 3
 PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
 
 
@@ -278,6 +284,11 @@ class Sidecar:
         self.at_end: dict[int, dict[str, tuple[str, Any]]] = {}
         self.steps = StepSequence()
         self.latest: dict[str, int] = {}  # checkpoint path -> the highest step signed there
+        # What the next step must start with (the last end's hyperparameters and generators, then
+        # each announced adjustment); None until an end carries them.
+        self.expected: dict[str, int | float] | None = None
+        self.last_weights: dict[str, str] = {}  # parameters region -> fingerprint at the last checked end
+        self.frozen = 0  # checked ends in a row at which no parameters region had changed
 
     # ----------------------------------------------------------------- results
     def report(self, report: Report) -> None:
@@ -360,9 +371,11 @@ class Sidecar:
         if isinstance(request, Register):
             return self.register(request.region)
         if isinstance(request, End):
-            return self.end(request.step)
+            return self.end(request.step, request.controls)
         if isinstance(request, Begin):
-            return self.begin(request.step)
+            return self.begin(request.step, request.controls)
+        if isinstance(request, Adjust):
+            return self.adjust(request)
         if isinstance(request, Checkpoint):
             return self.sign_checkpoint(request.path, request.step)
         return self.verify_checkpoint(request.path, request.files)
@@ -387,10 +400,12 @@ class Sidecar:
         )  # fmt: skip
         return Reply(ok=True)
 
-    def end(self, step: int) -> Reply:
+    def end(self, step: int, controls: dict[str, int | float] | None = None) -> Reply:
         problem = self.steps.end(step)
         if problem is not None:  # the baseline stays the last one taken in order
             return self.protocol(step, problem)
+        if controls is not None:
+            self.expected = dict(controls)
         if step % self.every == 0:
             started = time.perf_counter()
             state = self.fingerprints()
@@ -398,17 +413,80 @@ class Sidecar:
             self.at_end = {step: state}  # only the latest step is compared
             fps = {name: fp for name, (fp, _) in state.items()}
             fingerprint = self.replicated(fps)
-            report = self.stamped(StepEnd, step=step, fingerprint=fingerprint, regions=fps, seconds=seconds)
+            report = self.stamped(
+                StepEnd, step=step, fingerprint=fingerprint, regions=fps, seconds=seconds, controls=controls
+            )
             self.report(report)
+            return self.still_training(step, fps)
         return Reply(ok=True)
 
-    def begin(self, step: int) -> Reply:
+    def still_training(self, step: int, fps: dict[str, str]) -> Reply:
+        """Weights that never change while steps go on are reported: the optimizer updates nothing,
+        or the sidecar is watching memory that training does not use (a decoy region)."""
+        weights = {name: fp for name, fp in fps.items() if region_kind(name) in REPLICATED_KINDS}
+        unchanged = bool(weights) and weights == self.last_weights
+        self.last_weights = weights
+        self.frozen = self.frozen + 1 if unchanged else 0
+        if self.frozen != FROZEN_CHECKS:  # once per streak
+            return Reply(ok=True)
+        what = " and ".join(describe(n) for n in weights)
+        return self.violation(
+            "StateFrozen",
+            step,
+            f"replica {self.replica}: the {what} did not change in {FROZEN_CHECKS} checked steps up to "
+            f"step {step}: the optimizer updates none of them, or the memory the trainer shared is not "
+            "the memory that trains",
+        )
+
+    def adjust(self, request: Adjust) -> Reply:
+        """Hyperparameters or generators changed on purpose between steps: `before` must be what the
+        last step left; `after` is what the next one must start with."""
+        problem = self.steps.adjust()
+        if problem is not None:
+            return self.protocol(self.steps.current, problem)
+        step = self.steps.last_end
+        if self.expected is not None:
+            unannounced = control_changes(self.expected, request.before)
+            if unannounced:
+                return self.changed_controls(
+                    step, unannounced, f"before {request.reason} adjusted them after step {step}"
+                )
+        changes = [
+            text for texts in control_changes(request.before, request.after).values() for text in texts
+        ]
+        self.expected = dict(request.after)
+        self.report(self.stamped(Adjusted, step=step, reason=request.reason, changes=changes))
+        return Reply(ok=True)
+
+    def changed_controls(self, step: int | None, changes: dict[str, list[str]], when: str) -> Reply:
+        """A Hyperparameters or RandomState violation (the first kind found; the message lists all)."""
+        kinds = {"Hyperparameters": "hyperparameters", "RandomState": "random generators"}
+        what = " and the ".join(kinds[kind] for kind in changes)
+        listed = "; ".join(text for texts in changes.values() for text in texts)
+        return self.violation(
+            next(iter(changes)),
+            step,
+            f"replica {self.replica}: the {what} changed {when}, unannounced ({listed}); change them "
+            "through a scheduler passed to IntegrityGuard(schedulers=...) or inside guard.adjusting()",
+        )
+
+    def begin(self, step: int, controls: dict[str, int | float] | None = None) -> Reply:
         problem = self.steps.begin(step)
         if problem is not None:
             return self.protocol(step, problem)
+        findings = []  # violations (the first one answers the trainer); the weights are compared anyway
+        if self.expected is not None and controls is not None:
+            changes = control_changes(self.expected, controls)
+            if changes:
+                self.expected = dict(controls)  # reported once; Audit goes on from what is there
+                findings.append(
+                    self.changed_controls(
+                        step, changes, f"between the end of step {step - 1} and the start of step {step}"
+                    )
+                )
         previous = self.at_end.get(step - 1)
         if previous is None:
-            return Reply(ok=True)
+            return findings[0] if findings else Reply(ok=True)
         now = self.fingerprints()
         changed: dict[str, list[str]] = {}
         for name in sorted(set(previous) | set(now)):
@@ -419,13 +497,18 @@ class Sidecar:
         if changed:
             what = " and ".join(describe(n) for n in changed)
             where = "; ".join(f"{describe(n)}: {name_tensors(t)}" for n, t in changed.items() if t)
-            return self.violation(
-                "ModifiedBetweenSteps",
-                step,
-                f"replica {self.replica}: the {what} changed between the end of step {step - 1} "
-                f"and the start of step {step}" + (f" ({where})" if where else ""),
-                tensors=changed,
+            findings.insert(
+                0,
+                self.violation(
+                    "ModifiedBetweenSteps",
+                    step,
+                    f"replica {self.replica}: the {what} changed between the end of step {step - 1} "
+                    f"and the start of step {step}" + (f" ({where})" if where else ""),
+                    tensors=changed,
+                ),
             )
+        if findings:
+            return findings[0]
         self.report(self.stamped(Verified, step=step - 1))
         return Reply(ok=True)
 

@@ -2,11 +2,23 @@
 
     from trainguard.trainer import IntegrityGuard
 
-    guard = IntegrityGuard(model, optimizer)   # once, after building the model and its optimizer
-    for step in range(steps):
-        guard.begin(step)                      # before the forward pass
-        ...loss.backward(); optimizer.step()
-        guard.end(step)                        # after optimizer.step()
+    guard = IntegrityGuard(model, optimizer, schedulers=[scheduler],
+                           generators=IntegrityGuard.default_generators())
+    for batch in data:
+        loss(model(batch)).backward()
+        optimizer.step()       # the guard checks the state just before, fingerprints it just after
+        scheduler.step()       # a watched scheduler's changes are announced, not alarms
+
+Weights change legitimately only inside `optimizer.step()`, so that is the only window left
+unchecked: the guard hooks the optimizer (`register_step_pre_hook`/`register_step_post_hook`),
+and the sidecar compares the state just before each `optimizer.step()` with what it fingerprinted
+just after the previous one. A change made during data loading, forward or backward is caught
+at the next step. What the optimizer will do next is checked the same way: every param group's
+hyperparameters (learning rate, betas, weight decay, flags such as `maximize`, how many
+parameters) and the seeds and offsets of the generators passed as `generators`. Change them on
+purpose through a scheduler passed as `schedulers`, or inside `with guard.adjusting("why"):`;
+any other change between two steps is a violation. Without an optimizer, the training loop
+marks steps itself with `guard.begin(step)` and `guard.end(step)` around its weight update.
 
 What the sidecar sees: the parameters, the buffers (batch-norm statistics and the like) and, from
 the first `optimizer.step()` on, the optimizer's state (moments, step counts). Each kind is moved
@@ -23,6 +35,8 @@ rebuilds its state), `end()` notices and shares that region again.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import io
 import itertools
@@ -31,7 +45,7 @@ import mmap
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +56,7 @@ from trainguard.channel import LineReader, send
 from trainguard.gpu import cuda_ipc
 from trainguard.integrity.manifest import manifest_path
 from trainguard.integrity.protocol import (
+    Adjust,
     Begin,
     Checkpoint,
     CudaHandle,
@@ -71,11 +86,21 @@ class _Entry:
     put: Callable[[torch.Tensor], None]
 
 
-def _parameters(model: torch.nn.Module) -> list[_Entry]:
-    def entry(name: str, param: torch.nn.Parameter) -> _Entry:
+def _parameters(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> list[_Entry]:
+    """The model's parameters, then any the optimizer updates that the model does not hold (a
+    tensor slipped into a param group trains too, so it is watched too)."""
+
+    def entry(name: str, param: torch.Tensor) -> _Entry:
         return _Entry(name, lambda: param.data, lambda view: setattr(param, "data", view))
 
-    return [entry(name, param) for name, param in model.named_parameters()]
+    entries = [entry(name, param) for name, param in model.named_parameters()]
+    seen = {id(param) for param in model.parameters()}
+    for g, group in enumerate(optimizer.param_groups if optimizer is not None else ()):
+        for i, param in enumerate(group["params"]):
+            if id(param) not in seen:
+                seen.add(id(param))
+                entries.append(entry(f"optimizer.group{g}.{i}", param))
+    return entries
 
 
 def _buffers(model: torch.nn.Module) -> list[_Entry]:
@@ -113,6 +138,57 @@ def _optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -
                 if isinstance(state[key], torch.Tensor)
             ]
     return entries
+
+
+def _add_control(values: dict[str, int | float], name: str, value: object) -> None:
+    if isinstance(value, bool):
+        values[name] = int(value)
+    elif isinstance(value, int | float):
+        values[name] = value
+    elif isinstance(value, torch.Tensor) and value.numel() == 1:  # a learning rate kept as a tensor
+        values[name] = value.item()
+    elif isinstance(value, tuple | list):
+        for i, item in enumerate(value):
+            _add_control(values, f"{name}.{i}", item)
+    # None and text (foreach=None, a name) are configuration that does not steer the update.
+
+
+def controls(
+    optimizer: torch.optim.Optimizer | None, generators: Mapping[str, torch.Generator]
+) -> dict[str, int | float]:
+    """What the optimizer and the random generators will do next, as flat name -> number pairs:
+    every param group's numbers (`optimizer.group0.lr`, `optimizer.group0.betas.1`, flags as 0/1,
+    `optimizer.group0.params`: how many parameters), how many groups, and each generator's seed
+    and (CUDA's Philox) offset (`rng.cuda:0.offset`)."""
+    values: dict[str, int | float] = {}
+    if optimizer is not None:
+        values["optimizer.groups"] = len(optimizer.param_groups)
+        for g, group in enumerate(optimizer.param_groups):
+            for key, value in group.items():
+                name = f"optimizer.group{g}.{key}"
+                if key == "params":
+                    values[name] = len(value)
+                else:
+                    _add_control(values, name, value)
+    for name, generator in generators.items():
+        values[f"rng.{name}.seed"] = generator.initial_seed()
+        if generator.device.type == "cuda":
+            values[f"rng.{name}.offset"] = generator.get_offset()
+    return values
+
+
+def _named_generators(
+    generators: Mapping[str, torch.Generator] | Iterable[torch.Generator] | None,
+) -> dict[str, torch.Generator]:
+    if generators is None:
+        return {}
+    if isinstance(generators, Mapping):
+        return dict(generators)
+    named: dict[str, torch.Generator] = {}
+    for i, generator in enumerate(generators):
+        name = str(generator.device)
+        named[name if name not in named else f"{name}.{i}"] = generator
+    return named
 
 
 def _device_name(device: torch.device) -> str:
@@ -212,12 +288,26 @@ def connect(path: Path, timeout: float) -> socket.socket:
 
 
 class IntegrityGuard:
+    """Shares the training state with the integrity sidecar and marks each optimizer step.
+
+    `optimizer`: hooked, so that `optimizer.step()` itself is the step boundary (steps are counted
+    from `start_step`; pass the step a resumed run starts at); `mark_steps=False` leaves marking
+    to the loop (`begin`/`end` around its own update: several optimizers, a pipeline schedule).
+    `schedulers`: learning-rate
+    schedulers whose `step()` changes hyperparameters on purpose. `generators`: the random
+    generators whose seeds (and CUDA offsets) must not change between steps unannounced, by
+    device name or as a list; `IntegrityGuard.default_generators()` gives torch's own."""
+
     def __init__(
         self,
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer | None = None,
         socket_path: str | os.PathLike[str] | None = None,
         *,
+        schedulers: Iterable[Any] = (),
+        generators: Mapping[str, torch.Generator] | Iterable[torch.Generator] | None = None,
+        start_step: int = 0,
+        mark_steps: bool = True,
         buffers: bool = True,
         connect_timeout: float = 60.0,
     ) -> None:
@@ -225,16 +315,34 @@ class IntegrityGuard:
         self.folder = path.parent
         self.model = model
         self.optimizer = optimizer
+        self.generators = _named_generators(generators)
         self.include_buffers = buffers
+        self.step = start_step  # the step the next optimizer.step() is
         self.regions: dict[str, _SharedRegion] = {}
         self._sock = connect(path, connect_timeout)
         self._reader = LineReader(self._sock)
         self._sync_regions()
+        self._hooks = []
+        if optimizer is not None and mark_steps:
+            self._hooks = [
+                optimizer.register_step_pre_hook(lambda *_: self._begin(self.step)),
+                optimizer.register_step_post_hook(lambda *_: self._after_step()),
+            ]
+        for scheduler in schedulers:
+            self.watch(scheduler)
+
+    @staticmethod
+    def default_generators() -> dict[str, torch.Generator]:
+        """torch's CPU generator and the default generator of each GPU this process has used."""
+        found = {"cpu": torch.default_generator}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+            found |= {f"cuda:{i}": g for i, g in enumerate(torch.cuda.default_generators)}
+        return found
 
     # ----------------------------------------------------------------- sharing
     def _state(self) -> dict[str, list[_Entry]]:
         """The training state now, grouped into regions (kind @ device), in a fixed order."""
-        kinds = [("parameters", _parameters(self.model))]
+        kinds = [("parameters", _parameters(self.model, self.optimizer))]
         if self.include_buffers:
             kinds.append(("buffers", _buffers(self.model)))
         if self.optimizer is not None:
@@ -284,14 +392,68 @@ class IntegrityGuard:
             if region.device.type == "cuda":
                 torch.cuda.synchronize(region.device)
 
-    def begin(self, step: int) -> None:
-        self._settle()
-        self._call(Begin(step=step))
+    def controls(self) -> dict[str, int | float] | None:
+        """The hyperparameters and generator values the sidecar checks (None: nothing watched)."""
+        if self.optimizer is None and not self.generators:
+            return None
+        return controls(self.optimizer, self.generators)
 
-    def end(self, step: int) -> None:
+    def _begin(self, step: int) -> None:
+        self._settle()
+        self._call(Begin(step=step, controls=self.controls()))
+
+    def _end(self, step: int) -> None:
         self._sync_regions()
         self._settle()
-        self._call(End(step=step))
+        self._call(End(step=step, controls=self.controls()))
+
+    def _after_step(self) -> None:
+        self._end(self.step)
+        self.step += 1
+
+    def _marked_by_hooks(self) -> None:
+        if self._hooks:
+            raise RuntimeError(
+                "this guard marks each step itself, around optimizer.step(): remove the "
+                "guard.begin()/guard.end() calls from the training loop"
+            )
+
+    def begin(self, step: int) -> None:
+        """Step `step` starts (a loop without an optimizer object: call it just before the update)."""
+        self._marked_by_hooks()
+        self._begin(step)
+
+    def end(self, step: int) -> None:
+        """Step `step` ended (call it just after the update)."""
+        self._marked_by_hooks()
+        self._end(step)
+
+    @contextlib.contextmanager
+    def adjusting(self, reason: str = "guard.adjusting()") -> Iterator[None]:
+        """Change hyperparameters or reseed between steps on purpose: the sidecar checks that
+        nothing changed them before, and takes what the block leaves as what the next step uses.
+
+            with guard.adjusting("warm restart"):
+                for group in optimizer.param_groups:
+                    group["lr"] = 3e-4
+        """
+        before = self.controls()
+        yield
+        after = self.controls()
+        if before is not None and after is not None and after != before:
+            self._call(Adjust(reason=reason, before=before, after=after))
+
+    def watch(self, scheduler: Any) -> None:
+        """Announce every `scheduler.step()` (a learning-rate scheduler) as an adjustment."""
+        original = scheduler.step
+        reason = f"{type(scheduler).__name__}.step()"
+
+        @functools.wraps(original)
+        def step(*args: Any, **kwargs: Any) -> Any:
+            with self.adjusting(reason):
+                return original(*args, **kwargs)
+
+        scheduler.step = step
 
     def save(self, state: dict[str, Any], path: str | os.PathLike[str], step: int | None = None) -> None:
         """Save tensors only, with a manifest the sidecar signs: a `.safetensors` path is written
@@ -338,4 +500,7 @@ class IntegrityGuard:
         return torch.load(io.BytesIO(data), weights_only=True)
 
     def close(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
         self._sock.close()
