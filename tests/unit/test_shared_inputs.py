@@ -251,3 +251,23 @@ def test_the_trainer_refuses_a_file_outside_a_verified_folder_or_unlisted(
         read_verified(folder / "late.pt", env)
     with pytest.raises(SharedInputChanged, match="cannot trust its manifest"):
         read_verified(folder / "base.pt", trainer_env(folder, new_key()))
+
+
+def test_an_unreadable_file_is_named_not_skipped(
+    folder: Path, key: ec.EllipticCurvePrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainguard.inputs import scan
+    from trainguard.inputs.__main__ import verify
+
+    real = scan.hash_file
+
+    def unreadable(path: Path) -> m.FileEntry:
+        if path.name == "model.py":  # as a file the verifier's user may not read (tests may run as root)
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(scan, "hash_file", unreadable)
+    signer = m.InputSigner.from_pem("release", public_pem(key))
+    assert verify(folder, [signer]) == [
+        f"{folder}/pkg/model.py: cannot be read (Permission denied), so it cannot be checked"
+    ]

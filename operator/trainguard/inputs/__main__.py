@@ -36,7 +36,9 @@ def verify(root: Path, signers: list[InputSigner]) -> list[str]:
     except (ManifestInvalid, OSError) as exc:
         return [f"{root}: {exc}"]
     actual, refused = scan(root)
-    return [f"{root}/{p}" for p in [*differences(expected, actual), *refused]]
+    checked = {name: entry for name, entry in expected.items() if name not in refused}
+    problems = [*differences(checked, actual), *(f"{name}: {why}" for name, why in sorted(refused.items()))]
+    return [f"{root}/{p}" for p in problems]
 
 
 def _signers(args: argparse.Namespace) -> list[InputSigner]:
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "manifest":
         files, refused = scan(args.folder)
         if refused:
-            print("cannot make a manifest:\n" + "\n".join(f"* {r}" for r in refused), file=sys.stderr)
+            lines = [f"* {name}: {why}" for name, why in sorted(refused.items())]
+            print("cannot make a manifest:\n" + "\n".join(lines), file=sys.stderr)
             return 1
         data = render(files)
         if args.output == "-":

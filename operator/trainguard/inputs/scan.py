@@ -25,20 +25,27 @@ def hash_file(path: Path) -> FileEntry:
     return FileEntry(digest.hexdigest(), size)
 
 
-def scan(root: Path) -> tuple[dict[str, FileEntry], list[str]]:
+def scan(root: Path) -> tuple[dict[str, FileEntry], dict[str, str]]:
     """Every regular file under `root` by relative name (its `.trainguard/` folder left out), and
-    the names of what a manifest cannot vouch for: symbolic links (their target can change
-    without the link changing), devices, sockets and pipes. Links are never followed."""
+    what cannot be checked, by name, with why: what cannot be read, and what a manifest cannot
+    vouch for: symbolic links (their target can change without the link changing), devices,
+    sockets and pipes. Links are never followed."""
     files: dict[str, FileEntry] = {}
-    refused: list[str] = []
+    refused: dict[str, str] = {}
     pending = [(root, "")]
     while pending:
         folder, prefix = pending.pop()
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                name = f"{prefix}{entry.name}"
-                if name == MANIFEST_DIR:
-                    continue
+        try:
+            with os.scandir(folder) as entries:
+                listed = list(entries)
+        except OSError as exc:
+            refused[prefix or "./"] = f"cannot be listed ({exc.strerror}), so it cannot be checked"
+            continue
+        for entry in listed:
+            name = f"{prefix}{entry.name}"
+            if name == MANIFEST_DIR:
+                continue
+            try:
                 mode = entry.stat(follow_symlinks=False).st_mode
                 if stat.S_ISDIR(mode):
                     pending.append((Path(entry.path), name + "/"))
@@ -46,8 +53,10 @@ def scan(root: Path) -> tuple[dict[str, FileEntry], list[str]]:
                     files[name] = hash_file(Path(entry.path))
                 else:
                     kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
-                    refused.append(f"{name}: {kind}, which a manifest cannot vouch for; replace it by a copy")
-    return files, sorted(refused)
+                    refused[name] = f"{kind}, which a manifest cannot vouch for; replace it by a copy"
+            except OSError as exc:
+                refused[name] = f"cannot be read ({exc.strerror}), so it cannot be checked"
+    return files, refused
 
 
 def read_manifest(root: Path) -> tuple[bytes, bytes]:
