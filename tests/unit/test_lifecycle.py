@@ -559,3 +559,10 @@ def test_a_changed_shared_input_fails_the_job_at_once_naming_the_file() -> None:
     assert "replica 0" in failed.message
     assert out.delete_pods == ["j-1-a0"]  # the refused pod stays for its termination message
     assert [e.reason for e in out.events][-1:] == ["SharedInputChanged"]
+    assert out.inputs_refused  # counted once in trainguard_integrity_violations_total
+    again = plan(
+        make_job(out.status.to_api(), failurePolicy={"maxRestarts": 3}), TENANT, current[:1], NOW, SETTINGS
+    )
+    assert not again.inputs_refused
+    assert again.events == []
+    assert again.create_pods == []

@@ -153,6 +153,7 @@ class Plan:
     delete_workload: str | None = None  # name of the job's Workload, to give its quota back
     release_workload: Manifest | None = None  # status patch: an evicted Workload's quota back
     reports_stopped: bool = False  # this pass found a replica whose sidecar fell silent
+    inputs_refused: bool = False  # this pass failed the job for a changed shared input
     held_workload: str | None = None  # the job's Workload, given back in the pass that ends the job
 
 
@@ -362,6 +363,7 @@ def plan(
         )[:4096]
         st.condition(C.INTEGRITY_VIOLATION, "True", SHARED_INPUT_CHANGED, msg)
         _fail(st, out, current, SHARED_INPUT_CHANGED, msg, now)
+        out.inputs_refused = True
         return out
     if failed or vanished:
         what = (
