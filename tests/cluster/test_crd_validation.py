@@ -30,6 +30,11 @@ from e2e.cluster.harness import TenantSpace
             {"sharedStorage": [{"name": "a", "mountPath": "/d", "readOnly": False}]},
             'unknown field "spec.sharedStorage[0].readOnly"',
         ),
+        (
+            {"sharedStorage": [{"name": "a", "mountPath": "/d", "verification": "Yes"}]},
+            'spec.sharedStorage[0].verification: Unsupported value: "Yes": supported values: "Off", '
+            '"SignedManifest"',
+        ),
         (  # a job that pointed its hook at a socket of its own would fool its own integrity checks
             {"env": [{"name": "TRAINGUARD_INTEGRITY_SOCKET", "value": "/tmp/fake.sock"}]},
             "spec.env[0].name: Invalid value: env names starting with TRAINGUARD_ or NVIDIA_ are reserved",

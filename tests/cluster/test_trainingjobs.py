@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,52 @@ def test_failed_replica_restarts_the_gang_after_back_off_then_fails(tenant_space
     assert "replica 0 failed with exit code 137" in failed["message"]
     # The failed job's remaining pod is stopped.
     wait_for("the other replica to be stopped", lambda: pod_names(space, "flaky") == ["flaky-0-a1"])
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_changed_shared_input_fails_the_job_naming_the_file(tenant_space: TenantSpace) -> None:
+    """The pod of a job with a verified shared folder is admitted (Pod Security restricted, the pod
+    guard) with verify-inputs before the sidecar; a refusal by verify-inputs (written here into
+    the pod's status as the kubelet would: simulated nodes run no container) fails the job with
+    SharedInputChanged at once, naming the file, without a restart."""
+    space = tenant_space
+    shared = [{"name": "dataset", "mountPath": "/shared/code", "verification": "SignedManifest"}]
+    space.apply(job("inputs", space, replicas=1, sharedStorage=shared, failurePolicy={"maxRestarts": 3}))
+    [pod] = wait_for("the job's pod", lambda: space.list("pods", SELECTOR.format("inputs")), timeout=30)
+    init = pod["spec"]["initContainers"]
+    assert [c["name"] for c in init] == ["verify-inputs", "integrity-sidecar"]
+    assert init[0]["args"][-1] == "/shared/code"
+    # Its claim does not exist here, so the pod stays Pending and no simulated node touches its status.
+    message = (
+        "SharedInputChanged: shared input files differ from their signed manifest:\n"
+        "* /shared/code/pkg/model.py: changed (sha256 0123456789ab…, 10 bytes; signed ba9876543210…, 9 bytes)"
+    )
+    refusal = {
+        "status": {
+            "phase": "Failed",
+            "initContainerStatuses": [
+                {
+                    "name": "verify-inputs",
+                    "image": init[0]["image"],
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 1, "reason": "Error", "message": message}},
+                }
+            ],
+        }
+    }
+    space.cluster.kubectl(
+        "patch", "pod", pod["metadata"]["name"], "-n", space.namespace, "--subresource=status",
+        "--type=merge", "-p", json.dumps(refusal),
+    )  # fmt: skip
+    failed = wait_condition(space, "inputs", "Failed")
+    assert failed["reason"] == "SharedInputChanged"
+    assert "/shared/code/pkg/model.py: changed" in failed["message"]
+    violation = condition(space, "inputs", "IntegrityViolation")
+    assert violation is not None
+    assert violation["reason"] == "SharedInputChanged"
+    assert space.get("trainingjob", "inputs")["status"].get("restarts", 0) == 0
 
 
 @pytest.mark.usefixtures("operator")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -11,7 +12,7 @@ import yaml
 from tests.unit.manifests import ROOT, SETTINGS, load
 from trainguard.admission.configurations import Endpoint, build_webhook_configurations
 from trainguard.api import constants as c
-from trainguard.api.models import Tenant, TrainingJob
+from trainguard.api.models import InputVerification, Tenant, TrainingJob
 from trainguard.workload import builders as b
 
 GOLDEN = ROOT / "tests" / "golden"
@@ -330,3 +331,47 @@ def test_webhook_configurations_fail_closed_and_scope_the_pod_guard() -> None:
         "port": 9443,
         "path": "/pod-connect-guard",
     }
+
+
+def with_verified_checkpoint(job: TrainingJob) -> TrainingJob:
+    """The example job with its base checkpoint (llama-base) declared verified."""
+    mounts = [
+        m.model_copy(update={"verification": InputVerification.SIGNED_MANIFEST})
+        if m.name == "llama-base"
+        else m
+        for m in job.spec.shared_storage
+    ]
+    return job.model_copy(update={"spec": job.spec.model_copy(update={"shared_storage": mounts})})
+
+
+def test_golden_pod_with_a_verified_shared_folder(job: TrainingJob, tenant: Tenant) -> None:
+    check_golden("pod-verified-inputs", b.build_pod(with_verified_checkpoint(job), tenant, 1, 2, SETTINGS))
+
+
+def test_a_verified_folder_is_checked_before_anything_else_starts(job: TrainingJob, tenant: Tenant) -> None:
+    pod = b.build_pod(with_verified_checkpoint(job), tenant, 0, 0, SETTINGS)
+    verifier, sidecar = pod["spec"]["initContainers"]
+    assert verifier["name"] == c.VERIFY_INPUTS_CONTAINER
+    assert "restartPolicy" not in verifier  # runs to completion: a failure stops the pod before the trainer
+    assert sidecar["name"] == c.SIDECAR_CONTAINER
+    assert verifier["image"] == SETTINGS.sidecar_image  # trainguard's own image, never the tenant's
+    assert verifier["command"] == ["python", "-m", "trainguard.inputs"]
+    assert verifier["args"] == ["verify", "--termination-log=/dev/termination-log", "/checkpoints/base"]
+    # Only the verified folder, read-only: not the dataset, not the output, no token.
+    assert verifier["volumeMounts"] == [
+        {"name": "shared-llama-base", "mountPath": "/checkpoints/base", "readOnly": True}
+    ]
+    assert verifier["securityContext"] == b.hardened_container_security()
+    # The tenant's trusted signers, public keys only, in the pod spec nobody but the operator writes.
+    [signers] = [e["value"] for e in verifier["env"] if e["name"] == c.INPUT_SIGNERS_ENV]
+    assert [s["name"] for s in json.loads(signers)] == [s.name for s in tenant.spec.trusted_signers]
+    assert all("PRIVATE" not in s["publicKey"] for s in json.loads(signers))
+    trainer_env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    assert trainer_env[c.INPUT_SIGNERS_ENV] == signers
+    assert json.loads(trainer_env[c.VERIFIED_INPUTS_ENV]) == ["/checkpoints/base"]
+
+
+def test_no_verified_folder_means_no_verifier(job: TrainingJob, tenant: Tenant) -> None:
+    pod = b.build_pod(job, tenant, 0, 0, SETTINGS)
+    assert [i["name"] for i in pod["spec"]["initContainers"]] == [c.SIDECAR_CONTAINER]
+    assert c.INPUT_SIGNERS_ENV not in {e["name"] for e in pod["spec"]["containers"][0]["env"]}

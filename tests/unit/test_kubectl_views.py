@@ -86,6 +86,19 @@ def test_why_a_failed_job_says_no_and_names_the_log_to_read() -> None:
     assert views.status_exit(failed) is Exit.NO
 
 
+def test_why_a_job_whose_shared_input_changed_names_the_file_and_how_to_sign_again() -> None:
+    message = "replica 0: a verified shared folder differs ... * /code/pkg/model.py: changed"
+    failed = job(
+        "llm",
+        cond("Failed", "True", "SharedInputChanged", message),
+        cond("IntegrityViolation", "True", "SharedInputChanged", message),
+    )
+    answer = views.why(failed)
+    assert (answer.state, answer.reason, answer.exit) == ("Failed", "SharedInputChanged", Exit.NO)
+    assert "/code/pkg/model.py: changed" in answer.details[0]
+    assert "sign the folder's new manifest" in answer.todo
+
+
 def test_why_a_job_the_operator_did_not_admit_says_no() -> None:
     refused = job("llm", cond("Admitted", "False", "Unsigned", "spec.image: ... has no cosign signature"))
     answer = views.why(refused)

@@ -511,3 +511,58 @@ def test_a_job_without_integrity_or_not_yet_running_expects_no_reports() -> None
     starting = make_job(running_since(600), integrity={"mode": "Enforce"})
     out = plan(starting, TENANT, pods(["Running", "Pending"]), NOW, SETTINGS)
     assert not is_true(out.status.conditions, "IntegrityViolation")
+
+
+REFUSAL = (
+    "SharedInputChanged: shared input files differ from their signed manifest:\n* /code/pkg/model.py: changed"
+)
+
+
+def refused_pod(replica: int, message: str = "") -> dict[str, Any]:
+    """A pod whose verify-inputs init container failed: the trainer never started."""
+    terminated: dict[str, Any] = {"exitCode": 1}
+    if message:
+        terminated["message"] = message
+    return {
+        "metadata": {
+            "name": f"j-{replica}-a0",
+            "labels": {"trainguard.dev/replica-index": str(replica), "trainguard.dev/attempt": "0"},
+        },
+        "status": {
+            "phase": "Failed",
+            "initContainerStatuses": [{"name": "verify-inputs", "state": {"terminated": terminated}}],
+            "containerStatuses": [{"name": "trainer", "state": {"waiting": {"reason": "PodInitializing"}}}],
+        },
+    }
+
+
+def test_pod_view_reads_why_the_shared_inputs_were_refused() -> None:
+    message = REFUSAL
+    assert PodView.from_manifest(refused_pod(1, message)).inputs_refused == message
+    assert PodView.from_manifest(refused_pod(1)).inputs_refused == "verify-inputs exited with code 1"
+    assert PodView.from_manifest(refused_pod(1)).exit_code is None
+
+
+def test_a_changed_shared_input_fails_the_job_at_once_naming_the_file() -> None:
+    job = make_job(running_status(), failurePolicy={"maxRestarts": 3})
+    message = REFUSAL
+    current = [PodView.from_manifest(refused_pod(0, message)), *pods(["Running", "Running"])[1:]]
+    out = plan(job, TENANT, current, NOW, SETTINGS)
+    assert out.status.restarts == 0  # the same files would be read again: no restart
+    failed = find(out.status.conditions, "Failed")
+    violation = find(out.status.conditions, "IntegrityViolation")
+    assert failed is not None
+    assert violation is not None
+    assert (failed.status, failed.reason) == ("True", "SharedInputChanged")
+    assert (violation.status, violation.reason) == ("True", "SharedInputChanged")
+    assert "/code/pkg/model.py: changed" in failed.message
+    assert "replica 0" in failed.message
+    assert out.delete_pods == ["j-1-a0"]  # the refused pod stays for its termination message
+    assert [e.reason for e in out.events][-1:] == ["SharedInputChanged"]
+    assert out.inputs_refused  # counted once in trainguard_integrity_violations_total
+    again = plan(
+        make_job(out.status.to_api(), failurePolicy={"maxRestarts": 3}), TENANT, current[:1], NOW, SETTINGS
+    )
+    assert not again.inputs_refused
+    assert again.events == []
+    assert again.create_pods == []

@@ -31,6 +31,13 @@ TENANT_NAMESPACE_LABEL = LABEL_TENANT
 GPU_RESOURCE = "nvidia.com/gpu"
 TRAINER_CONTAINER = "trainer"
 SIDECAR_CONTAINER = "integrity-sidecar"
+# The init container that checks verified shared inputs against their signed manifests.
+VERIFY_INPUTS_CONTAINER = "verify-inputs"
+# Set by the operator in a pod with verified shared folders: the tenant's trusted signers (JSON,
+# public keys only), for the verify-inputs container and the trainer; and, in the trainer, the
+# mount paths of the verified folders (JSON list).
+INPUT_SIGNERS_ENV = "TRAINGUARD_INPUT_SIGNERS"
+VERIFIED_INPUTS_ENV = "TRAINGUARD_VERIFIED_INPUTS"
 
 # The RoleBinding that gives a tenant's members the researcher role in its namespaces.
 MEMBERS_BINDING = "trainguard-tenant-members"

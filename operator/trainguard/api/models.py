@@ -153,11 +153,19 @@ class Resources(Model):
     memory: Quantity = "16Gi"
 
 
+class InputVerification(enum.StrEnum):
+    OFF = "Off"
+    # The folder holds `.trainguard/manifest.json`, signed by a signer the tenant trusts: an init
+    # container checks every file against it before the trainer starts (SharedInputChanged if not).
+    SIGNED_MANIFEST = "SignedManifest"
+
+
 class StorageMount(Model):
     """Mounts one of the tenant's shared storage entries. Always read-only: the API cannot ask for write."""
 
     name: DNSLabel
     mount_path: Annotated[str, StringConstraints(pattern=r"^/[^:]*$", max_length=256)]
+    verification: InputVerification = InputVerification.OFF
 
 
 class OutputVolume(Model):

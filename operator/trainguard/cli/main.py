@@ -1,4 +1,4 @@
-"""The operator's entry point: `trainguard run`."""
+"""The operator's entry point: `trainguard run`; and `trainguard inputs` (signed shared folders)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,19 @@ from pydantic import ValidationError
 
 
 def main(argv: list[str] | None = None) -> int:
+    given_argv = sys.argv[1:] if argv is None else argv
+    if given_argv[:1] == ["inputs"]:
+        # Signed manifests of shared folders (docs/researchers.md); no operator code involved.
+        from trainguard.inputs.__main__ import main as inputs_main
+
+        return inputs_main(given_argv[1:])
     parser = argparse.ArgumentParser(
         prog="trainguard",
         description="trainguard operator. Every flag can also be set as a TRAINGUARD_* environment variable "
         "(e.g. --webhook-port as TRAINGUARD_WEBHOOK_PORT); a flag wins over the environment.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("inputs", help="make or verify signed manifests of shared folders (see `inputs --help`)")
     run = sub.add_parser("run", help="run the operator")
     run.add_argument(
         "--namespace", action="append", default=[], help="watch only these namespaces (globs allowed)"

@@ -222,6 +222,9 @@ TODO: dict[str, str] = {
     "new job",
     "IntegrityViolation": "the weights changed outside training: tell the tenant's admins, and do not use "
     "this job's outputs; `kubectl trainguard events JOB` shows the trail",
+    "SharedInputChanged": "the files the message names differ from their folder's signed manifest: if "
+    "nobody meant to change them, tell the tenant's admins; if the change is intended, sign the folder's "
+    "new manifest (docs/researchers.md, section 6); then delete and apply the job again",
     "ChildNameTaken": "delete the objects the message names, or create the job under another name",
     # running
     "Restarting": "nothing: the gang restarts after its back-off; read the failed replica's log if it "

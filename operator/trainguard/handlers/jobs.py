@@ -65,6 +65,7 @@ from trainguard.quota.queueing import (
 from trainguard.quota.render import tenant_of_cluster_queue
 from trainguard.signing.verifier import VerificationFailed
 from trainguard.workload.lifecycle import (
+    SHARED_INPUT_CHANGED,
     ImageProblem,
     Plan,
     PodView,
@@ -402,6 +403,8 @@ async def reconcile(
         )
         if decided.reports_stopped:
             metrics.integrity_violation(job.spec.tenant, "ReportsStopped")
+        if decided.inputs_refused:
+            metrics.integrity_violation(job.spec.tenant, SHARED_INPUT_CHANGED)
         if decided.status.to_api() != raw.get("status"):
             await _write(context, raw, job, decided)
         else:

@@ -7,6 +7,7 @@ for the API server. Nothing here talks to Kubernetes; golden-file tests pin the 
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from trainguard.api.constants import (
     API_VERSION,
     GPU_RESOURCE,
+    INPUT_SIGNERS_ENV,
     LABEL_ATTEMPT,
     LABEL_COMPONENT,
     LABEL_JOB,
@@ -24,8 +26,10 @@ from trainguard.api.constants import (
     MANAGED_BY,
     SIDECAR_CONTAINER,
     TRAINER_CONTAINER,
+    VERIFIED_INPUTS_ENV,
+    VERIFY_INPUTS_CONTAINER,
 )
-from trainguard.api.models import IntegrityMode, Tenant, TrainingJob
+from trainguard.api.models import InputVerification, IntegrityMode, Tenant, TrainingJob
 
 Manifest = dict[str, Any]
 
@@ -282,6 +286,7 @@ def build_pod(
         {"name": "output", "mountPath": spec.output.mount_path},
         {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - the container's scratch space, root FS is read-only
     ]
+    verified_mounts: list[Manifest] = []
     for entry in spec.shared_storage:
         storage = tenant.spec.storage(entry.name)
         if storage is None:  # admission refuses this; never build a pod that would mount it writable
@@ -294,6 +299,8 @@ def build_pod(
             {"name": volume, "persistentVolumeClaim": {"claimName": storage.claim_name, "readOnly": True}}
         )
         mounts.append({"name": volume, "mountPath": entry.mount_path, "readOnly": True})
+        if entry.verification == InputVerification.SIGNED_MANIFEST:
+            verified_mounts.append({"name": volume, "mountPath": entry.mount_path, "readOnly": True})
 
     integrity = spec.integrity.mode != IntegrityMode.OFF
     if integrity:
@@ -329,6 +336,11 @@ def build_pod(
     ]
     if integrity:
         env.append({"name": "TRAINGUARD_INTEGRITY_SOCKET", "value": INTEGRITY_SOCKET})
+    if verified_mounts:
+        # For `trainguard.trainer.read_verified`: a checkpoint re-checked as it is loaded.
+        env.append({"name": INPUT_SIGNERS_ENV, "value": input_signers(tenant)})
+        paths = [m["mountPath"] for m in verified_mounts]
+        env.append({"name": VERIFIED_INPUTS_ENV, "value": json.dumps(paths)})
     env.extend(e.to_api() for e in spec.env)
 
     trainer: Manifest = {
@@ -372,12 +384,17 @@ def build_pod(
         "containers": containers,
         "volumes": volumes,
     }
+    init_containers: list[Manifest] = []
+    if verified_mounts:
+        # First and to completion: nothing else starts (not the sidecar, not the trainer) unless
+        # every verified folder is exactly what a trusted signer signed.
+        init_containers.append(build_input_verifier(tenant, verified_mounts, settings))
     if integrity:
         # A native sidecar (an init container that keeps running): it is up, its socket ready,
         # before the trainer starts, and it stops when the trainer is done, so the pod completes.
-        pod_spec["initContainers"] = [
-            build_sidecar(job, replica, settings, gpu=gpu_integrity, attempt=attempt)
-        ]
+        init_containers.append(build_sidecar(job, replica, settings, gpu=gpu_integrity, attempt=attempt))
+    if init_containers:
+        pod_spec["initContainers"] = init_containers
     if gpu_integrity:
         # CUDA IPC checks process ids: the sidecar opens the trainer's GPU memory only when both
         # see the same process namespace. The sidecar's own user keeps it out of the trainer's reach.
@@ -410,6 +427,40 @@ def _with_annotations(meta: Manifest, annotations: dict[str, str]) -> Manifest:
     if annotations:
         meta["annotations"] = {**meta.get("annotations", {}), **annotations}
     return meta
+
+
+def input_signers(tenant: Tenant) -> str:
+    """The tenant's trusted signers as the pod reads them: public keys only, nothing secret. In
+    the pod spec itself rather than a ConfigMap: a pod's spec cannot change once created and only
+    the operator creates a job's pods, while a ConfigMap in the tenant's namespace could be edited
+    between admission and start."""
+    return json.dumps(
+        [{"name": s.name, "publicKey": s.public_key} for s in tenant.spec.trusted_signers],
+        separators=(",", ":"),
+    )
+
+
+def build_input_verifier(tenant: Tenant, mounts: list[Manifest], settings: WorkloadSettings) -> Manifest:
+    """The init container that checks each verified shared folder against its signed manifest
+    (`python -m trainguard.inputs verify`, in the sidecar's image). It fails, naming each file
+    that differs in its termination message, before the trainer can read any of them."""
+    return {
+        "name": VERIFY_INPUTS_CONTAINER,
+        "image": settings.sidecar_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python", "-m", "trainguard.inputs"],
+        "args": ["verify", "--termination-log=/dev/termination-log", *(m["mountPath"] for m in mounts)],
+        "env": [{"name": INPUT_SIGNERS_ENV, "value": input_signers(tenant)}],
+        # The message names the files; the logs say the same when it could not be written.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "resources": {
+            "requests": {"cpu": "500m", "memory": "128Mi"},
+            "limits": {"cpu": "2", "memory": "512Mi"},
+        },
+        "volumeMounts": mounts,
+        # The trainer's user: it reads exactly what the trainer could read.
+        "securityContext": hardened_container_security(),
+    }
 
 
 def build_sidecar(

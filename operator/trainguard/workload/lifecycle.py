@@ -16,7 +16,12 @@ from typing import Any
 
 from trainguard.api.conditions import Condition, Status, find, format_time, is_true, parse_time, set_condition
 from trainguard.api.conditions import ConditionType as C
-from trainguard.api.constants import LABEL_ATTEMPT, LABEL_REPLICA, TRAINER_CONTAINER
+from trainguard.api.constants import (
+    LABEL_ATTEMPT,
+    LABEL_REPLICA,
+    TRAINER_CONTAINER,
+    VERIFY_INPUTS_CONTAINER,
+)
 from trainguard.api.models import (
     IntegrityMode,
     IntegrityStatus,
@@ -48,6 +53,9 @@ from trainguard.workload.builders import (
     build_pods,
 )
 
+# The violation kind (condition reason) of a job whose verified shared inputs are not as signed.
+SHARED_INPUT_CHANGED = "SharedInputChanged"
+
 
 @dataclass(frozen=True)
 class PodView:
@@ -59,6 +67,9 @@ class PodView:
     phase: str
     exit_code: int | None = None
     deleting: bool = False
+    # Why its verify-inputs init container refused the verified shared folders (its termination
+    # message, naming each file that differs); None when it did not.
+    inputs_refused: str | None = None
 
     @classmethod
     def from_manifest(cls, pod: dict[str, Any]) -> PodView:
@@ -68,6 +79,13 @@ class PodView:
             terminated = (cs.get("state") or {}).get("terminated")
             if terminated and cs.get("name") == TRAINER_CONTAINER:
                 exit_code = int(terminated.get("exitCode", 0))
+        inputs_refused = None
+        for cs in status.get("initContainerStatuses") or []:
+            terminated = (cs.get("state") or {}).get("terminated")
+            if terminated and cs.get("name") == VERIFY_INPUTS_CONTAINER and terminated.get("exitCode"):
+                inputs_refused = str(terminated.get("message") or "").strip() or (
+                    f"{VERIFY_INPUTS_CONTAINER} exited with code {terminated['exitCode']}"
+                )
         return cls(
             name=meta["name"],
             replica=int(meta.get("labels", {}).get(LABEL_REPLICA, -1)),
@@ -75,6 +93,7 @@ class PodView:
             phase=status.get("phase", "Pending"),
             exit_code=exit_code,
             deleting=bool(meta.get("deletionTimestamp")),
+            inputs_refused=inputs_refused,
         )
 
     @property
@@ -134,6 +153,7 @@ class Plan:
     delete_workload: str | None = None  # name of the job's Workload, to give its quota back
     release_workload: Manifest | None = None  # status patch: an evicted Workload's quota back
     reports_stopped: bool = False  # this pass found a replica whose sidecar fell silent
+    inputs_refused: bool = False  # this pass failed the job for a changed shared input
     held_workload: str | None = None  # the job's Workload, given back in the pass that ends the job
 
 
@@ -333,6 +353,18 @@ def plan(
     # A gang seen complete that lost a pod lost a replica; a gang never seen complete was cut
     # short by an operator restart mid-creation and is topped up below.
     vanished = missing if current and job.status.created_attempt == attempt else []
+    refused = next((p for p in failed if p.inputs_refused), None)
+    if refused is not None:
+        # Restarting would read the same files: the job fails until the folder or its manifest is fixed.
+        msg = (
+            f"replica {refused.replica}: a verified shared folder differs from its signed manifest, so "
+            f"the trainer never started; fix the folder (or sign its new manifest) and create the job "
+            f"again. {refused.inputs_refused}"
+        )[:4096]
+        st.condition(C.INTEGRITY_VIOLATION, "True", SHARED_INPUT_CHANGED, msg)
+        _fail(st, out, current, SHARED_INPUT_CHANGED, msg, now)
+        out.inputs_refused = True
+        return out
     if failed or vanished:
         what = (
             f"replica {failed[0].replica} failed with exit code {failed[0].exit_code}"
