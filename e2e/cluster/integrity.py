@@ -36,10 +36,13 @@ class SidecarProcess:
 
     @property
     def reports_path(self) -> Path:
-        return self.folder / "reports.jsonl"
+        # The sidecar's own record, outside the shared folder (the pod gives it a volume the trainer
+        # does not mount): the trainer can neither read when a check ran nor edit the record.
+        return self.folder.parent / f"record-{self.replica}" / "reports.jsonl"
 
     def start(self) -> SidecarProcess:
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.reports_path.parent.mkdir(exist_ok=True)
         # Its own folder outside the shared one, as the pod mounts the key Secret: the trainer never sees it.
         key_dir = self.folder.parent / f"key-{self.replica}"
         key_dir.mkdir(exist_ok=True)

@@ -101,9 +101,15 @@ def test_shared_storage_is_read_only_at_the_volume_level(job: TrainingJob, tenan
             if mount["name"].startswith("shared-"):
                 assert mount["readOnly"] is True
     sidecar_mounts = {m["name"] for m in pod["spec"]["initContainers"][0]["volumeMounts"]}
-    assert sidecar_mounts == {"integrity", "integrity-token", "output", "sidecar-tmp"}, (
+    assert sidecar_mounts == {"integrity", "integrity-token", "output", "sidecar-record", "sidecar-tmp"}, (
         "the sidecar never sees shared storage"
     )
+    # The sidecar's signed record lives where only it looks: the trainer cannot read when a check
+    # ran from it, nor edit it.
+    trainer_mounts = {m["name"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
+    assert "sidecar-record" not in trainer_mounts
+    report = next(a for a in pod["spec"]["initContainers"][0]["args"] if a.startswith("--report="))
+    assert report == f"--report={b.SIDECAR_RECORD_DIR}/reports.jsonl"
     sidecar_output = next(
         m for m in pod["spec"]["initContainers"][0]["volumeMounts"] if m["name"] == "output"
     )

@@ -3,7 +3,7 @@
     python -m trainguard.sidecar --socket /run/trainguard/sidecar.sock \\
         --key-url http://trainguard-integrity.trainguard-system.svc:8082/keys/<namespace>/<job> \\
         --token-file /var/run/trainguard-token/token --replica 0 --mode Enforce \\
-        --report /run/trainguard/reports.jsonl
+        --report /var/lib/trainguard-sidecar/reports.jsonl
 
 (`--key-file <path>` instead of `--key-url`/`--token-file`: a key from a file, for local runs.)
 

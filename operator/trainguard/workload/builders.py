@@ -41,6 +41,9 @@ SIDECAR_RUN_AS = 65531
 INTEGRITY_DIR = "/run/trainguard"
 INTEGRITY_SOCKET = f"{INTEGRITY_DIR}/sidecar.sock"
 INTEGRITY_TOKEN_DIR = "/var/run/trainguard-token"  # noqa: S105 - a path, not a secret
+# The sidecar's own record (its signed report stream), in a volume only the sidecar mounts: nothing
+# the trainer can read tells when a check ran, and nothing it can write edits the record.
+SIDECAR_RECORD_DIR = "/var/lib/trainguard-sidecar"
 # The audience of the sidecar's projected ServiceAccount token: good for asking the operator for
 # the job's key, and for nothing else (the API server refuses it, it names another audience).
 INTEGRITY_TOKEN_AUDIENCE = "trainguard.dev/integrity"  # noqa: S105 - a name, not a secret
@@ -306,6 +309,7 @@ def build_pod(
     if integrity:
         # Socket and the shared weight buffer: node-local disk, served from the page cache.
         volumes.append({"name": "integrity", "emptyDir": {}})
+        volumes.append({"name": "sidecar-record", "emptyDir": {"sizeLimit": "1Gi"}})
         # The sidecar's proof of identity, mounted into the sidecar only, never into the trainer: a
         # token of the job's ServiceAccount, bound to this pod and good only for asking the
         # operator for the job's key (the key itself never exists in the tenant's namespace).
@@ -479,6 +483,7 @@ def build_sidecar(
     mounts: list[Manifest] = [
         {"name": "integrity", "mountPath": INTEGRITY_DIR},
         {"name": "integrity-token", "mountPath": INTEGRITY_TOKEN_DIR, "readOnly": True},
+        {"name": "sidecar-record", "mountPath": SIDECAR_RECORD_DIR},
         # To hash the checkpoints the trainer saves there; it never writes them.
         {"name": "output", "mountPath": spec.output.mount_path, "readOnly": True},
     ]
@@ -531,7 +536,7 @@ def build_sidecar(
             f"--attempt={attempt}",
             f"--mode={spec.integrity.mode.value}",
             f"--every-steps={spec.integrity.every_steps}",
-            f"--report={INTEGRITY_DIR}/reports.jsonl",
+            f"--report={SIDECAR_RECORD_DIR}/reports.jsonl",
             f"--report-url={settings.report_url}/{job.namespace}/{job.name}",
         ],
         "resources": resources,
