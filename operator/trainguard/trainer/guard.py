@@ -202,6 +202,72 @@ def _device_name(device: torch.device) -> str:
 _generation = itertools.count()
 
 
+@dataclass
+class _Layout:
+    """Where every shared tensor was found the last time the state was walked, kept so that each
+    step can confirm nothing moved with plain lookups instead of walking the model and the
+    optimizer again (a model of a few hundred tensors costs milliseconds to walk in Python).
+    Anything it does not confirm (a tensor rebound to new memory, a parameter, buffer, module,
+    param group or optimizer state added, removed or replaced) sends the guard back to a walk."""
+
+    lookups: list[tuple[Any, Any, object]]  # (container, key, the object found there)
+    sizes: list[tuple[Any, int]]  # (container, its length)
+    pointers: list[tuple[torch.Tensor, int]]  # (tensor, its data pointer)
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> _Layout:
+        lookups: list[tuple[Any, Any, object]] = []
+        sizes: list[tuple[Any, int]] = []
+        pointers: list[tuple[torch.Tensor, int]] = []
+
+        def table(container: Any) -> None:
+            sizes.append((container, len(container)))
+            for key, value in container.items():
+                lookups.append((container, key, value))
+                if isinstance(value, torch.Tensor):
+                    pointers.append((value, value.data_ptr()))
+
+        for module in model.modules():
+            for container in (module._modules, module._parameters, module._buffers):
+                table(container)
+        if optimizer is not None:
+            attributes = vars(optimizer)  # load_state_dict replaces `state` and `param_groups` whole
+            lookups += [
+                (attributes, "state", optimizer.state),
+                (attributes, "param_groups", optimizer.param_groups),
+            ]
+            sizes += [
+                (optimizer.state, len(optimizer.state)),
+                (optimizer.param_groups, len(optimizer.param_groups)),
+            ]
+            for group in optimizer.param_groups:
+                params = group["params"]
+                lookups.append((group, "params", params))
+                sizes.append((params, len(params)))
+                for i, param in enumerate(params):
+                    lookups.append((params, i, param))
+                    pointers.append((param, param.data_ptr()))
+                    state = optimizer.state.get(param)
+                    lookups.append((optimizer.state, param, state))
+                    if state is not None:
+                        table(state)
+        return cls(lookups, sizes, pointers)
+
+    def holds(self) -> bool:
+        """Is every shared tensor still where the last walk found it?"""
+        return (
+            all(_found(container, key) is value for container, key, value in self.lookups)
+            and all(len(container) == size for container, size in self.sizes)
+            and all(tensor.data_ptr() == pointer for tensor, pointer in self.pointers)
+        )
+
+
+def _found(container: Any, key: Any) -> object:
+    if isinstance(container, list):
+        return container[key] if key < len(container) else None
+    return container.get(key)
+
+
 class _SharedRegion:
     """One kind of state on one device, moved into one flat buffer the sidecar can read."""
 
@@ -319,6 +385,7 @@ class IntegrityGuard:
         self.include_buffers = buffers
         self.step = start_step  # the step the next optimizer.step() is
         self.regions: dict[str, _SharedRegion] = {}
+        self._layout: _Layout | None = None
         self._sock = connect(path, connect_timeout)
         self._reader = LineReader(self._sock)
         self._sync_regions()
@@ -357,6 +424,12 @@ class IntegrityGuard:
 
     def _sync_regions(self) -> None:
         """Share every region that is new or no longer where it was shared (before fingerprinting)."""
+        if self._layout is not None and self._layout.holds():
+            return
+        self._walk()
+        self._layout = _Layout.of(self.model, self.optimizer)
+
+    def _walk(self) -> None:
         for name, entries in self._state().items():
             region = self.regions.get(name)
             if region is None or not region.intact(entries):
