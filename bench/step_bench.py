@@ -3,10 +3,11 @@ weights, AdamW, batch 8 x 1,024 tokens, vocabulary 32,000) trained alone, then g
 IntegrityGuard(model, optimizer) with a real sidecar process in Enforce mode, on the same model
 and the same batch in the same run.
 
-The guard wraps `optimizer.step()` only (`guarded_update`): begin(t) right before it, end(t) right
-after, so the sidecar checks that nothing changes the state between the end of one update and the
-start of the next (forward, backward, the rest of the loop). The target: the guard's added time
-per step at most 1.5x two reads of the guarded state (parameters, optimizer state) at the speed of
+The guard checks around `optimizer.step()` only (`GuardedUpdate`): begin(t) right before it and
+end(t) right after (or the guard's own hooks on optimizer.step, where it sets them), so the sidecar
+checks that nothing changes the state between the end of one update and the start of the next
+(forward, backward, the rest of the loop). The target: the guard's added time per step at most
+1.5x two reads of the guarded state (parameters, optimizer state) at the speed of
 the read-only Triton kernel of bench/gpu_fingerprint.py, timed in the same run on the guard's own
 regions. Also reports false alarms (violations in the sidecar's reports: any is a failure), and
 where the added time goes: the cost of the two synchronisations alone (the same loop with
@@ -35,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,27 +135,54 @@ class Decoder(torch.nn.Module):
         return logits
 
 
-@dataclass
-class GuardTimes:
-    """Trainer-side wall time of each guard call, per timed step."""
+class GuardedUpdate:
+    """The one place the guard meets the training loop: its check around optimizer.step(), and
+    the trainer-side wall time of its two calls (begin, end) at each recorded step.
 
-    begin: list[float] = field(default_factory=list)
-    end: list[float] = field(default_factory=list)
+    A guard that hooks optimizer.step() itself (it adds step hooks to the optimizer it is given)
+    is left to do so, and its calls are timed by hooks of ours registered around its own; with
+    one that does not, begin(t) comes right before optimizer.step() and end(t) right after."""
 
+    def __init__(self, optimizer: torch.optim.Optimizer, make_guard: Callable[[], IntegrityGuard]) -> None:
+        self.optimizer = optimizer
+        self.begin: list[float] = []
+        self.end: list[float] = []
+        self.recording = False
+        self._marks: dict[str, float] = {}
+        before = len(optimizer._optimizer_step_pre_hooks)
+        outer = [
+            optimizer.register_step_pre_hook(self._mark("before_begin")),
+            optimizer.register_step_post_hook(self._mark("before_end")),
+        ]
+        self.guard = make_guard()
+        self.hooked = len(optimizer._optimizer_step_pre_hooks) > before + 1
+        if self.hooked:
+            optimizer.register_step_pre_hook(self._mark("after_begin"))
+            optimizer.register_step_post_hook(self._mark("after_end"))
+        else:
+            for handle in outer:
+                handle.remove()
 
-def guarded_update(
-    optimizer: torch.optim.Optimizer, guard: IntegrityGuard, step: int, times: GuardTimes | None
-) -> None:
-    """The one call site of the guard: it checks the state around optimizer.step() and nothing else."""
-    started = time.perf_counter()
-    guard.begin(step)
-    begun = time.perf_counter()
-    optimizer.step()
-    updated = time.perf_counter()
-    guard.end(step)
-    if times is not None:
-        times.begin.append(begun - started)
-        times.end.append(time.perf_counter() - updated)
+    def _mark(self, name: str) -> Callable[..., None]:
+        def mark(*_: object) -> None:
+            self._marks[name] = time.perf_counter()
+
+        return mark
+
+    def __call__(self, step: int) -> None:
+        if self.hooked:
+            self.optimizer.step()
+        else:
+            self._marks["before_begin"] = time.perf_counter()
+            self.guard.begin(step)
+            self._marks["after_begin"] = time.perf_counter()
+            self.optimizer.step()
+            self._marks["before_end"] = time.perf_counter()
+            self.guard.end(step)
+            self._marks["after_end"] = time.perf_counter()
+        if self.recording:
+            self.begin.append(self._marks["after_begin"] - self._marks["before_begin"])
+            self.end.append(self._marks["after_end"] - self._marks["before_end"])
 
 
 class Trainer:
@@ -271,7 +299,6 @@ def measure(
     synced = trainer.run(args.steps, lambda _: trainer.synced_update())
     peak_alone = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     false_alarm: str | None = None
-    times = GuardTimes()
     profile = cProfile.Profile() if args.profile else None
     with tempfile.TemporaryDirectory() as tmp:
         sidecar = SidecarProcess(Path(tmp) / "shared", mode="Enforce").start()
@@ -279,20 +306,23 @@ def measure(
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()  # the regions are allocated outside PyTorch's cache
-            guard = IntegrityGuard(trainer.model, trainer.optimizer, socket_path=sidecar.socket)
+            update = GuardedUpdate(
+                trainer.optimizer,
+                lambda: IntegrityGuard(trainer.model, trainer.optimizer, socket_path=sidecar.socket),
+            )
+            guard = update.guard
             if device.type == "cuda":
                 torch.cuda.empty_cache()  # the state's old places, now copied into the regions
             guarded: list[float] = []
             try:
                 # The first guarded update compiles the sidecar's kernel (GPU).
                 for step in range(1, args.warmup + 1):
-                    trainer.step(functools.partial(guarded_update, trainer.optimizer, guard, step, None))
+                    trainer.step(functools.partial(update, step))
                 first = args.warmup + 1
                 if profile is not None:
                     profile.enable()
-                guarded = trainer.run(
-                    args.steps, lambda i: guarded_update(trainer.optimizer, guard, first + i, times)
-                )
+                update.recording = True
+                guarded = trainer.run(args.steps, lambda i: update(first + i))
             except IntegrityViolation as exc:
                 false_alarm = str(exc)
             finally:
@@ -301,13 +331,16 @@ def measure(
             state_bytes = sum(r.region.nbytes for r in guard.regions.values())
             regions = {name: r.region.nbytes for name, r in guard.regions.items()}
             tensors = sum(len(r.views) for r in guard.regions.values())
+            hooked = update.hooked
             reader, read_bytes, read_best, read_median = read_only_gb_per_second(guard, args.read_rounds)
             guard.close()
         finally:
             sidecar.stop()
         violations = sidecar.reports_of(Violation)
         verified = len(sidecar.reports_of(Verified))
-        fingerprint_seconds = [r.seconds for r in sidecar.reports_of(StepEnd)[-len(times.end) :] if r.seconds]
+        fingerprint_seconds = [
+            r.seconds for r in sidecar.reports_of(StepEnd)[-len(update.end) :] if r.seconds
+        ]
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     alarms = len(violations) + (1 if false_alarm and not violations else 0)
     report: dict[str, Any] = {
@@ -319,6 +352,8 @@ def measure(
         "guarded_state_bytes": state_bytes,
         "regions": regions,
         "guarded_tensors": tensors,
+        # True where the guard hooks optimizer.step itself; else begin/end called around it.
+        "guard_hooks_optimizer_step": hooked,
         "peak_memory_bytes": {"alone": peak_alone, "overall": peak},
         "false_alarms": alarms,
         "violations": [v.message for v in violations] or ([false_alarm] if false_alarm else []),
@@ -350,8 +385,8 @@ def measure(
         "breakdown_ms_median": {
             # The same loop with a synchronisation before and after optimizer.step(), no guard.
             "synchronisations": (statistics.median(synced) - statistics.median(alone)) * 1000,
-            "guard_begin_call": statistics.median(times.begin) * 1000,
-            "guard_end_call": statistics.median(times.end) * 1000,
+            "guard_begin_call": statistics.median(update.begin) * 1000,
+            "guard_end_call": statistics.median(update.end) * 1000,
             # The sidecar's own time to fingerprint every region once (StepEnd.seconds).
             "sidecar_fingerprint_at_end": statistics.median(fingerprint_seconds) * 1000
             if fingerprint_seconds
@@ -363,8 +398,8 @@ def measure(
 
 def summary(report: dict[str, Any]) -> str:
     head = (
-        f"step bench {report['shape']['name']} ({report['params'] / 1e6:.0f}M params, "
-        f"{report['guarded_state_bytes'] / 1e9:.2f} GB guarded, {report['device']}): "
+        f"step bench {report['shape']['name']} ({report['params'] / 1e6:.2f}M params, "
+        f"{report['guarded_state_bytes'] / 1e9:.3g} GB guarded, {report['device']}): "
         f"alone {report['step_ms_alone']['median']:.1f} ms"
     )
     if report["false_alarms"]:
@@ -373,7 +408,7 @@ def summary(report: dict[str, Any]) -> str:
     parts = report["breakdown_ms_median"]
     fingerprint = parts["sidecar_fingerprint_at_end"]
     return (
-        f"{head}, guarded {guarded['median']:.1f} ms (+{added['median']:.2f} ms, "
+        f"{head}, guarded {guarded['median']:.1f} ms ({added['median']:+.2f} ms, "
         f"{added['percent_of_alone']:+.1f} %); two reads at {report['read_only']['gb_per_second']:.0f} GB/s "
         f"{report['two_reads_ms']:.2f} ms; ratio {report['ratio_added_to_two_reads']:.2f} "
         f"(target {report['target_ratio']}: {'met' if report['meets_target'] else 'NOT met'}); "
