@@ -52,6 +52,7 @@ TARGET_RATIO = 1.5  # added time per step / two reads of the guarded state at th
 SIDECAR_HEADROOM = 4 * 2**30  # the sidecar's CUDA context and per-chunk terms, and the allocator's slack
 FILL_FRACTION = 0.75  # of the free memory the "fill" shape's estimated peak may take
 FILL_MAX_PARAMS = 8e9  # keeps the "fill" steps within a few minutes on any one GPU
+FILL_RETRIES = 2  # a quarter fewer layers each, should the estimate be short of a GPU's truth
 
 
 @dataclass(frozen=True)
@@ -148,38 +149,50 @@ class GuardedUpdate:
         self.begin: list[float] = []
         self.end: list[float] = []
         self.recording = False
+        self.profile: cProfile.Profile | None = None  # enabled inside the guard's calls only
         self._marks: dict[str, float] = {}
         before = len(optimizer._optimizer_step_pre_hooks)
-        outer = [
+        self._hooks = [
             optimizer.register_step_pre_hook(self._mark("before_begin")),
             optimizer.register_step_post_hook(self._mark("before_end")),
         ]
         self.guard = make_guard()
         self.hooked = len(optimizer._optimizer_step_pre_hooks) > before + 1
         if self.hooked:
-            optimizer.register_step_pre_hook(self._mark("after_begin"))
-            optimizer.register_step_post_hook(self._mark("after_end"))
+            self._hooks += [
+                optimizer.register_step_pre_hook(self._mark("after_begin")),
+                optimizer.register_step_post_hook(self._mark("after_end")),
+            ]
         else:
-            for handle in outer:
-                handle.remove()
+            self.close_hooks()
+
+    def _at(self, name: str) -> None:
+        profile = self.profile if self.recording else None
+        if profile is not None and name.startswith("after"):
+            profile.disable()
+        self._marks[name] = time.perf_counter()
+        if profile is not None and name.startswith("before"):
+            profile.enable()
 
     def _mark(self, name: str) -> Callable[..., None]:
-        def mark(*_: object) -> None:
-            self._marks[name] = time.perf_counter()
+        return lambda *_: self._at(name)
 
-        return mark
+    def close_hooks(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
 
     def __call__(self, step: int) -> None:
         if self.hooked:
             self.optimizer.step()
         else:
-            self._marks["before_begin"] = time.perf_counter()
+            self._at("before_begin")
             self.guard.begin(step)
-            self._marks["after_begin"] = time.perf_counter()
+            self._at("after_begin")
             self.optimizer.step()
-            self._marks["before_end"] = time.perf_counter()
+            self._at("before_end")
             self.guard.end(step)
-            self._marks["after_end"] = time.perf_counter()
+            self._at("after_end")
         if self.recording:
             self.begin.append(self._marks["after_begin"] - self._marks["before_begin"])
             self.end.append(self._marks["after_end"] - self._marks["before_end"])
@@ -284,7 +297,11 @@ def milliseconds(values: list[float]) -> dict[str, float]:
 
 def profile_summary(profile: cProfile.Profile, lines: int = 25) -> str:
     text = io.StringIO()
-    pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(lines)
+    try:
+        stats = pstats.Stats(profile, stream=text)
+    except TypeError:  # nothing was profiled (a false alarm at the first timed step)
+        return "no guard call was profiled"
+    stats.sort_stats("tottime").print_stats(lines)
     return text.getvalue()
 
 
@@ -295,7 +312,7 @@ def measure(
     trainer = Trainer(shape, device)
     for _ in range(args.warmup):
         trainer.step(trainer.optimizer.step)
-    alone = trainer.run(args.steps, lambda _: trainer.optimizer.step())
+    alone_before = trainer.run(args.steps, lambda _: trainer.optimizer.step())
     synced = trainer.run(args.steps, lambda _: trainer.synced_update())
     peak_alone = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     false_alarm: str | None = None
@@ -311,6 +328,7 @@ def measure(
                 lambda: IntegrityGuard(trainer.model, trainer.optimizer, socket_path=sidecar.socket),
             )
             guard = update.guard
+            update.profile = profile
             if device.type == "cuda":
                 torch.cuda.empty_cache()  # the state's old places, now copied into the regions
             guarded: list[float] = []
@@ -319,29 +337,30 @@ def measure(
                 for step in range(1, args.warmup + 1):
                     trainer.step(functools.partial(update, step))
                 first = args.warmup + 1
-                if profile is not None:
-                    profile.enable()
                 update.recording = True
                 guarded = trainer.run(args.steps, lambda i: update(first + i))
             except IntegrityViolation as exc:
                 false_alarm = str(exc)
-            finally:
-                if profile is not None:
-                    profile.disable()
+            # Everything in use on the GPU while guarded: PyTorch's, the regions, the sidecar's.
+            in_use = torch.cuda.mem_get_info(device) if device.type == "cuda" else (0, 0)
             state_bytes = sum(r.region.nbytes for r in guard.regions.values())
             regions = {name: r.region.nbytes for name, r in guard.regions.items()}
             tensors = sum(len(r.views) for r in guard.regions.values())
             hooked = update.hooked
             reader, read_bytes, read_best, read_median = read_only_gb_per_second(guard, args.read_rounds)
+            update.close_hooks()
             guard.close()
         finally:
             sidecar.stop()
+        # Alone again, the state where the guard put it: a drift between the phases shows here.
+        alone_after = trainer.run(args.steps, lambda _: trainer.optimizer.step())
         violations = sidecar.reports_of(Violation)
         verified = len(sidecar.reports_of(Verified))
         fingerprint_seconds = [
             r.seconds for r in sidecar.reports_of(StepEnd)[-len(update.end) :] if r.seconds
         ]
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    alone = alone_before + alone_after
     alarms = len(violations) + (1 if false_alarm and not violations else 0)
     report: dict[str, Any] = {
         "shape": asdict(shape),
@@ -354,11 +373,19 @@ def measure(
         "guarded_tensors": tensors,
         # True where the guard hooks optimizer.step itself; else begin/end called around it.
         "guard_hooks_optimizer_step": hooked,
-        "peak_memory_bytes": {"alone": peak_alone, "overall": peak},
+        "memory_bytes": {
+            "peak_allocated_alone": peak_alone,
+            "peak_allocated_overall": peak,  # PyTorch's allocator: the regions are outside it
+            "device_in_use_guarded": in_use[1] - in_use[0],
+            "estimated_peak": shape.peak_bytes(),
+        },
         "false_alarms": alarms,
         "violations": [v.message for v in violations] or ([false_alarm] if false_alarm else []),
         "verified_steps": verified,
+        # Both unguarded phases (before the guard, and after it closed): the baseline.
         "step_ms_alone": milliseconds(alone),
+        "step_ms_alone_before_guard": milliseconds(alone_before),
+        "step_ms_alone_after_guard": milliseconds(alone_after),
     }
     profiled = profile_summary(profile) if profile is not None else None
     if alarms or not guarded:
@@ -384,7 +411,7 @@ def measure(
         "meets_target": added / two_reads <= TARGET_RATIO,
         "breakdown_ms_median": {
             # The same loop with a synchronisation before and after optimizer.step(), no guard.
-            "synchronisations": (statistics.median(synced) - statistics.median(alone)) * 1000,
+            "synchronisations": (statistics.median(synced) - statistics.median(alone_before)) * 1000,
             "guard_begin_call": statistics.median(update.begin) * 1000,
             "guard_end_call": statistics.median(update.end) * 1000,
             # The sidecar's own time to fingerprint every region once (StepEnd.seconds).
@@ -426,7 +453,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each phase")
     parser.add_argument("--read-rounds", type=int, default=10, help="timed passes of the read-only kernel")
     parser.add_argument("--layers", type=int, default=None, help="override the shape's depth")
-    parser.add_argument("--profile", action="store_true", help="cProfile the timed guarded steps")
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile the guard's calls in the timed steps"
+    )
     args = parser.parse_args()
     if args.steps is None:
         args.steps = 10 if args.shape == "fill" else 20
@@ -438,8 +467,19 @@ def main() -> int:
         shape = SHAPES[args.shape]
     if args.layers is not None:
         shape = replace(shape, layers=args.layers)
-    report, profiled = measure(shape, device, args)
-    report["estimated_peak_bytes"] = shape.peak_bytes()
+    for attempt in range(FILL_RETRIES + 1):
+        try:
+            report, profiled = measure(shape, device, args)
+            break
+        except torch.cuda.OutOfMemoryError:
+            if args.shape != "fill" or attempt == FILL_RETRIES:
+                raise
+        # Out of memory with the estimate: a quarter shallower, once everything of it is freed.
+        gc.collect()
+        torch.cuda.empty_cache()
+        shape = replace(shape, layers=shape.layers * 3 // 4)
+        print(f"out of GPU memory: fill again with {shape.layers} layers", file=sys.stderr)
+    report["fill_retries"] = attempt
     write_report(f"step_{shape.name}.json", report)
     print(summary(report))
     if profiled is not None:
