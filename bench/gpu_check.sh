@@ -8,7 +8,13 @@
 #      GB/s, the keyed/read-only fraction (target 0.98), cost per step for an 8B-parameter bf16
 #      model; it exits 1 if the timed kernel's output differs from the CPU reference;
 #   3. bench/guard_bench.py --cuda: the whole step boundary (trainer guard, socket, sidecar process, CUDA
-#      IPC, both fingerprints) on an 8 GiB bf16 model, against one in-process fingerprint.
+#      IPC, both fingerprints) on an 8 GiB bf16 model, against one in-process fingerprint;
+#   4. bench/step_bench.py: real-shaped training steps (decoder-only transformer, bf16, AdamW,
+#      batch 8 x 1,024 tokens) alone and guarded (begin/end around optimizer.step, a sidecar
+#      process in Enforce mode): "403m" (about 405M parameters) and "fill" (the largest of the
+#      family that fits this GPU with headroom); the guard's added time per step against two reads
+#      of the guarded state at the read-only kernel's speed (target 1.5x: reported, not a failure).
+#      A false alarm (a violation on clean steps) is a failure.
 # Results (logs and JSON) go to $OUT when set, else bench/results/.
 #   bash bench/gpu_check.sh
 set -uo pipefail
@@ -26,6 +32,13 @@ rm -f "$out/fingerprint_gpu.json"  # the summary below must never show an earlie
 bench=${PIPESTATUS[0]}
 "$python" -m bench.guard_bench --cuda 2>&1 | tee "$out/gpu_guard.log"
 guard=${PIPESTATUS[0]}
+rm -f "$out"/step_403m.json "$out"/step_fill.json
+steps=0
+for shape in 403m fill; do
+  "$python" -m bench.step_bench --shape "$shape" 2>&1 | tee "$out/gpu_step_$shape.log"
+  status=${PIPESTATUS[0]}
+  (( status == 0 )) || steps=$status
+done
 # The headline figures, from the JSON the fingerprint bench wrote in this run.
 "$python" - "$out/fingerprint_gpu.json" <<'PY' || bench=1
 import json, sys
@@ -38,5 +51,12 @@ print(f"fingerprint on {r['device']}: keyed {g['trainguard_keyed_nh']:.0f} GB/s,
       f"(fraction {r['fraction_of_plain_read_only']:.3f}); bit-identical to the CPU reference: "
       f"{'yes' if r['bit_identical_to_cpu_reference'] else 'NO: ' + '; '.join(r['differences'])}")
 PY
-echo "gpu tests exit $tests, gpu bench exit $bench, guard bench exit $guard"
-exit $(( tests != 0 || bench != 0 || guard != 0 ))
+# The step bench's headline per shape, again from this run's JSON (a missing file is a failure).
+"$python" - "$out/step_403m.json" "$out/step_fill.json" <<'PY' || steps=1
+import json, sys
+from bench.step_bench import summary
+for path in sys.argv[1:]:
+    print(summary(json.load(open(path))))
+PY
+echo "gpu tests exit $tests, gpu bench exit $bench, guard bench exit $guard, step bench exit $steps"
+exit $(( tests != 0 || bench != 0 || guard != 0 || steps != 0 ))
