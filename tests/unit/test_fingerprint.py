@@ -16,6 +16,7 @@ from trainguard.integrity import nh_native
 from trainguard.integrity.fingerprint import (
     CHUNK_BYTES,
     CHUNK_WORDS,
+    FORMAT_VERSION,
     Backend,
     FingerprintKey,
     cpu_backend,
@@ -45,7 +46,7 @@ def build(spec: dict[str, Any]) -> np.ndarray:  # type: ignore[type-arg]
 @pytest.mark.parametrize("backend", ["auto", "numba", "numpy"])
 def test_shared_vectors(backend: Backend) -> None:
     data = json.loads(VECTORS.read_text())
-    assert data["format"] == 1
+    assert data["format"] == FORMAT_VERSION
     for case in data["cases"]:
         key = FingerprintKey.from_secret(bytes.fromhex(case["key"]))
         tensors = [build(spec) for spec in case["tensors"]]
