@@ -41,9 +41,9 @@ from trainguard.integrity.fingerprint import (
     FIELD_ROW,
     FORMAT_VERSION,
     MASK32,
-    MAX_CHUNKS,
     P61,
     FingerprintKey,
+    check_chunk_count,
     hmac_message,
 )
 
@@ -141,8 +141,7 @@ def launch_nh_chunks(
 ) -> None:
     """The keyed kernel over every chunk of `pairs`, terms into `out` (chunks x 2, int64 storage)."""
     count = pairs.numel() // CHUNK_PAIRS
-    if first_chunk + count > MAX_CHUNKS:
-        raise ValueError(f"a fingerprint covers at most {MAX_CHUNKS} chunks of {CHUNK_BYTES} bytes")
+    check_chunk_count(first_chunk + count)
     _nh_chunks[(count,)](
         pairs, keys, field, out, first_chunk,
         PAIRS=CHUNK_PAIRS, ROW=FIELD_ROW, A=FIELD_A, B=FIELD_B, C=FIELD_C, D=FIELD_D,

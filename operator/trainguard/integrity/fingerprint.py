@@ -31,8 +31,8 @@ and `reference_fingerprint` is a slow, line-by-line version of the formulas.
 
 CPU paths: the NH sums come from a loop compiled by numba (`nh_native.py`, in the `integrity`
 extra; no system compiler) where it loads, else from numpy, several times slower, with the same
-results; the field layer is a few numpy operations per chunk on either path. `cpu_backend()` names
-the one in use; the first fingerprint logs it, and why numba is not used where it is not.
+results (the field layer too: a second compiled loop, or numpy). `cpu_backend()` names the one in
+use; the first fingerprint logs it, and why numba is not used where it is not.
 `backend="numpy"` forces the fallback.
 
 Collision bound
@@ -90,7 +90,7 @@ import numpy as np
 import numpy.typing as npt
 
 from trainguard.integrity import nh_native
-from trainguard.integrity.nh_native import NhKernel
+from trainguard.integrity.nh_native import Compiled
 
 log = logging.getLogger(__name__)
 
@@ -170,20 +170,45 @@ def _below_p(s: U64) -> U64:
     return reduced
 
 
-def field_terms(field: U64, nh: U64, first: int) -> U64:
-    """T_l(j) for chunks j = first, first + 1, …: nh is 2 lanes x chunks of NH values; same shape out."""
-    count = nh.shape[1]
-    if first + count > MAX_CHUNKS:
+def _halves_times(hi: U64, lo: U64, a: U64, b: U64) -> U64:
+    """(hi * a + lo * b) mod P61 for hi, lo < 2^32 and a, b < P61: `mulmod61` with x1 = 0, both
+    products sharing one reduction. m = hi a1 + lo b1 < 2^62 gives m 2^32 as in `mulmod61`; each
+    low product, < 2^64, is folded alone (their sum could wrap)."""
+    low, shift = np.uint64(MASK32), np.uint64(32)
+    m = hi * (a >> shift) + lo * (b >> shift)
+    ha, lb = hi * (a & low), lo * (b & low)
+    s = (m >> np.uint64(29)) + ((m & np.uint64((1 << 29) - 1)) << shift)
+    s += (ha & np.uint64(P61)) + (ha >> np.uint64(61)) + (lb & np.uint64(P61)) + (lb >> np.uint64(61))
+    s = (s & np.uint64(P61)) + (s >> np.uint64(61))
+    return _below_p(s)
+
+
+def check_chunk_count(chunks: int) -> None:
+    if chunks > MAX_CHUNKS:
         raise ValueError(f"a fingerprint covers at most {MAX_CHUNKS} chunks of {CHUNK_BYTES} bytes")
-    j = np.arange(first, first + count, dtype=np.uint64)
-    x, y, z = j & np.uint64(2047), (j >> np.uint64(11)) & np.uint64(2047), j >> np.uint64(22)
+
+
+def field_terms(field: U64, nh: U64, first: int) -> U64:
+    """T_l(j) for chunks j = first, first + 1, …: nh is 2 lanes x chunks of NH values; same shape out.
+
+    Taken 2048 chunks at a time, those with the same y and z: the block's C[y] D[z] is one number,
+    and the temporaries (16 KiB each) stay in the CPU's cache."""
+    count = nh.shape[1]
+    check_chunk_count(first + count)
     out = np.empty_like(nh)
-    for lane in (0, 1):
-        row = field[lane]
-        hi, lo = nh[lane] >> np.uint64(32), nh[lane] & np.uint64(MASK32)
-        t = mulmod61(hi, row[FIELD_A + x]) + mulmod61(lo, row[FIELD_B + x])
-        t = mulmod61(_below_p(t), row[FIELD_C + y])
-        out[lane] = mulmod61(t, row[FIELD_D + z])
+    start = 0
+    while start < count:
+        j = first + start
+        upper = j >> 11  # y + 2^11 z
+        stop = min(count, start + 2048 - (j & 2047))
+        x = np.arange(j & 2047, (j & 2047) + stop - start)
+        for lane in (0, 1):
+            row = field[lane]
+            cd = int(row[FIELD_C + (upper & 2047)]) * int(row[FIELD_D + (upper >> 11)]) % P61
+            hi, lo = nh[lane, start:stop] >> np.uint64(32), nh[lane, start:stop] & np.uint64(MASK32)
+            t = _halves_times(hi, lo, row[FIELD_A + x], row[FIELD_B + x])
+            out[lane, start:stop] = mulmod61(t, np.full_like(t, cd))
+        start = stop
     return out
 
 
@@ -217,7 +242,7 @@ def _words(data: memoryview) -> U32:
 
 
 @functools.cache
-def _native_kernel() -> NhKernel | None:
+def _native_kernel() -> Compiled | None:
     """The compiled NH loop, loaded (compiled, or read from numba's cache) once per process."""
     kernel, about = nh_native.load()
     if kernel is None:
@@ -232,7 +257,7 @@ def cpu_backend() -> Literal["numba", "numpy"]:
     return "numba" if _native_kernel() is not None else "numpy"
 
 
-def _kernel_for(backend: Backend) -> NhKernel | None:
+def _kernel_for(backend: Backend) -> Compiled | None:
     if backend == "numpy":
         return None
     kernel = _native_kernel()
@@ -265,22 +290,25 @@ class _Accumulator:
         nh = np.empty((2, count), dtype=np.uint64)
         if self._kernel is not None:
             self._native_nh(self._kernel, words, nh)
+            terms = np.empty_like(nh)
+            check_chunk_count(self.chunk + count)
+            self._kernel.field(nh, self.key.field, self.chunk, terms)
         else:
             self._numpy_nh(chunks, nh)
-        terms = field_terms(self.key.field, nh, self.chunk)
+            terms = field_terms(self.key.field, nh, self.chunk)
         for lane in (0, 1):
             self.sums[lane] = (self.sums[lane] + sum_mod_p(terms[lane])) % P61
         if self.keep_chunks:
             self.kept.append(terms.T.copy())
         self.chunk += count
 
-    def _native_nh(self, kernel: NhKernel, words: U32, nh: U64) -> None:
+    def _native_nh(self, kernel: Compiled, words: U32, nh: U64) -> None:
         pairs = words.reshape(-1).view(np.uint64)  # little-endian: the low half is the even word
         if not pairs.flags.aligned:
             pairs = pairs.copy()
         pairs = pairs.view()
         pairs.flags.writeable = False  # the loop's one signature takes read-only data (tensor memory)
-        kernel(pairs, self._key_even, self._key_odd, nh)
+        kernel.nh(pairs, self._key_even, self._key_odd, nh)
 
     def _numpy_nh(self, chunks: U32, nh: U64) -> None:
         low = np.uint64(0xFFFFFFFF)
