@@ -58,8 +58,10 @@ keyed, the fingerprints agree with probability at most
    so integers of absolute value < 2^32 < p, nonzero mod p when nonzero. Distinct (j, half) give
    distinct monomials, so the polynomial is nonzero, of degree 3; the tables are independent of K,
    and by Schwartz-Zippel it vanishes with probability <= 3/p. The lanes' tables are independent.
-4. Cases: NH equal in both lanes at j* (<= 2^-64); in exactly one lane (<= 2^-32 times 3/p for
-   the other lane's field layer, twice); in neither (<= (3/p)^2). Summing gives eps.
+4. Let E_l be "lane l's NH values are equal in every chunk" (an event of K alone). A collision
+   needs E_0 and E_1 (<= 2^-64, by 2 at j*); or E_0, not E_1 and lane 1's field layer vanishing
+   (<= 2^-32 * 3/p, by 2 and 3), or the same with the lanes swapped; or neither E_l and both
+   field layers vanishing (<= (3/p)^2). Summing gives eps.
 
 Why not format 1's combination, H_l = sum_j NH_l(j) * M_l(j) mod 2^64 with a secret odd M_l(j):
 for a change in one chunk it keeps NH's 2^-64, but over several chunks powers of two cancel. Flip
