@@ -152,8 +152,7 @@ def launch_nh_chunks(
 def sum_terms_mod_p(terms: torch.Tensor) -> list[int]:
     """Each lane's exact sum of terms (chunks x 2, each < 2^61) mod p, on the device: the high and
     low 32 bits are summed apart (int64 holds 2^31 chunks of either), so nothing wraps."""
-    high = (terms >> 32).sum(dim=0).tolist()
-    low = (terms & MASK32).sum(dim=0).tolist()
+    high, low = torch.stack((terms >> 32, terms & MASK32)).sum(dim=1).tolist()  # one copy to the host
     return [((h << 32) + lo) % P61 for h, lo in zip(high, low, strict=True)]
 
 
