@@ -6,7 +6,9 @@
 #   2. bench/gpu_fingerprint.py: keyed fingerprint vs a read-only kernel on the same grid that loads
 #      the same bytes the same way (and the plain read-only kernel of earlier runs) vs torch.sum,
 #      GB/s, the keyed/read-only fraction (target 0.98), cost per step for an 8B-parameter bf16
-#      model; it exits 1 if the timed kernel's output differs from the CPU reference;
+#      model; a num_warps sweep of the keyed and read-only kernels alike (each configuration's
+#      fraction, and best against best); it exits 1 if the timed kernel's output differs from the
+#      CPU reference;
 #   3. bench/guard_bench.py --cuda: the whole step boundary (trainer guard, socket, sidecar process, CUDA
 #      IPC, both fingerprints) on an 8 GiB bf16 model, against one in-process fingerprint;
 #   4. bench/step_bench.py: real-shaped training steps (decoder-only transformer, bf16, AdamW,
@@ -50,6 +52,12 @@ print(f"fingerprint on {r['device']}: keyed {g['trainguard_keyed_nh']:.0f} GB/s,
       f"{'met' if r['meets_target'] else 'NOT met'}); plain read-only {g['read_only_triton_plain']:.0f} GB/s "
       f"(fraction {r['fraction_of_plain_read_only']:.3f}); bit-identical to the CPU reference: "
       f"{'yes' if r['bit_identical_to_cpu_reference'] else 'NO: ' + '; '.join(r['differences'])}")
+s = r.get("launch_sweep")
+if s:
+    configs = ", ".join(f"{name} {c['keyed_gb_per_second']:.0f}/{c['read_only_gb_per_second']:.0f} GB/s "
+                        f"({c['fraction']:.3f})" for name, c in s["configs"].items())
+    print(f"launch sweep, keyed/read-only alike: {configs}; best vs best {s['fraction_best_vs_best']:.3f} "
+          f"(keyed {s['best_keyed']}, read-only {s['best_read_only']}; the kernel uses {s['current']})")
 PY
 # The step bench's headline per shape, again from this run's JSON (a missing file is a failure).
 "$python" - "$out/step_403m.json" "$out/step_fill.json" <<'PY' || steps=1

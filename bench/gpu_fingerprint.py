@@ -8,9 +8,17 @@ policy), for comparison with them; trainguard's keyed NH kernel; and torch.sum o
 The kernels run in interleaved rounds (best and median of each). Reports GB/s, the keyed kernel's
 fraction of both read-only kernels, and the cost per training step for a given model size.
 
+Then a launch-configuration sweep: the keyed kernel and the same-loads read-only kernel each at
+every `num_warps` in SWEEP_NUM_WARPS (applied to both alike; the kernels have no loop, so
+num_stages does not apply), all in interleaved rounds again. Reports each configuration's GB/s and
+keyed/read-only fraction, and the fraction best against best (fastest keyed configuration over
+fastest read-only one). The kernel's configuration is `trainguard.gpu.kernel.LAUNCH_NUM_WARPS`;
+the figures above use it.
+
 Then checks the kernel's output against the CPU reference: the per-chunk terms of the timed
-launch itself (its first chunks), and whole fingerprints of a partial last chunk, a view that
-starts off the 8-byte boundary, and bf16. Any difference is printed and the exit status is 1.
+launch itself (its first chunks; every swept configuration's terms must equal them), and whole
+fingerprints of a partial last chunk, a view that starts off the 8-byte boundary, and bf16. Any
+difference is printed and the exit status is 1.
 Writes JSON to $OUT/fingerprint_gpu.json (or bench/results/).
 """
 
@@ -30,19 +38,19 @@ import triton.language as tl
 from bench.load import write_report
 from trainguard.gpu.kernel import (
     CHUNK_PAIRS,
-    SPLITMIX_C1,
-    SPLITMIX_C2,
-    _nh_chunks,
+    LAUNCH_NUM_WARPS,
     fingerprint_tensors,
     lane_key_pairs,
+    launch_nh_chunks,
     load_chunk_pairs,
 )
 from trainguard.gpu.tensors import cpu_fingerprint
-from trainguard.integrity.fingerprint import CHUNK_BYTES, CHUNK_WORDS, GOLDEN, FingerprintKey
+from trainguard.integrity.fingerprint import CHUNK_BYTES, CHUNK_WORDS, FingerprintKey
 from trainguard.integrity.fingerprint import fingerprint_with_chunks as cpu_fingerprint_with_chunks
 
 TARGET_FRACTION = 0.98
 CHECKED_CHUNKS = 1024  # chunks of the timed launch compared with the CPU reference (16 MiB)
+SWEEP_NUM_WARPS = (4, 8, 16)
 
 
 @triton.jit  # type: ignore[untyped-decorator]
@@ -101,6 +109,48 @@ def differences(key: FingerprintKey, words: torch.Tensor, terms: torch.Tensor) -
     return failures
 
 
+def launch_sweep(
+    keyed: Callable[[torch.Tensor, int], Callable[[], object]],
+    read_only: Callable[[int], Callable[[], object]],
+    reference_terms: torch.Tensor,
+    nbytes: int,
+    rounds: int,
+) -> tuple[dict[str, object], list[str]]:
+    """Both kernels at every SWEEP_NUM_WARPS, interleaved; the keyed terms must not change."""
+    outs = {warps: torch.empty_like(reference_terms) for warps in SWEEP_NUM_WARPS}
+    fns: dict[str, Callable[[], object]] = {}
+    for warps in SWEEP_NUM_WARPS:
+        fns[f"keyed/{warps}"] = keyed(outs[warps], warps)
+        fns[f"read_only/{warps}"] = read_only(warps)
+    runs = timings(fns, nbytes, rounds)
+    best = {name: max(values) for name, values in runs.items()}
+    median = {name: statistics.median(values) for name, values in runs.items()}
+    configs = {
+        f"num_warps={warps}": {
+            "keyed_gb_per_second": best[f"keyed/{warps}"],
+            "read_only_gb_per_second": best[f"read_only/{warps}"],
+            "fraction": best[f"keyed/{warps}"] / best[f"read_only/{warps}"],
+            "fraction_median": median[f"keyed/{warps}"] / median[f"read_only/{warps}"],
+        }
+        for warps in SWEEP_NUM_WARPS
+    }
+    best_keyed = max(SWEEP_NUM_WARPS, key=lambda warps: best[f"keyed/{warps}"])
+    best_read = max(SWEEP_NUM_WARPS, key=lambda warps: best[f"read_only/{warps}"])
+    failures = [
+        f"per-chunk terms at num_warps={warps} differ from num_warps={LAUNCH_NUM_WARPS}"
+        for warps, terms in outs.items()
+        if not torch.equal(terms, reference_terms)
+    ]
+    sweep = {
+        "configs": configs,
+        "best_keyed": f"num_warps={best_keyed}",
+        "best_read_only": f"num_warps={best_read}",
+        "fraction_best_vs_best": best[f"keyed/{best_keyed}"] / best[f"read_only/{best_read}"],
+        "current": f"num_warps={LAUNCH_NUM_WARPS}",
+    }
+    return sweep, failures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--gib", type=float, default=16.0, help="buffer size")
@@ -114,23 +164,24 @@ def main() -> int:
     nbytes = words.numel() * 4
     key = FingerprintKey.from_secret(os.urandom(32))
     keys = torch.from_numpy(lane_key_pairs(key)).to(device)
+    field = torch.from_numpy(key.field.view(np.int64)).to(device)
     sums = torch.empty(n_chunks, dtype=torch.int64, device=device)
     plain_sums = torch.empty(n_chunks, dtype=torch.int32, device=device)
     out = torch.empty((n_chunks, 2), dtype=torch.int64, device=device)
 
-    def keyed() -> None:
-        _nh_chunks[(n_chunks,)](
-            pairs, keys, out, 0, key.seeds[0], key.seeds[1],
-            GOLDEN, SPLITMIX_C1, SPLITMIX_C2, PAIRS=CHUNK_PAIRS,
-        )  # fmt: skip
+    def keyed(terms: torch.Tensor, num_warps: int = LAUNCH_NUM_WARPS) -> Callable[[], object]:
+        return lambda: launch_nh_chunks(pairs, keys, field, terms, 0, num_warps=num_warps)
+
+    def read_only(num_warps: int = LAUNCH_NUM_WARPS) -> Callable[[], object]:
+        return lambda: _read_only[(n_chunks,)](pairs, sums, PAIRS=CHUNK_PAIRS, num_warps=num_warps)
 
     runs = timings(
         {
-            "read_only_triton": lambda: _read_only[(n_chunks,)](pairs, sums, PAIRS=CHUNK_PAIRS),
+            "read_only_triton": read_only(),
             "read_only_triton_plain": lambda: _read_only_plain[(n_chunks,)](
                 words, plain_sums, CHUNK=CHUNK_WORDS
             ),
-            "trainguard_keyed_nh": keyed,
+            "trainguard_keyed_nh": keyed(out),
             "torch_sum_int32": lambda: words.sum(),
         },
         nbytes,
@@ -140,11 +191,14 @@ def main() -> int:
     median = {name: statistics.median(values) for name, values in runs.items()}
     fraction = best["trainguard_keyed_nh"] / best["read_only_triton"]
     failures = differences(key, words, out)
+    sweep, sweep_failures = launch_sweep(keyed, read_only, out, nbytes, args.rounds)
+    failures += sweep_failures
     step_bytes = args.model_params * 2
     report = {
         "device": torch.cuda.get_device_name(),
         "buffer_bytes": nbytes,
         "rounds": args.rounds,
+        "launch_num_warps": LAUNCH_NUM_WARPS,
         "gb_per_second": best,
         "gb_per_second_median": median,
         "fraction_of_read_limit": fraction,
@@ -152,6 +206,7 @@ def main() -> int:
         "fraction_of_plain_read_only": best["trainguard_keyed_nh"] / best["read_only_triton_plain"],
         "target_fraction": TARGET_FRACTION,
         "meets_target": fraction >= TARGET_FRACTION,
+        "launch_sweep": sweep,
         "model_params": args.model_params,
         "ms_per_fingerprint_bf16_model": step_bytes / (best["trainguard_keyed_nh"] * 1e9) * 1000,
         "bit_identical_to_cpu_reference": not failures,

@@ -16,6 +16,7 @@ from trainguard.integrity import nh_native
 from trainguard.integrity.fingerprint import (
     CHUNK_BYTES,
     CHUNK_WORDS,
+    FORMAT_VERSION,
     Backend,
     FingerprintKey,
     cpu_backend,
@@ -45,7 +46,7 @@ def build(spec: dict[str, Any]) -> np.ndarray:  # type: ignore[type-arg]
 @pytest.mark.parametrize("backend", ["auto", "numba", "numpy"])
 def test_shared_vectors(backend: Backend) -> None:
     data = json.loads(VECTORS.read_text())
-    assert data["format"] == 1
+    assert data["format"] == FORMAT_VERSION
     for case in data["cases"]:
         key = FingerprintKey.from_secret(bytes.fromhex(case["key"]))
         tensors = [build(spec) for spec in case["tensors"]]
@@ -166,3 +167,32 @@ def test_the_gpu_key_table_holds_each_lanes_key_words_as_pairs() -> None:
         low = table[2 * lane : 2 * lane + CHUNK_WORDS : 2]
         high = table[2 * lane + 1 : 2 * lane + CHUNK_WORDS : 2]
         assert np.array_equal(keys[lane], low | (high << np.uint64(32))), lane
+
+
+def test_the_field_layer_is_exact_at_every_digit_and_extreme_values() -> None:
+    """The compiled and numpy field layers against Python integers, where x, y and z wrap and
+    near the last chunk number, with NH values 0 and 2^64 - 1 (the largest halves)."""
+    from trainguard.integrity.fingerprint import P61, field_terms, mulmod61
+
+    compiled = nh_native.load()[0]
+    assert compiled is not None
+    rng = np.random.default_rng(5)
+    nh = rng.integers(0, 2**64, (2, 80), dtype=np.uint64)
+    nh[:, :3], nh[:, 3:6] = np.uint64(2**64 - 1), np.uint64(0)
+    rows = [[int(v) for v in row] for row in KEY.field]
+    for first in (0, 2048 - 40, 2**22 - 40, 2**32 - 80):
+        fast = np.empty_like(nh)
+        compiled.field(nh, KEY.field, first, fast)
+        slow = field_terms(KEY.field, nh, first)
+        for lane, row in enumerate(rows):
+            for c in range(nh.shape[1]):
+                j, value = first + c, int(nh[lane, c])
+                x, y, z = j % 2**11, j // 2**11 % 2**11, j // 2**22
+                term = (value >> 32) * row[x] + (value & 0xFFFFFFFF) * row[2048 + x]
+                term = term * row[4096 + y] * row[6144 + z] % P61
+                assert int(fast[lane, c]) == int(slow[lane, c]) == term, (first, lane, c)
+    with pytest.raises(ValueError, match="at most"):
+        field_terms(KEY.field, nh, 2**32 - 79)
+    edge = np.array([0, 1, 2**32 - 1, 2**32, P61 - 1], dtype=np.uint64)
+    products = mulmod61(edge[:, None] * np.ones(5, np.uint64), np.ones(5, np.uint64)[:, None] * edge)
+    assert products.tolist() == [[int(a) * int(b) % P61 for b in edge] for a in edge]

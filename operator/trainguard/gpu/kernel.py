@@ -6,10 +6,14 @@ since each byte is read once. The key table is laid out for it on the host (`lan
 one 16 KiB row of pairs per Toeplitz lane, row l holding K[2l], K[2l+1], …, so both lanes' keys
 are 128-bit loads too, issued with the data before any arithmetic (32 KiB, L2-resident). Each
 lane adds its keys to the words (mod 2^32), multiplies the halves into 64 bits, and one reduction
-sums both lanes; each lane's sum is multiplied by the chunk's secret odd multiplier (splitmix64,
-computed in the kernel). The host adds the per-chunk results (mod 2^64) and finishes with the same
-HMAC as the CPU reference, so the two give bit-identical fingerprints;
-`tests/data/fingerprint_vectors.json` checks both.
+sums both lanes. Then, once per chunk and lane, the field layer: the NH value's 32-bit halves
+times the chunk's keys in F_p, p = 2^61 - 1 (four table loads, four `_mulmod61`, all 64-bit
+without wrap-around), stored as the chunk's term. The host sums the terms mod p (high and low
+32 bits apart, so nothing wraps) and finishes with the same HMAC as the CPU reference, so the two
+give bit-identical fingerprints; `tests/data/fingerprint_vectors.json` checks both.
+
+The launch configuration is `LAUNCH_NUM_WARPS` (`bench/gpu_fingerprint.py` sweeps it and reports
+each value's throughput against a read-only kernel launched the same way).
 
 Runs on CUDA tensors, or on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1), which
 is how the CPU-only test suite checks the kernel's arithmetic (`tests/tools/test_fingerprint_triton.py`).
@@ -30,14 +34,22 @@ import triton.language as tl
 from trainguard.integrity.fingerprint import (
     CHUNK_BYTES,
     CHUNK_WORDS,
+    FIELD_A,
+    FIELD_B,
+    FIELD_C,
+    FIELD_D,
+    FIELD_ROW,
     FORMAT_VERSION,
-    GOLDEN,
-    MASK64,
+    MASK32,
+    P61,
     FingerprintKey,
+    check_chunk_count,
+    hmac_message,
 )
 
-SPLITMIX_C1 = 0xBF58476D1CE4E5B9
-SPLITMIX_C2 = 0x94D049BB133111EB
+# Warps per program of the keyed kernel (Triton's default is 4). The kernel has no loop, so
+# num_stages does not apply. Change it after a run of `bench/gpu_fingerprint.py`'s sweep.
+LAUNCH_NUM_WARPS = 4
 CHUNK_PAIRS = CHUNK_WORDS // 2  # 64-bit loads per chunk
 PAIR_ALIGN = 8  # bytes: the data must be readable as 64-bit pairs
 
@@ -67,18 +79,34 @@ def _nh_terms(low, high, keys):  # type: ignore[no-untyped-def]
     return a * b
 
 
+@triton.jit
+def _mulmod61(x, y):  # type: ignore[no-untyped-def]
+    """x * y mod 2^61 - 1 for uint64 x, y < 2^61 - 1: `fingerprint.mulmod61`, line for line."""
+    x1 = x >> 32
+    x0 = x & 0xFFFFFFFF
+    y1 = y >> 32
+    y0 = y & 0xFFFFFFFF
+    mid = x1 * y0 + x0 * y1
+    ll = x0 * y0
+    s = ((x1 * y1) << 3) + (mid >> 29) + ((mid & 0x1FFFFFFF) << 32)
+    s += (ll & 0x1FFFFFFFFFFFFFFF) + (ll >> 61)
+    s = (s & 0x1FFFFFFFFFFFFFFF) + (s >> 61)
+    return tl.where(s >= 0x1FFFFFFFFFFFFFFF, s - 0x1FFFFFFFFFFFFFFF, s)
+
+
 @triton.jit  # type: ignore[untyped-decorator]
 def _nh_chunks(  # type: ignore[no-untyped-def]
     words,  # int64[n_chunks * PAIRS]: the data as 64-bit pairs
     keys,  # int64[2, PAIRS]: lane_key_pairs
-    out,  # uint64[n_chunks, 2] (as int64 storage)
+    field,  # int64[2, ROW]: the field tables A, B, C, D of each lane (FingerprintKey.field)
+    out,  # uint64[n_chunks, 2] (as int64 storage): the chunks' terms
     first_chunk,
-    seed0,
-    seed1,
-    golden,
-    c1,
-    c2,
     PAIRS: tl.constexpr,
+    ROW: tl.constexpr,
+    A: tl.constexpr,
+    B: tl.constexpr,
+    C: tl.constexpr,
+    D: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pairs = tl.arange(0, PAIRS)
@@ -89,13 +117,43 @@ def _nh_chunks(  # type: ignore[no-untyped-def]
     high = (data >> 32).to(tl.uint32)
     terms = tl.join(_nh_terms(low, high, keys0), _nh_terms(low, high, keys1))  # [PAIRS, 2 lanes]
     nh = tl.sum(terms, axis=0)
+    # The field layer: j = x + 2^11 y + 2^22 z; T = (hi A[x] + lo B[x]) C[y] D[z] mod p, per lane.
     lane = tl.arange(0, 2)
-    z = tl.where(lane == 0, seed0.to(tl.uint64), seed1.to(tl.uint64))
-    z += (first_chunk + pid + 1).to(tl.uint64) * golden.to(tl.uint64)
-    z = (z ^ (z >> 30)) * c1.to(tl.uint64)
-    z = (z ^ (z >> 27)) * c2.to(tl.uint64)
-    z = (z ^ (z >> 31)) | 1
-    tl.store(out + pid.to(tl.int64) * 2 + lane, (nh * z).to(tl.int64, bitcast=True))
+    j = pid.to(tl.int64) + first_chunk
+    row = field + lane * ROW
+    key_a = tl.load(row + A + (j & 2047)).to(tl.uint64, bitcast=True)
+    key_b = tl.load(row + B + (j & 2047)).to(tl.uint64, bitcast=True)
+    key_c = tl.load(row + C + ((j >> 11) & 2047)).to(tl.uint64, bitcast=True)
+    key_d = tl.load(row + D + (j >> 22)).to(tl.uint64, bitcast=True)
+    t = _mulmod61(nh >> 32, key_a) + _mulmod61(nh & 0xFFFFFFFF, key_b)
+    t = tl.where(t >= 0x1FFFFFFFFFFFFFFF, t - 0x1FFFFFFFFFFFFFFF, t)
+    t = _mulmod61(_mulmod61(t, key_c), key_d)
+    tl.store(out + pid.to(tl.int64) * 2 + lane, t.to(tl.int64, bitcast=True))
+
+
+def launch_nh_chunks(
+    pairs: torch.Tensor,
+    keys: torch.Tensor,
+    field: torch.Tensor,
+    out: torch.Tensor,
+    first_chunk: int,
+    num_warps: int = LAUNCH_NUM_WARPS,
+) -> None:
+    """The keyed kernel over every chunk of `pairs`, terms into `out` (chunks x 2, int64 storage)."""
+    count = pairs.numel() // CHUNK_PAIRS
+    check_chunk_count(first_chunk + count)
+    _nh_chunks[(count,)](
+        pairs, keys, field, out, first_chunk,
+        PAIRS=CHUNK_PAIRS, ROW=FIELD_ROW, A=FIELD_A, B=FIELD_B, C=FIELD_C, D=FIELD_D,
+        num_warps=num_warps,
+    )  # fmt: skip
+
+
+def sum_terms_mod_p(terms: torch.Tensor) -> list[int]:
+    """Each lane's exact sum of terms (chunks x 2, each < 2^61) mod p, on the device: the high and
+    low 32 bits are summed apart (int64 holds 2^31 chunks of either), so nothing wraps."""
+    high, low = torch.stack((terms >> 32, terms & MASK32)).sum(dim=1).tolist()  # one copy to the host
+    return [((h << 32) + lo) % P61 for h, lo in zip(high, low, strict=True)]
 
 
 def _as_pairs(raw: torch.Tensor) -> torch.Tensor:
@@ -116,6 +174,7 @@ class _GpuAccumulator:
         self.kept: list[torch.Tensor] = []
         self.device = device
         self.keys = torch.from_numpy(lane_key_pairs(key)).to(device)
+        self.field = torch.from_numpy(key.field.view(np.int64)).to(device)
         self.sums = [0, 0]
         self.chunk = 0
         self.lengths: list[int] = []
@@ -123,15 +182,11 @@ class _GpuAccumulator:
     def add_pairs(self, pairs: torch.Tensor) -> None:
         count = pairs.numel() // CHUNK_PAIRS
         out = torch.empty((count, 2), dtype=torch.int64, device=self.device)
-        _nh_chunks[(count,)](
-            pairs, self.keys, out, self.chunk, self.key.seeds[0], self.key.seeds[1],
-            GOLDEN, SPLITMIX_C1, SPLITMIX_C2, PAIRS=CHUNK_PAIRS,
-        )  # fmt: skip
+        launch_nh_chunks(pairs, self.keys, self.field, out, self.chunk)
         if self.keep_chunks:
             self.kept.append(out)
-        lanes = out.sum(dim=0).tolist()  # int64 addition wraps like uint64
-        for lane in (0, 1):
-            self.sums[lane] = (self.sums[lane] + (lanes[lane] & MASK64)) & MASK64
+        for lane, total in enumerate(sum_terms_mod_p(out)):
+            self.sums[lane] = (self.sums[lane] + total) % P61
         self.chunk += count
 
     def add_tensor(self, tensor: torch.Tensor) -> None:
@@ -148,9 +203,7 @@ class _GpuAccumulator:
     def finish(self) -> str:
         trailer = torch.tensor([FORMAT_VERSION, len(self.lengths), *self.lengths], dtype=torch.int64)
         self.add_pairs(_as_pairs(trailer.view(torch.uint8).to(self.device)))
-        message = (
-            b"trainguard-fp-v1" + self.sums[0].to_bytes(8, "little") + self.sums[1].to_bytes(8, "little")
-        )
+        message = hmac_message(self.chunk, len(self.lengths), self.sums)
         return hmac.new(self.key.secret, message, hashlib.sha256).hexdigest()
 
 

@@ -1,36 +1,75 @@
 """A keyed fingerprint of model weights: NH universal hashing (as in UMAC), CPU reference.
 
-Construction (format 1)
+Construction (format 2)
 -----------------------
 * Key: a 32-byte secret held only by the integrity sidecar. From it, with SHA-256 in counter
   mode, come a table K of CHUNK_WORDS + 2 words of 32 bits (16 KiB, small enough to stay in a GPU's
-  L2 cache) and two 64-bit seeds, one per lane.
+  L2 cache) and, per lane l (l = 0, 1), four tables of elements of the field F_p, p = 2^61 - 1:
+  A_l, B_l, C_l of 2048 elements and D_l of 1024 (`FIELD_ROW` = 7168 per lane, 56 KiB), each
+  element uniform in [0, p) (61-bit values from the stream, the one value p itself skipped).
 * Input: tensors in a fixed order. Each tensor's raw bytes (C order, any dtype) are zero-padded to
   whole chunks of CHUNK_WORDS little-endian 32-bit words (16 KiB); chunks are numbered globally
   across tensors. A trailer chunk records the format, the number of tensors and each byte length,
   so padding, order and boundaries cannot be traded against each other.
-* Per chunk j and lane l (l = 0, 1), with words w_0 … w_{n-1}:
+* Per chunk j and lane l, with words w_0 … w_{n-1}:
       NH_l(j) = sum over even i of ((w_i + K_{i+2l}) mod 2^32) * ((w_{i+1} + K_{i+1+2l}) mod 2^32)  mod 2^64
   (lane 1 uses the key table shifted by two words: UMAC's Toeplitz construction).
-* Chunk results are combined with a secret odd multiplier per chunk and lane,
-  M_l(j) = splitmix64(seed_l + (j + 1) * 0x9E3779B97F4A7C15) | 1:
-      H_l = sum_j NH_l(j) * M_l(j)  mod 2^64
-* The fingerprint is HMAC-SHA256(key, "trainguard-fp-v1" || H_0 || H_1), so a reported
-  fingerprint reveals nothing of the internal sums.
+* Each NH value is split into its 32-bit halves, hi and lo (each < 2^32 < p), and becomes the
+  chunk's term in F_p, with the chunk number written in digits j = x + 2^11 y + 2^22 z
+  (x, y < 2^11, z < 2^10; at most 2^32 chunks, 64 TiB, per fingerprint):
+      T_l(j) = (hi * A_l[x] + lo * B_l[x]) * C_l[y] * D_l[z]  mod p
+      H_l = sum_j T_l(j)  mod p
+  Everything is exact 64-bit integer arithmetic without wrap-around (`mulmod61`: 32-bit limbs and
+  2^61 = 1 mod p), so a GPU kernel needs no 128-bit multiply.
+* The fingerprint is HMAC-SHA256(key, "trainguard-fp-v2" || n || t || H_0 || H_1), n the number
+  of chunks (trailer included) and t the number of tensors, each as 8 little-endian bytes, so a
+  reported fingerprint reveals nothing of the internal sums.
 
-Everything before the HMAC is integer arithmetic with wrap-around, so a GPU kernel that follows
-the same definition gives bit-identical results; `tests/data/fingerprint_vectors.json` holds the
-shared test vectors, and `reference_fingerprint` is a slow, line-by-line version of the formulas.
+Everything before the HMAC is integer arithmetic, so a GPU kernel that follows the same definition
+gives bit-identical results; `tests/data/fingerprint_vectors.json` holds the shared test vectors,
+and `reference_fingerprint` is a slow, line-by-line version of the formulas.
 
 CPU paths: the NH sums come from a loop compiled by numba (`nh_native.py`, in the `integrity`
 extra; no system compiler) where it loads, else from numpy, several times slower, with the same
-results. `cpu_backend()` names the one in use; the first fingerprint logs it, and why numba is not
-used where it is not. `backend="numpy"` forces the fallback.
+results (the field layer too: a second compiled loop, or numpy). `cpu_backend()` names the one in
+use; the first fingerprint logs it, and why numba is not used where it is not.
+`backend="numpy"` forces the fallback.
 
-Collision bound: for a fixed key unknown to the adversary, NH over 32-bit words is
-2^-32-almost-universal per lane, and two Toeplitz lanes give about 2^-64 for two different inputs
-of the same length; different lengths differ in the trailer. A secret odd multiplier per chunk
-keeps a change confined to one chunk from cancelling.
+Collision bound
+---------------
+For a key unknown to the adversary (K and the field tables modelled as uniform and independent:
+they come from SHA-256 of the secret) and two different inputs X, Y chosen without seeing anything
+keyed, the fingerprints agree with probability at most
+
+    eps = 2^-64 + 2 * 2^-32 * (3/p) + (3/p)^2  <  2^-64 * (1 + 2^-26)
+
+(plus HMAC-SHA256's own collisions). Proof sketch:
+1. Different numbers of chunks or tensors: the HMAC messages differ. Equal numbers: the trailers
+   have the same size and the same place (the last chunks), so different length lists differ
+   there, and equal ones lay the data out alike, so some data chunk differs. Either way there is
+   a chunk j* where X and Y differ, at the same position in both.
+2. NH over 32-bit words is 2^-32-almost-universal for messages of equal length, and the Toeplitz
+   pair of lanes is 2^-64-almost-universal (Black, Halevi, Krawczyk, Krovetz, Rogaway: "UMAC: fast
+   and secure message authentication", CRYPTO 1999, NH and its Toeplitz extension). So
+   Pr[NH_0(j*) and NH_1(j*) both equal] <= 2^-64 and Pr[NH_l(j*) equal] <= 2^-32 for each lane.
+3. Fix K (so every NH value), and a lane l whose NH values differ in some chunk. Then
+   H_l(X) - H_l(Y) is a polynomial in the entries of A_l, B_l, C_l, D_l: the sum over chunks of
+   (dhi_j A_l[x] + dlo_j B_l[x]) C_l[y] D_l[z], where dhi_j, dlo_j are differences of 32-bit halves,
+   so integers of absolute value < 2^32 < p, nonzero mod p when nonzero. Distinct (j, half) give
+   distinct monomials, so the polynomial is nonzero, of degree 3; the tables are independent of K,
+   and by Schwartz-Zippel it vanishes with probability <= 3/p. The lanes' tables are independent.
+4. Let E_l be "lane l's NH values are equal in every chunk" (an event of K alone). A collision
+   needs E_0 and E_1 (<= 2^-64, by 2 at j*); or E_0, not E_1 and lane 1's field layer vanishing
+   (<= 2^-32 * 3/p, by 2 and 3), or the same with the lanes swapped; or neither E_l and both
+   field layers vanishing (<= (3/p)^2). Summing gives eps.
+
+Why not format 1's combination, H_l = sum_j NH_l(j) * M_l(j) mod 2^64 with a secret odd M_l(j):
+for a change in one chunk it keeps NH's 2^-64, but over several chunks powers of two cancel. Flip
+the sign bit of one fp32 in two chunks whose partner words are equal: each lane's difference is
+2^31 * b * (s_1 M_1 + s_2 M_2) for the same b = partner word + key, which vanishes mod 2^64 with
+probability (w + 2) / 2^(w + 1) per lane, w = 32, about 2^-28, so about 2^-56 for both lanes.
+`tests/unit/test_fingerprint_bound.py` checks both statements exactly on a scaled-down model
+(3-bit words) by enumerating every key.
 
 What it does not protect against: anyone who holds the key (the sidecar's memory); changes made
 and undone between two fingerprints (it checks states, not every instant); differences the
@@ -53,16 +92,22 @@ import numpy as np
 import numpy.typing as npt
 
 from trainguard.integrity import nh_native
-from trainguard.integrity.nh_native import NhKernel
+from trainguard.integrity.nh_native import Compiled
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+DOMAIN = b"trainguard-fp-v2"  # the HMAC's domain string: names the format
 CHUNK_WORDS = 4096  # 32-bit words per chunk: 16 KiB of data
 CHUNK_BYTES = CHUNK_WORDS * 4
 KEY_BYTES = 32
-GOLDEN = 0x9E3779B97F4A7C15
-MASK64 = (1 << 64) - 1
+MASK32 = (1 << 32) - 1
+P61 = (1 << 61) - 1  # the field layer's prime
+# The chunk number j in digits x + 2^11 y + 2^22 z, one key table per digit (see the docstring).
+FIELD_DIGIT_BITS = (11, 11, 10)
+FIELD_A, FIELD_B, FIELD_C, FIELD_D = 0, 2048, 4096, 6144  # offsets of the tables in a lane's row
+FIELD_ROW = 7168  # field elements per lane
+MAX_CHUNKS = 1 << 32  # chunks per fingerprint that the digits can number (64 TiB)
 _BLOCK_CHUNKS = 8  # chunks processed per step: keeps temporaries in the CPU's L2 cache
 
 U32 = npt.NDArray[np.uint32]
@@ -70,44 +115,115 @@ U64 = npt.NDArray[np.uint64]
 Backend = Literal["auto", "numba", "numpy"]
 
 
+def _stream(secret: bytes, label: bytes, nbytes: int) -> bytes:
+    """SHA-256 of the secret, a label and a counter, concatenated: the key schedule's one generator."""
+    blocks = -(-nbytes // 32)
+    return b"".join(hashlib.sha256(secret + label + i.to_bytes(4, "big")).digest() for i in range(blocks))[
+        :nbytes
+    ]
+
+
+def _field_elements(secret: bytes, label: bytes, count: int) -> U64:
+    """`count` elements uniform in [0, P61): 61-bit values of the stream, skipping the value P61."""
+    extra = 8  # P61 comes once in 2^61 draws: a few spare draws make another round all but impossible
+    while True:
+        raw: U64 = np.frombuffer(_stream(secret, label, 8 * (count + extra)), dtype="<u8").astype(np.uint64)
+        kept: U64 = raw[(raw & np.uint64(P61)) != np.uint64(P61)] & np.uint64(P61)
+        if kept.size >= count:
+            return kept[:count].copy()
+        extra *= 2
+
+
 @dataclass(frozen=True)
 class FingerprintKey:
     secret: bytes
-    table: U32  # CHUNK_WORDS + 2 words
-    seeds: tuple[int, int]
+    table: U32  # CHUNK_WORDS + 2 words of NH key
+    field: U64  # 2 lanes x FIELD_ROW elements of F_p: tables A, B, C, D at FIELD_A … FIELD_D
 
     @classmethod
     def from_secret(cls, secret: bytes) -> FingerprintKey:
         if len(secret) != KEY_BYTES:
             raise ValueError(f"the fingerprint key must be {KEY_BYTES} bytes, got {len(secret)}")
-        stream = b"".join(
-            hashlib.sha256(secret + b"trainguard-nh-table" + i.to_bytes(4, "big")).digest()
-            for i in range((CHUNK_WORDS + 2) * 4 // 32 + 1)
-        )
-        table = np.frombuffer(stream[: (CHUNK_WORDS + 2) * 4], dtype="<u4").astype(np.uint32)
-        seed_bytes = hashlib.sha256(secret + b"trainguard-nh-multipliers").digest()
-        seeds = (int.from_bytes(seed_bytes[:8], "little"), int.from_bytes(seed_bytes[8:16], "little"))
-        return cls(secret, table, seeds)
+        stream = _stream(secret, b"trainguard-nh-table", (CHUNK_WORDS + 2) * 4)
+        table = np.frombuffer(stream, dtype="<u4").astype(np.uint32)
+        field = _field_elements(secret, b"trainguard-fp-field", 2 * FIELD_ROW).reshape(2, FIELD_ROW)
+        return cls(secret, table, field)
 
 
-def splitmix64(x: U64) -> U64:
-    """The splitmix64 finaliser, element-wise, with 64-bit wrap-around."""
-    with np.errstate(over="ignore"):
-        z = x.copy()
-        z ^= z >> np.uint64(30)
-        z *= np.uint64(0xBF58476D1CE4E5B9)
-        z ^= z >> np.uint64(27)
-        z *= np.uint64(0x94D049BB133111EB)
-        z ^= z >> np.uint64(31)
-    return z
+def mulmod61(x: U64, y: U64) -> U64:
+    """x * y mod P61, element-wise, for x, y < P61, in 64-bit arithmetic that never wraps.
+
+    With 32-bit limbs x = x1 2^32 + x0, y = y1 2^32 + y0 (x1, y1 < 2^29) and 2^61 = 1 mod p:
+    x1 y1 2^64 = 8 x1 y1; the middle m = x1 y0 + x0 y1 < 2^62 gives m 2^32 = (m >> 29) + (m mod 2^29) 2^32;
+    x0 y0 < 2^64 gives (x0 y0 mod 2^61) + (x0 y0 >> 61). The five parts sum to < 2^63."""
+    low, shift = np.uint64(MASK32), np.uint64(32)
+    x1, x0, y1, y0 = x >> shift, x & low, y >> shift, y & low
+    mid = x1 * y0 + x0 * y1
+    ll = x0 * y0
+    s = ((x1 * y1) << np.uint64(3)) + (mid >> np.uint64(29)) + ((mid & np.uint64((1 << 29) - 1)) << shift)
+    s += (ll & np.uint64(P61)) + (ll >> np.uint64(61))
+    s = (s & np.uint64(P61)) + (s >> np.uint64(61))
+    return _below_p(s)
 
 
-def chunk_multipliers(seed: int, first: int, count: int) -> U64:
-    """M(j) for j in [first, first + count): odd, secret, cheap to compute anywhere."""
-    j = np.arange(first + 1, first + count + 1, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        state = np.uint64(seed) + j * np.uint64(GOLDEN)
-    return splitmix64(state) | np.uint64(1)
+def _below_p(s: U64) -> U64:
+    """s mod P61 for s < 2 P61: one conditional subtraction."""
+    reduced: U64 = np.where(s >= np.uint64(P61), s - np.uint64(P61), s)
+    return reduced
+
+
+def _halves_times(hi: U64, lo: U64, a: U64, b: U64) -> U64:
+    """(hi * a + lo * b) mod P61 for hi, lo < 2^32 and a, b < P61: `mulmod61` with x1 = 0, both
+    products sharing one reduction. m = hi a1 + lo b1 < 2^62 gives m 2^32 as in `mulmod61`; each
+    low product, < 2^64, is folded alone (their sum could wrap)."""
+    low, shift = np.uint64(MASK32), np.uint64(32)
+    m = hi * (a >> shift) + lo * (b >> shift)
+    ha, lb = hi * (a & low), lo * (b & low)
+    s = (m >> np.uint64(29)) + ((m & np.uint64((1 << 29) - 1)) << shift)
+    s += (ha & np.uint64(P61)) + (ha >> np.uint64(61)) + (lb & np.uint64(P61)) + (lb >> np.uint64(61))
+    s = (s & np.uint64(P61)) + (s >> np.uint64(61))
+    return _below_p(s)
+
+
+def check_chunk_count(chunks: int) -> None:
+    if chunks > MAX_CHUNKS:
+        raise ValueError(f"a fingerprint covers at most {MAX_CHUNKS} chunks of {CHUNK_BYTES} bytes")
+
+
+def field_terms(field: U64, nh: U64, first: int) -> U64:
+    """T_l(j) for chunks j = first, first + 1, …: nh is 2 lanes x chunks of NH values; same shape out.
+
+    Taken 2048 chunks at a time, those with the same y and z: the block's C[y] D[z] is one number,
+    and the temporaries (16 KiB each) stay in the CPU's cache."""
+    count = nh.shape[1]
+    check_chunk_count(first + count)
+    out = np.empty_like(nh)
+    start = 0
+    while start < count:
+        j = first + start
+        upper = j >> 11  # y + 2^11 z
+        stop = min(count, start + 2048 - (j & 2047))
+        x = np.arange(j & 2047, (j & 2047) + stop - start)
+        for lane in (0, 1):
+            row = field[lane]
+            cd = int(row[FIELD_C + (upper & 2047)]) * int(row[FIELD_D + (upper >> 11)]) % P61
+            hi, lo = nh[lane, start:stop] >> np.uint64(32), nh[lane, start:stop] & np.uint64(MASK32)
+            t = _halves_times(hi, lo, row[FIELD_A + x], row[FIELD_B + x])
+            out[lane, start:stop] = mulmod61(t, np.full_like(t, cd))
+        start = stop
+    return out
+
+
+def sum_mod_p(terms: U64) -> int:
+    """The exact sum of field elements (< 2^61 each) mod P61: halves summed apart, so nothing wraps."""
+    high = int((terms >> np.uint64(32)).sum(dtype=np.uint64))
+    low = int((terms & np.uint64(MASK32)).sum(dtype=np.uint64))
+    return ((high << 32) + low) % P61
+
+
+def hmac_message(chunks: int, tensors: int, sums: Sequence[int]) -> bytes:
+    """What the HMAC finishes: the domain, the number of chunks and of tensors, H_0 and H_1."""
+    return DOMAIN + b"".join(v.to_bytes(8, "little") for v in (chunks, tensors, *sums))
 
 
 def as_bytes(array: object) -> memoryview:
@@ -128,7 +244,7 @@ def _words(data: memoryview) -> U32:
 
 
 @functools.cache
-def _native_kernel() -> NhKernel | None:
+def _native_kernel() -> Compiled | None:
     """The compiled NH loop, loaded (compiled, or read from numba's cache) once per process."""
     kernel, about = nh_native.load()
     if kernel is None:
@@ -143,7 +259,7 @@ def cpu_backend() -> Literal["numba", "numpy"]:
     return "numba" if _native_kernel() is not None else "numpy"
 
 
-def _kernel_for(backend: Backend) -> NhKernel | None:
+def _kernel_for(backend: Backend) -> Compiled | None:
     if backend == "numpy":
         return None
     kernel = _native_kernel()
@@ -176,26 +292,25 @@ class _Accumulator:
         nh = np.empty((2, count), dtype=np.uint64)
         if self._kernel is not None:
             self._native_nh(self._kernel, words, nh)
+            terms = np.empty_like(nh)
+            check_chunk_count(self.chunk + count)
+            self._kernel.field(nh, self.key.field, self.chunk, terms)
         else:
             self._numpy_nh(chunks, nh)
-        products = []
+            terms = field_terms(self.key.field, nh, self.chunk)
         for lane in (0, 1):
-            mult = chunk_multipliers(self.key.seeds[lane], self.chunk, count)
-            with np.errstate(over="ignore"):
-                product = nh[lane] * mult
-            products.append(product)
-            self.sums[lane] = (self.sums[lane] + int(product.sum(dtype=np.uint64))) & MASK64
+            self.sums[lane] = (self.sums[lane] + sum_mod_p(terms[lane])) % P61
         if self.keep_chunks:
-            self.kept.append(np.stack(products, axis=1))
+            self.kept.append(terms.T.copy())
         self.chunk += count
 
-    def _native_nh(self, kernel: NhKernel, words: U32, nh: U64) -> None:
+    def _native_nh(self, kernel: Compiled, words: U32, nh: U64) -> None:
         pairs = words.reshape(-1).view(np.uint64)  # little-endian: the low half is the even word
         if not pairs.flags.aligned:
             pairs = pairs.copy()
         pairs = pairs.view()
         pairs.flags.writeable = False  # the loop's one signature takes read-only data (tensor memory)
-        kernel(pairs, self._key_even, self._key_odd, nh)
+        kernel.nh(pairs, self._key_even, self._key_odd, nh)
 
     def _numpy_nh(self, chunks: U32, nh: U64) -> None:
         low = np.uint64(0xFFFFFFFF)
@@ -226,9 +341,7 @@ class _Accumulator:
     def finish(self) -> str:
         trailer = np.array([FORMAT_VERSION, len(self.lengths), *self.lengths], dtype="<u8")
         self.add_words(_words(trailer.view(np.uint8).data))
-        message = (
-            b"trainguard-fp-v1" + self.sums[0].to_bytes(8, "little") + self.sums[1].to_bytes(8, "little")
-        )
+        message = hmac_message(self.chunk, len(self.lengths), self.sums)
         return hmac.new(self.key.secret, message, hashlib.sha256).hexdigest()
 
 
@@ -261,6 +374,7 @@ def fingerprint_with_chunks(
 def reference_fingerprint(key: FingerprintKey, tensors: Sequence[bytes]) -> str:
     """The definition above, word by word in Python integers: slow, for checking the fast paths."""
     table = [int(x) for x in key.table]
+    field = [[int(v) for v in row] for row in key.field]
     sums = [0, 0]
     chunk = 0
 
@@ -273,22 +387,22 @@ def reference_fingerprint(key: FingerprintKey, tensors: Sequence[bytes]) -> str:
                 int.from_bytes(padded[offset + 4 * i : offset + 4 * i + 4], "little")
                 for i in range(CHUNK_WORDS)
             ]
+            x, y, z = chunk % 2**11, chunk // 2**11 % 2**11, chunk // 2**22
             for lane in (0, 1):
                 nh = 0
                 for i in range(0, CHUNK_WORDS, 2):
-                    a = (words[i] + table[i + 2 * lane]) & 0xFFFFFFFF
-                    b = (words[i + 1] + table[i + 1 + 2 * lane]) & 0xFFFFFFFF
-                    nh = (nh + a * b) & MASK64
-                z = (key.seeds[lane] + (chunk + 1) * GOLDEN) & MASK64
-                z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-                z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
-                mult = (z ^ (z >> 31)) | 1
-                sums[lane] = (sums[lane] + nh * mult) & MASK64
+                    a = (words[i] + table[i + 2 * lane]) % 2**32
+                    b = (words[i + 1] + table[i + 1 + 2 * lane]) % 2**32
+                    nh = (nh + a * b) % 2**64
+                row = field[lane]
+                hi, lo = nh // 2**32, nh % 2**32
+                term = (hi * row[FIELD_A + x] + lo * row[FIELD_B + x]) * row[FIELD_C + y] * row[FIELD_D + z]
+                sums[lane] = (sums[lane] + term) % P61
             chunk += 1
 
     for data in tensors:
         absorb(data)
     trailer = b"".join(x.to_bytes(8, "little") for x in [FORMAT_VERSION, len(tensors), *map(len, tensors)])
     absorb(trailer)
-    message = b"trainguard-fp-v1" + sums[0].to_bytes(8, "little") + sums[1].to_bytes(8, "little")
+    message = hmac_message(chunk, len(tensors), sums)
     return hmac.new(key.secret, message, hashlib.sha256).hexdigest()
