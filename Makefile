@@ -93,6 +93,7 @@ test: build venv lint lint-chart verify ## Everything CI runs: lint, unit and cl
 bench: build venv ## Benchmarks; JSON results in bench/results/
 	$(PY) -m bench.fingerprint_bench
 	$(PY) -m bench.guard_bench
+	$(PY) -m bench.step_bench
 	$(PY) -m bench.verify_bench
 	$(PY) -m bench.admission_bench
 	$(PY) -m bench.scheduling_bench

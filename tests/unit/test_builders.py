@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.parse
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from tests.unit.manifests import ROOT, SETTINGS, load
 from trainguard.admission.configurations import Endpoint, build_webhook_configurations
 from trainguard.api import constants as c
 from trainguard.api.models import InputVerification, Tenant, TrainingJob
+from trainguard.settings import Settings
 from trainguard.workload import builders as b
 
 GOLDEN = ROOT / "tests" / "golden"
@@ -189,6 +191,39 @@ def test_network_policy_admits_only_the_same_job(job: TrainingJob) -> None:
     assert policy["ingress"] == [{"from": [same]}]
     assert policy["egress"][0] == {"to": [same]}
     assert {p["port"] for p in policy["egress"][1]["ports"]} == {53}
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        SETTINGS,
+        # As the chart renders them for a release in another namespace, on another port.
+        Settings(
+            operator_namespace="platform-trainguard",
+            integrity_port=9443,
+            integrity_url="http://trainguard-integrity.platform-trainguard.svc:9443",
+        ).workload(),
+    ],
+    ids=["defaults", "chart-elsewhere"],
+)
+def test_the_network_policy_lets_the_sidecar_reach_exactly_its_report_and_key_urls(
+    job: TrainingJob, tenant: Tenant, settings: b.WorkloadSettings
+) -> None:
+    """Under a CNI that enforces NetworkPolicy, a sidecar whose report URL the policy does not allow
+    would lose every verdict: the egress rule must name the URL's namespace and port, and no more."""
+    sidecar = b.build_pod(job, tenant, 0, 0, settings)["spec"]["initContainers"][0]
+    policy = b.build_network_policy(job, settings)["spec"]
+    rules = [rule for rule in policy["egress"] if any("namespaceSelector" in peer for peer in rule["to"])]
+    dns = [rule for rule in rules if {p["port"] for p in rule["ports"]} == {53}]
+    (operator,) = [rule for rule in rules if rule not in dns]
+    for flag in ("--report-url=", "--key-url="):
+        url = urllib.parse.urlsplit(next(a for a in sidecar["args"] if a.startswith(flag)).removeprefix(flag))
+        service, namespace, suffix = (url.hostname or "").split(".", 2)
+        assert (service, suffix) == ("trainguard-integrity", "svc")
+        (peer,) = operator["to"]
+        assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+        assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "trainguard"}}
+        assert operator["ports"] == [{"protocol": "TCP", "port": url.port}]
 
 
 def test_gang_has_one_pod_per_replica_with_rendezvous_env(job: TrainingJob, tenant: Tenant) -> None:
