@@ -51,10 +51,13 @@ class WireModel(BaseModel):
     """A JSON object that crosses a process boundary: strict types, no unknown fields, immutable.
 
     The fields named in `omit_when_none` are left out of the JSON when they are None (they are
-    optional keys of the object), every other field is always written, null included."""
+    optional keys of the object), those in `omit_when_default` when they hold their default (a
+    field added later: what older readers know stays unchanged), every other field is always
+    written, null included."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     omit_when_none: ClassVar[tuple[str, ...]] = ()
+    omit_when_default: ClassVar[tuple[str, ...]] = ()
 
     @model_serializer(mode="wrap")
     def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -62,6 +65,9 @@ class WireModel(BaseModel):
         for name in self.omit_when_none:
             if data.get(name) is None:
                 data.pop(name, None)
+        for name in self.omit_when_default:
+            if name in data and data[name] == type(self).model_fields[name].default:
+                del data[name]
         return data
 
     def wire(self) -> dict[str, Any]:
@@ -275,8 +281,30 @@ def _string_path(value: object) -> object:
     return value
 
 
+MAX_RANK = 4095
+
+
+class Hello(WireModel):
+    """The first message of a connection: which rank of the pod's trainer processes speaks on it
+    (torchrun's LOCAL_RANK), and whether its parameters are a data-parallel replica of the
+    other ranks' (tensor- and pipeline-parallel shards are not: they are never compared)."""
+
+    op: Literal["hello"] = "hello"
+    rank: int
+    replicated: bool = True
+
+    @field_validator("rank", mode="before")
+    @classmethod
+    def _rank(cls, value: object) -> object:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_RANK:
+            raise ValueError(f"rank must be an integer from 0 to {MAX_RANK}")
+        return value
+
+
 class Register(WireModel):
-    """Share a region (again: a region of the same name replaces the old one)."""
+    """Share a region (again: a region of the same name replaces the old one). A CPU region's
+    file travels as a descriptor beside the message (SCM_RIGHTS): the sidecar maps that open
+    file, never a path (which another process could swap); `path` only names it."""
 
     op: Literal["register"] = "register"
     region: Region
@@ -325,8 +353,9 @@ class Verify(WireModel):
     check_path = field_validator("path", mode="before")(_string_path)
 
 
-Request = Register | Begin | End | Checkpoint | Verify
+Request = Hello | Register | Begin | End | Checkpoint | Verify
 _REQUESTS: dict[str, type[Request]] = {
+    "hello": Hello,
     "register": Register,
     "begin": Begin,
     "end": End,
