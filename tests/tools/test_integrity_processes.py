@@ -642,14 +642,16 @@ def _connects(sidecar: SidecarProcess, rank: int) -> bool:
     return True
 
 
-def test_a_region_file_swapped_for_a_decoy_does_not_blind_the_sidecar(sidecar: SidecarProcess) -> None:
+def test_a_region_file_swapped_for_a_decoy_does_not_blind_the_sidecar(
+    sidecar: SidecarProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The attack that worked on a sidecar opening regions by path (5 runs of 5): a third process
     puts a decoy file in the region's place between the trainer mapping it and the sidecar
     opening it, then alters the real mapping. The sidecar maps the descriptor the trainer passed,
     so the real memory is what it fingerprints, in every run."""
     import trainguard.trainer.guard as guard_module
+    from trainguard.channel import send as real_send
 
-    real_send = guard_module.send
     swapped: list[tuple[Path, int]] = []
 
     def swap_then_send(sock: socket.socket, message: Any, fds: Any = ()) -> None:
@@ -664,12 +666,9 @@ def test_a_region_file_swapped_for_a_decoy_does_not_blind_the_sidecar(sidecar: S
 
     for run in range(5):
         swapped.clear()
-        guard_module.send = swap_then_send  # type: ignore[assignment]
-        try:
-            net = model()
-            guard = IntegrityGuard(net, socket_path=sidecar.socket, rank=0)
-        finally:
-            guard_module.send = real_send  # type: ignore[assignment]
+        with monkeypatch.context() as patched:  # the window: mapped by the trainer, not yet by the sidecar
+            patched.setattr(guard_module, "send", swap_then_send)
+            guard = IntegrityGuard(model(), socket_path=sidecar.socket, rank=0)
         [(path, real)] = swapped
         guard.begin(0)
         guard.end(0)
