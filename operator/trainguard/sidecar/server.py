@@ -93,6 +93,7 @@ from trainguard.integrity.reports import (
 MODES = ("Off", "Audit", "Enforce")
 R = TypeVar("R", Registered, StepEnd, Verified, Violation, CheckpointSigned)
 PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
+RECONNECT_GRACE = 2.0  # seconds a rank's new connection waits for its old one to be seen closed
 
 
 def file_sha256(path: Path) -> str:
@@ -340,6 +341,7 @@ class Sidecar:
         # Connections run on their own threads: reports (one numbered stream), the connected
         # ranks, the pod's comparison and the checkpoint steps are shared between them.
         self._lock = threading.RLock()
+        self._left = threading.Condition(self._lock)  # a rank's connection closed
 
     # ----------------------------------------------------------------- results
     def report(self, report: Report) -> None:
@@ -452,14 +454,16 @@ class Sidecar:
     def connect(self, message: object) -> tuple[RankSession | None, Reply]:
         """The rank a connection's first message (`Hello`) claims, or why it is refused. A rank
         has one connection at a time: a second one while the first is open is a protocol
-        violation (another process speaking for that rank); after it closed, a reconnect."""
+        violation (another process speaking for that rank); after it closed, a reconnect (a
+        rank's old connection gets `RECONNECT_GRACE` seconds to be seen closing)."""
         try:
             request = parse_request(message, self.folder)
         except ProtocolError as exc:
             return None, Reply(ok=False, error=str(exc))
         if not isinstance(request, Hello):
             return None, Reply(ok=False, error="the first message of a connection must be hello (its rank)")
-        with self._lock:
+        with self._left:
+            self._left.wait_for(lambda: request.rank not in self.sessions, timeout=RECONNECT_GRACE)
             if request.rank in self.sessions:
                 reply = self.violation(
                     "Protocol",
@@ -474,9 +478,10 @@ class Sidecar:
         return session, Reply(ok=True)
 
     def disconnect(self, session: RankSession) -> None:
-        with self._lock:
+        with self._left:
             if self.sessions.get(session.rank) is session:
                 del self.sessions[session.rank]
+                self._left.notify_all()
 
     def protocol(self, session: RankSession, step: int | None, problem: str) -> Reply:
         return self.violation(
