@@ -194,7 +194,9 @@ def visible_gpus() -> tuple[list[str], str]:
         if name in os.environ
     )
     if not source:
-        return [], "no NVIDIA_VISIBLE_DEVICES or CUDA_VISIBLE_DEVICES: the container was given no GPU"
+        if not Path("/dev/nvidiactl").exists():
+            return [], "no NVIDIA_VISIBLE_DEVICES or CUDA_VISIBLE_DEVICES, no NVIDIA device: no GPU given"
+        source = "no NVIDIA_VISIBLE_DEVICES or CUDA_VISIBLE_DEVICES set: every GPU of the host"
     try:
         import torch
     except ImportError:
