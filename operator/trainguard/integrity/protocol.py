@@ -4,9 +4,12 @@ Pure: typed messages (what the trainer asks, `Request`, and what the sidecar ans
 the layout of the shared buffers, and the checks the sidecar applies to what the trainer tells it
 about them. The framing of messages on the socket is `trainguard.channel`'s.
 
-The trainer shares its memory as a few *regions*: one flat buffer per kind of state (parameters,
-buffers, optimizer state) and device. A CPU region is a file in the shared folder that both
-processes map; a CUDA region is one device allocation that the sidecar opens through its CUDA IPC
+Each trainer process (rank) of the pod opens its own connection and says first who it is
+(`Hello`: its rank, and whether its parameters are a data-parallel replica of the other ranks').
+It shares its memory as a few *regions*: one flat buffer per kind of state (parameters, buffers,
+optimizer state) and device. A CPU region is a file in the shared folder that both processes
+map, handed to the sidecar as an open descriptor beside the `Register` message (its `path` only
+names it); a CUDA region is one device allocation that the sidecar opens through its CUDA IPC
 handle. The fingerprint of a region covers its whole buffer, so one region is one kernel launch.
 
 A message is parsed once, where it enters (`parse_request` in the sidecar, `parse_reply` in the
