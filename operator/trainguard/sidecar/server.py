@@ -193,10 +193,12 @@ def visible_gpus() -> tuple[list[str], str]:
         for name in ("NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES")
         if name in os.environ
     )
-    if not source:
-        if not Path("/dev/nvidiactl").exists():
-            return [], "no NVIDIA_VISIBLE_DEVICES or CUDA_VISIBLE_DEVICES, no NVIDIA device: no GPU given"
+    if source:
+        source = f"the container runtime's device list: {source}"
+    elif Path("/dev/nvidiactl").exists():
         source = "no NVIDIA_VISIBLE_DEVICES or CUDA_VISIBLE_DEVICES set: every GPU of the host"
+    else:
+        return [], "no NVIDIA_VISIBLE_DEVICES or CUDA_VISIBLE_DEVICES, no NVIDIA device: no GPU given"
     try:
         import torch
     except ImportError:
@@ -204,7 +206,7 @@ def visible_gpus() -> tuple[list[str], str]:
     if not torch.cuda.is_available():
         return [], f"{source}, but CUDA sees no device"
     uuids = [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
-    return uuids, f"the container runtime's device list ({source})"
+    return uuids, source
 
 
 class RankSession:

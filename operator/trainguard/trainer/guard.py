@@ -166,7 +166,7 @@ class _SharedRegion:
             # it went to the sidecar with the register message.
             stem = name.replace("@", "-").replace(":", "-")
             self.path = folder / f"{stem}-rank{rank}-{os.getpid()}-{next(_generation)}.bin"
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             os.ftruncate(self.fd, total)
             self._mmap = mmap.mmap(self.fd, total)
             self.flat = torch.frombuffer(self._mmap, dtype=torch.uint8)
