@@ -695,3 +695,16 @@ def test_a_raw_register_of_a_decoy_file_by_path_is_refused(sidecar: SidecarProce
         os.close(fd)
     assert [r.kind for r in sidecar.reports()] == ["Registered"]
     guard.close()
+
+
+def test_a_rank_that_leaves_mid_step_does_not_hold_up_the_pods_comparison(sidecar: SidecarProcess) -> None:
+    ranks = [IntegrityGuard(model(seed=r), socket_path=sidecar.socket, rank=r) for r in range(3)]
+    ranks[0].end(0)
+    ranks[1].end(0)  # other weights (seed 1) than rank 0's; rank 2 never ends step 0
+    assert sidecar.reports_of(Violation) == []
+    ranks[2].close()  # the crash of rank 2: step 0's comparison is made without it
+    wait_for("the comparison without rank 2", lambda: sidecar.reports_of(Violation), timeout=30)
+    [violation] = sidecar.reports_of(Violation)
+    assert (violation.violation, violation.rank, violation.step) == ("ReplicaDivergence", 1, 0)
+    for guard in ranks[:2]:
+        guard.close()

@@ -482,10 +482,21 @@ class Sidecar:
         return session, Reply(ok=True)
 
     def disconnect(self, session: RankSession) -> None:
+        """Forget a closed connection's rank; the pod's comparisons that waited only for it are
+        made without it."""
         with self._left:
             if self.sessions.get(session.rank) is session:
                 del self.sessions[session.rank]
                 self._left.notify_all()
+            complete = [step for step in sorted(self.pod_ends) if self._complete(step)]
+            ends = [(step, self.pod_ends.pop(step)) for step in complete]
+        for step, fingerprints in ends:
+            self._compare(step, fingerprints)
+
+    def _complete(self, step: int) -> bool:
+        """Has every connected data-parallel rank ended `step`? (Called with the lock held.)"""
+        expected = {rank for rank, s in self.sessions.items() if s.replicated}
+        return expected <= set(self.pod_ends.get(step, {}))
 
     def protocol(self, session: RankSession, step: int | None, problem: str) -> Reply:
         return self.violation(
@@ -541,17 +552,18 @@ class Sidecar:
 
     def compare_ranks(self, session: RankSession, step: int, fingerprint: str) -> Reply:
         """Once every connected data-parallel rank has ended `step`, their parameters must agree:
-        a violation names the ranks that differ from the majority (rank `session` learns of it
-        if it is one of them, or if it completed the comparison)."""
+        a violation names the ranks that differ from the majority (rank 0's side when there is
+        none), reported, and answered to the rank whose end completed the comparison."""
         with self._lock:
-            ends = self.pod_ends.setdefault(step, {})
-            ends[session.rank] = fingerprint
+            self.pod_ends.setdefault(step, {})[session.rank] = fingerprint
             for old in sorted(self.pod_ends)[:-KEEP_STEPS]:
                 del self.pod_ends[old]
-            expected = {rank for rank, s in self.sessions.items() if s.replicated}
-            if not expected <= set(ends):
+            if not self._complete(step):
                 return Reply(ok=True)
-            del self.pod_ends[step]
+            ends = self.pod_ends.pop(step)
+        return self._compare(step, ends)
+
+    def _compare(self, step: int, ends: dict[int, str]) -> Reply:
         odd = diverging_replicas(ends)
         if not odd:
             return Reply(ok=True)
