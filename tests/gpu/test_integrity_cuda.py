@@ -90,3 +90,88 @@ def test_gpu_state_is_shared_through_cuda_ipc_and_tampering_is_caught(
     ):
         train(range(20, 21), guard, net, optimizer)
     guard.close()
+
+
+def test_a_cuda_region_declared_larger_than_its_allocation_is_refused(sidecar: SidecarProcess) -> None:
+    """The sidecar reads no further than the allocation behind the handle, whatever nbytes says."""
+    from trainguard.gpu import cuda_ipc
+    from trainguard.integrity.protocol import CudaHandle, Region, Register
+
+    net = torch.nn.Linear(64, 64).cuda()
+    guard = IntegrityGuard(net, socket_path=sidecar.socket)
+    small, handle = cuda_ipc.allocate(1 << 20, 0)  # 1 MiB, its own allocation
+    uuid = str(torch.cuda.get_device_properties(0).uuid)
+    region = Region(
+        name="buffers@cuda:0", nbytes=64 << 20, slots=[], cuda=CudaHandle(uuid=uuid, handle=handle)
+    )
+    with pytest.raises(IntegrityViolation, match=r"declares 67108864 bytes but its allocation holds \d+"):
+        guard._call(Register(region=region))
+    exact = region.model_copy(update={"nbytes": 1 << 20})
+    guard._call(Register(region=exact))  # the same allocation at its real size is fine
+    del small
+    guard.close()
+
+
+def test_two_ranks_on_one_gpu_have_their_own_regions_and_a_tamper_names_the_rank(
+    sidecar: SidecarProcess,
+) -> None:
+    guards, nets, optimizers = [], [], []
+    for rank in (0, 1):
+        torch.manual_seed(0)
+        nets.append(torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Linear(256, 256)).cuda())
+        optimizers.append(torch.optim.SGD(nets[rank].parameters(), lr=0.1))
+        # Shards, as far as the sidecar knows: the comparison of ranks is the CPU tests' (two
+        # GPU runs of the same step need not give the same bits).
+        guards.append(
+            IntegrityGuard(
+                nets[rank], optimizers[rank], socket_path=sidecar.socket, rank=rank, replicated=False
+            )
+        )
+    for rank in (0, 1):
+        train(range(3), guards[rank], nets[rank], optimizers[rank])
+    handles = {g.regions["parameters@cuda:0"].region.cuda.handle for g in guards}  # type: ignore[union-attr]
+    assert len(handles) == 2
+    ends = sidecar.reports_of(StepEnd)
+    assert sorted((e.rank, e.step) for e in ends) == [(r, s) for r in (0, 1) for s in range(3)]
+    assert sidecar.reports_of(Violation) == []
+    params = guards[1].regions["parameters@cuda:0"]
+    subprocess.run(
+        [sys.executable, "-c", TAMPER, json.dumps(params.region.wire()), str(sidecar.folder), "10"],
+        check=True, timeout=120,
+    )  # fmt: skip
+    guards[0].begin(3)
+    with pytest.raises(IntegrityViolation, match=r"replica 0, rank 1: the weights \(cuda:0\) changed"):
+        guards[1].begin(3)
+    assert sidecar.reports_of(Violation)[-1].rank == 1
+    for guard in guards:
+        guard.close()
+
+
+def test_the_sidecar_says_which_gpus_it_sees_and_why(sidecar: SidecarProcess) -> None:
+    log = sidecar.log_path.read_text()
+    assert "sidecar: sees GPUs " in log
+    assert str(torch.cuda.get_device_properties(0).uuid) in log
+
+
+def test_a_cuda_generator_reseeded_between_steps_is_caught(sidecar: SidecarProcess) -> None:
+    """The CUDA generator's Philox offset only grows while numbers are drawn; a reseed (even with the
+    same seed) sets it back, which would replay dropout masks and noise."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(256, 256), torch.nn.Dropout(0.1), torch.nn.Linear(256, 256)
+    ).cuda()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    guard = IntegrityGuard(
+        net, optimizer, socket_path=sidecar.socket, generators=IntegrityGuard.default_generators()
+    )
+    assert "cuda:0" in guard.generators
+    for _ in range(3):  # dropout draws from the CUDA generator between steps: its offset grows
+        net(torch.ones(8, 256, device="cuda")).sum().backward()
+        optimizer.step()
+    assert sidecar.reports_of(Violation) == []
+    torch.cuda.manual_seed(torch.cuda.initial_seed())  # same seed, offset back to 0
+    net(torch.ones(8, 256, device="cuda")).sum().backward()
+    with pytest.raises(IntegrityViolation, match=r"rng.cuda:0.offset went back"):
+        optimizer.step()
+    assert sidecar.reports_of(Violation)[-1].violation == "RandomState"
+    guard.close()

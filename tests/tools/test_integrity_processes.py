@@ -23,7 +23,7 @@ import torch
 from e2e.cluster.harness import ROOT
 from e2e.cluster.integrity import SidecarProcess
 from e2e.cluster.waiting import free_port, wait_for
-from trainguard.integrity.protocol import Checkpoint, Region, Register, Verify
+from trainguard.integrity.protocol import Begin, Checkpoint, Region, Register, Verify
 from trainguard.integrity.replicas import diverging_replicas
 from trainguard.integrity.reports import Registered, StepEnd, Verified, Violation
 from trainguard.sidecar.server import probe
@@ -493,3 +493,219 @@ def test_the_sidecar_checks_the_bytes_the_trainer_loads_not_the_file_again(
         guard._call(Verify(path=str(path), files={"checkpoint.pt": other}))  # the disk is intact
     assert set(guard.load(path)) == set(net.state_dict())
     guard.close()
+
+
+# ----------------------------------------------------------------- many ranks in one pod
+RANK = """
+import sys, time
+from pathlib import Path
+import torch
+from trainguard.trainer import IntegrityGuard, IntegrityViolation
+
+sock, barrier = sys.argv[1], Path(sys.argv[5])
+rank, ranks, steps = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+guard = IntegrityGuard(net, optimizer, socket_path=sock, rank=rank)
+# Every rank holds its connection open before any steps: a sidecar that served one connection at
+# a time would never answer the others' hello, and this barrier would never open.
+(barrier / f"ready-{rank}").write_text(str(guard.buffer_path))
+deadline = time.monotonic() + 120
+while len(list(barrier.glob("ready-*"))) < ranks:
+    assert time.monotonic() < deadline, "not every rank got its connection answered"
+    time.sleep(0.05)
+data = torch.Generator().manual_seed(7)  # the same batches everywhere: gradients all-reduced
+for step in range(steps):  # the guard checks just before each optimizer.step(), fingerprints just after
+    x, y = torch.randn(8, 16, generator=data), torch.randint(0, 4, (8,), generator=data)
+    optimizer.zero_grad()
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    optimizer.step()
+guard.close()
+print("rank", rank, "trained", steps, "steps")
+"""
+
+
+def test_eight_ranks_of_one_pod_step_concurrently_against_one_sidecar(
+    sidecar: SidecarProcess, tmp_path: Path
+) -> None:
+    """`torchrun --nproc-per-node=8`: eight trainer processes, one sidecar, each rank its own
+    connection, region files and fingerprints; the data-parallel ranks agree at every step."""
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    ranks, steps = 8, 5
+    trainers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RANK, str(sidecar.socket), str(r), str(ranks), str(steps), str(barrier)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(ranks)
+    ]
+    for r, trainer in enumerate(trainers):
+        out, err = trainer.communicate(timeout=300)
+        assert trainer.returncode == 0, f"rank {r}: {err[-3000:]}"
+        assert f"rank {r} trained {steps} steps" in out
+    files = {r: Path((barrier / f"ready-{r}").read_text()) for r in range(ranks)}
+    assert len(set(files.values())) == ranks
+    assert all(f"rank{r}" in files[r].name for r in range(ranks))
+    assert sidecar.reports_of(Violation) == []
+    ends = sidecar.reports_of(StepEnd)
+    assert sorted((e.rank, e.step) for e in ends) == [(r, s) for r in range(ranks) for s in range(steps)]
+    for step in range(steps):  # the same parameters on every rank, region by region
+        assert len({e.fingerprint for e in ends if e.step == step}) == 1
+    verified = sidecar.reports_of(Verified)
+    assert sorted((v.rank, v.step) for v in verified) == [
+        (r, s) for r in range(ranks) for s in range(steps - 1)
+    ]
+    registered = sidecar.reports_of(Registered)
+    assert sorted((r.rank, r.region) for r in registered) == sorted(
+        (r, name) for r in range(ranks) for name in ("parameters@cpu", "optimizer@cpu")
+    )
+    seqs = [r.seq for r in sidecar.reports()]
+    assert seqs == list(range(1, len(seqs) + 1))  # one numbered stream, whichever rank reported
+
+
+def ranked_guards(sidecar: SidecarProcess, ranks: int) -> tuple[list[IntegrityGuard], list[Any], list[Any]]:
+    nets = [model(seed=0) for _ in range(ranks)]
+    guards = [IntegrityGuard(nets[r], socket_path=sidecar.socket, rank=r) for r in range(ranks)]
+    optimizers = [torch.optim.SGD(nets[r].parameters(), lr=0.1) for r in range(ranks)]
+    return guards, nets, optimizers
+
+
+def test_a_tamper_in_one_ranks_region_is_reported_naming_that_rank(sidecar: SidecarProcess) -> None:
+    guards, nets, optimizers = ranked_guards(sidecar, 3)
+    streams = [torch.Generator().manual_seed(5) for _ in guards]
+    for step in range(3):
+        for r, guard in enumerate(guards):
+            guard.begin(step)
+            train_step(nets[r], optimizers[r], streams[r])
+            guard.end(step)
+    tamper_with(guards[2].buffer_path, 40)
+    guards[0].begin(3)
+    guards[1].begin(3)
+    with pytest.raises(
+        IntegrityViolation, match=r"replica 0, rank 2: the weights \(cpu\) changed between the end of step 2"
+    ):
+        guards[2].begin(3)
+    [violation] = sidecar.reports_of(Violation)
+    assert (violation.violation, violation.rank, violation.step) == ("ModifiedBetweenSteps", 2, 3)
+    for guard in guards:
+        guard.close()
+
+
+def test_one_data_parallel_rank_that_diverges_inside_the_pod_is_named(sidecar: SidecarProcess) -> None:
+    guards, nets, optimizers = ranked_guards(sidecar, 3)
+    # A tensor-parallel shard (say) is never compared with the replicas.
+    shard = IntegrityGuard(model(seed=3), socket_path=sidecar.socket, rank=3, replicated=False)
+    streams = [torch.Generator().manual_seed(5) for _ in guards]
+    for step in range(3):
+        shard.begin(step)
+        shard.end(step)
+        for r, guard in enumerate(guards):
+            guard.begin(step)
+            if r == 1 and step == 2:
+                streams[1] = torch.Generator().manual_seed(99)  # rank 1 trains on other data from here
+            train_step(nets[r], optimizers[r], streams[r])
+            if r < 2 or step < 2:
+                guard.end(step)
+    # ... and rank 2's end completes the pod's comparison of step 2.
+    with pytest.raises(
+        IntegrityViolation,
+        match=r"replica 0: rank 1 disagrees with rank 0, 2 about the weights at the end of step 2",
+    ):
+        guards[2].end(2)
+    [violation] = sidecar.reports_of(Violation)
+    assert (violation.violation, violation.rank, violation.step) == ("ReplicaDivergence", 1, 2)
+    for guard in [*guards, shard]:
+        guard.close()
+
+
+def test_a_second_connection_for_a_connected_rank_is_refused_and_a_reconnect_is_not(
+    sidecar: SidecarProcess,
+) -> None:
+    first = IntegrityGuard(model(), socket_path=sidecar.socket, rank=5)
+    with pytest.raises(
+        IntegrityViolation, match="a second connection claims rank 5, which is connected already"
+    ):
+        IntegrityGuard(model(), socket_path=sidecar.socket, rank=5)
+    assert sidecar.reports_of(Violation)[-1].violation == "Protocol"
+    first.close()
+    again = IntegrityGuard(model(), socket_path=sidecar.socket, rank=5)  # a restarted process
+    again.end(0)
+    again.close()
+
+
+def test_a_region_file_swapped_for_a_decoy_does_not_blind_the_sidecar(
+    sidecar: SidecarProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack that worked on a sidecar opening regions by path (5 runs of 5): a third process
+    puts a decoy file in the region's place between the trainer mapping it and the sidecar
+    opening it, then alters the real mapping. The sidecar maps the descriptor the trainer passed,
+    so the real memory is what it fingerprints, in every run."""
+    import trainguard.trainer.guard as guard_module
+    from trainguard.channel import send as real_send
+
+    swapped: list[tuple[Path, int]] = []
+
+    def swap_then_send(sock: socket.socket, message: Any, fds: Any = ()) -> None:
+        if isinstance(message, Register) and message.region.path and not swapped:
+            path = Path(message.region.path)
+            real = os.open(path, os.O_RDWR)  # the saboteur keeps the real file...
+            decoy = path.with_name("decoy.bin")
+            decoy.write_bytes(path.read_bytes())
+            os.rename(decoy, path)  # ... and puts a frozen copy at its name
+            swapped.append((path, real))
+        real_send(sock, message, fds)
+
+    for run in range(5):
+        swapped.clear()
+        with monkeypatch.context() as patched:  # the window: mapped by the trainer, not yet by the sidecar
+            patched.setattr(guard_module, "send", swap_then_send)
+            guard = IntegrityGuard(model(), socket_path=sidecar.socket, rank=0)
+        [(path, real)] = swapped
+        guard.begin(0)
+        guard.end(0)
+        frozen = path.read_bytes()
+        tamper = "import mmap, sys\nm = mmap.mmap(int(sys.argv[1]), 0); m[100] ^= 1\n"
+        subprocess.run([sys.executable, "-c", tamper, str(real)], check=True, timeout=30, pass_fds=[real])
+        os.close(real)
+        assert path.read_bytes() == frozen  # the decoy never changed
+        with pytest.raises(
+            IntegrityViolation, match=r"the weights \(cpu\) changed between the end of step 0"
+        ):
+            guard.begin(1)
+        assert len(sidecar.reports_of(Violation)) == run + 1
+        guard.close()  # the next run's guard reconnects as rank 0
+
+
+def test_a_raw_register_of_a_decoy_file_by_path_is_refused(sidecar: SidecarProcess) -> None:
+    guard = IntegrityGuard(model(), socket_path=sidecar.socket)
+    decoy = sidecar.folder / "decoy.bin"
+    decoy.write_bytes(guard.buffer_path.read_bytes())
+    region = guard.regions["parameters@cpu"].region.model_copy(update={"path": str(decoy)})
+    with pytest.raises(IntegrityViolation, match="a CPU region is shared as an open file descriptor"):
+        guard._call(Register(region=region))
+    # A descriptor beside a message that takes none is refused too (and closed by the sidecar).
+    fd = os.open(decoy, os.O_RDONLY)
+    try:
+        with pytest.raises(IntegrityViolation, match="a begin message passes no file descriptor"):
+            guard._call(Begin(step=0), fds=[fd])
+    finally:
+        os.close(fd)
+    assert [r.kind for r in sidecar.reports()] == ["Registered"]
+    guard.close()
+
+
+def test_a_rank_that_leaves_mid_step_does_not_hold_up_the_pods_comparison(sidecar: SidecarProcess) -> None:
+    ranks = [IntegrityGuard(model(seed=r), socket_path=sidecar.socket, rank=r) for r in range(3)]
+    ranks[0].end(0)
+    ranks[1].end(0)  # other weights (seed 1) than rank 0's; rank 2 never ends step 0
+    assert sidecar.reports_of(Violation) == []
+    ranks[2].close()  # the crash of rank 2: step 0's comparison is made without it
+    wait_for("the comparison without rank 2", lambda: sidecar.reports_of(Violation), timeout=30)
+    [violation] = sidecar.reports_of(Violation)
+    assert (violation.violation, violation.rank, violation.step) == ("ReplicaDivergence", 1, 0)
+    for guard in ranks[:2]:
+        guard.close()

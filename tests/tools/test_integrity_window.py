@@ -4,6 +4,7 @@ before each optimizer step with what the previous one left. Real sidecar process
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -207,7 +208,11 @@ def test_a_decoy_region_that_never_changes_is_reported(audit: SidecarProcess) ->
     real = guard.regions["parameters@cpu"].region
     decoy = audit.folder / "decoy.bin"
     decoy.write_bytes(Path(real.path or "").read_bytes())
-    guard._call(Register(region=real.model_copy(update={"path": str(decoy)})))
+    fd = os.open(decoy, os.O_RDWR)  # passed like a real region: a file descriptor over the socket
+    try:
+        guard._call(Register(region=real.model_copy(update={"path": str(decoy)})), fds=[fd])
+    finally:
+        os.close(fd)
     data = train(net, optimizer, 4)
     forward_backward(net, optimizer, data)
     tamper_with(guard.buffer_path, 40)  # unseen: the sidecar reads the decoy

@@ -10,7 +10,9 @@ by the sidecar, which runs as its own user), and the region stays shareable when
 runs the caching allocator with expandable segments.
 
 Legacy CUDA IPC works between processes that see the same process-id namespace (the pod sets
-`shareProcessNamespace`) and the same GPU (the sidecar finds it by UUID).
+`shareProcessNamespace`) and the same GPU (the sidecar finds it by UUID): a handle opens only
+memory that a process of the pod allocated. The size the trainer declares is checked against
+the allocation the handle opened (`cuMemGetAddressRange`): the sidecar never reads past it.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def driver() -> _Driver:
         open_handle = getattr(lib, "cuIpcOpenMemHandle_v2", None) or lib.cuIpcOpenMemHandle
         open_handle.argtypes = [ctypes.POINTER(u64), _Handle, ctypes.c_uint]
         lib.cuIpcCloseMemHandle.argtypes = [u64]
+        lib.cuMemGetAddressRange_v2.argtypes = [ctypes.POINTER(u64), ctypes.POINTER(size), u64]
         lib.cuGetErrorName.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
         _driver = _Driver(lib, open_handle)
     return _driver
@@ -113,8 +116,20 @@ def allocate(nbytes: int, index: int) -> tuple[Any, bytes]:
     return flat, ctypes.string_at(ctypes.addressof(handle), HANDLE_BYTES)
 
 
+def extent_problem(nbytes: int, pointer: int, base: int, size: int) -> str | None:
+    """Why `nbytes` from `pointer` do not fit in the allocation [base, base + size), or None.
+    Pure: the driver's answer in, the refusal out."""
+    if pointer < base or pointer >= base + size:
+        return f"the opened memory at {pointer:#x} lies outside its allocation ({base:#x}, {size} bytes)"
+    room = base + size - pointer
+    if nbytes > room:
+        return f"the region declares {nbytes} bytes but its allocation holds {room} from the handle's address"
+    return None
+
+
 def open_shared(handle: bytes, nbytes: int, index: int) -> Any:
-    """The trainer's region on GPU `index`, opened from its IPC handle (closed when dropped)."""
+    """The trainer's region on GPU `index`, opened from its IPC handle (closed when dropped);
+    CudaIpcError when the allocation behind the handle is smaller than `nbytes`."""
     import torch
 
     if len(handle) != HANDLE_BYTES:
@@ -128,6 +143,18 @@ def open_shared(handle: bytes, nbytes: int, index: int) -> Any:
     )
     cuda.check(result, "cuIpcOpenMemHandle")
     address = pointer.value
+    base, size = ctypes.c_uint64(), ctypes.c_size_t()
+    try:
+        cuda.check(
+            cuda.lib.cuMemGetAddressRange_v2(ctypes.byref(base), ctypes.byref(size), address),
+            "cuMemGetAddressRange",
+        )
+        problem = extent_problem(nbytes, address, base.value, size.value)
+        if problem is not None:
+            raise CudaIpcError(problem)
+    except CudaIpcError:
+        cuda.lib.cuIpcCloseMemHandle(address)
+        raise
 
     def close() -> None:
         cuda.lib.cuIpcCloseMemHandle(address)

@@ -6,9 +6,11 @@ since each byte is read once. The key table is laid out for it on the host (`lan
 one 16 KiB row of pairs per Toeplitz lane, row l holding K[2l], K[2l+1], …, so both lanes' keys
 are 128-bit loads too, issued with the data before any arithmetic (32 KiB, L2-resident). Each
 lane adds its keys to the words (mod 2^32), multiplies the halves into 64 bits, and one reduction
-sums both lanes. Then, once per chunk and lane, the field layer: the NH value's 32-bit halves
+sums both lanes; the program stores the chunk's NH values and ends (a streaming pass with nothing
+after its reduction). A second, small pass (`_field_terms`, 1,024 chunks per program, 16 bytes
+read and written per 16 KiB chunk) applies the field layer in place: the NH value's 32-bit halves
 times the chunk's keys in F_p, p = 2^61 - 1 (four table loads, four `_mulmod61`, all 64-bit
-without wrap-around), stored as the chunk's term. The host sums the terms mod p (high and low
+without wrap-around), giving the chunk's term. The host sums the terms mod p (high and low
 32 bits apart, so nothing wraps) and finishes with the same HMAC as the CPU reference, so the two
 give bit-identical fingerprints; `tests/data/fingerprint_vectors.json` checks both.
 
@@ -98,16 +100,11 @@ def _mulmod61(x, y):  # type: ignore[no-untyped-def]
 def _nh_chunks(  # type: ignore[no-untyped-def]
     words,  # int64[n_chunks * PAIRS]: the data as 64-bit pairs
     keys,  # int64[2, PAIRS]: lane_key_pairs
-    field,  # int64[2, ROW]: the field tables A, B, C, D of each lane (FingerprintKey.field)
-    out,  # uint64[n_chunks, 2] (as int64 storage): the chunks' terms
-    first_chunk,
+    out,  # uint64[n_chunks, 2] (as int64 storage): each chunk's NH value per lane
     PAIRS: tl.constexpr,
-    ROW: tl.constexpr,
-    A: tl.constexpr,
-    B: tl.constexpr,
-    C: tl.constexpr,
-    D: tl.constexpr,
 ):
+    """The streaming pass: one program per chunk, its NH value per lane, nothing else after the
+    reduction (the field layer is `_field_terms`, over these values, a second small pass)."""
     pid = tl.program_id(0)
     pairs = tl.arange(0, PAIRS)
     data = load_chunk_pairs(words, pid, PAIRS)
@@ -117,18 +114,42 @@ def _nh_chunks(  # type: ignore[no-untyped-def]
     high = (data >> 32).to(tl.uint32)
     terms = tl.join(_nh_terms(low, high, keys0), _nh_terms(low, high, keys1))  # [PAIRS, 2 lanes]
     nh = tl.sum(terms, axis=0)
-    # The field layer: j = x + 2^11 y + 2^22 z; T = (hi A[x] + lo B[x]) C[y] D[z] mod p, per lane.
-    lane = tl.arange(0, 2)
-    j = pid.to(tl.int64) + first_chunk
+    tl.store(out + pid.to(tl.int64) * 2 + tl.arange(0, 2), nh.to(tl.int64, bitcast=True))
+
+
+@triton.jit  # type: ignore[untyped-decorator]
+def _field_terms(  # type: ignore[no-untyped-def]
+    out,  # uint64[count, 2] (as int64 storage): NH values in, the chunks' terms out (in place)
+    field,  # int64[2, ROW]: the field tables A, B, C, D of each lane (FingerprintKey.field)
+    first_chunk,
+    count,
+    ROW: tl.constexpr,
+    A: tl.constexpr,
+    B: tl.constexpr,
+    C: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """The field layer, BLOCK chunks per program: j = x + 2^11 y + 2^22 z;
+    T = (hi A[x] + lo B[x]) C[y] D[z] mod p, per lane (`fingerprint.field_terms`)."""
+    chunk = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = (chunk < count)[:, None]
+    lane = tl.arange(0, 2)[None, :]
+    at = out + chunk[:, None] * 2 + lane
+    nh = tl.load(at, mask=inside, other=0).to(tl.uint64, bitcast=True)
+    j = (chunk + first_chunk)[:, None]
     row = field + lane * ROW
-    key_a = tl.load(row + A + (j & 2047)).to(tl.uint64, bitcast=True)
-    key_b = tl.load(row + B + (j & 2047)).to(tl.uint64, bitcast=True)
-    key_c = tl.load(row + C + ((j >> 11) & 2047)).to(tl.uint64, bitcast=True)
-    key_d = tl.load(row + D + (j >> 22)).to(tl.uint64, bitcast=True)
+    key_a = tl.load(row + A + (j & 2047), mask=inside, other=0).to(tl.uint64, bitcast=True)
+    key_b = tl.load(row + B + (j & 2047), mask=inside, other=0).to(tl.uint64, bitcast=True)
+    key_c = tl.load(row + C + ((j >> 11) & 2047), mask=inside, other=0).to(tl.uint64, bitcast=True)
+    key_d = tl.load(row + D + (j >> 22), mask=inside, other=0).to(tl.uint64, bitcast=True)
     t = _mulmod61(nh >> 32, key_a) + _mulmod61(nh & 0xFFFFFFFF, key_b)
     t = tl.where(t >= 0x1FFFFFFFFFFFFFFF, t - 0x1FFFFFFFFFFFFFFF, t)
     t = _mulmod61(_mulmod61(t, key_c), key_d)
-    tl.store(out + pid.to(tl.int64) * 2 + lane, t.to(tl.int64, bitcast=True))
+    tl.store(at, t.to(tl.int64, bitcast=True), mask=inside)
+
+
+FIELD_BLOCK = 1024  # chunks per program of the field pass
 
 
 def launch_nh_chunks(
@@ -142,10 +163,10 @@ def launch_nh_chunks(
     """The keyed kernel over every chunk of `pairs`, terms into `out` (chunks x 2, int64 storage)."""
     count = pairs.numel() // CHUNK_PAIRS
     check_chunk_count(first_chunk + count)
-    _nh_chunks[(count,)](
-        pairs, keys, field, out, first_chunk,
-        PAIRS=CHUNK_PAIRS, ROW=FIELD_ROW, A=FIELD_A, B=FIELD_B, C=FIELD_C, D=FIELD_D,
-        num_warps=num_warps,
+    _nh_chunks[(count,)](pairs, keys, out, PAIRS=CHUNK_PAIRS, num_warps=num_warps)
+    _field_terms[(triton.cdiv(count, FIELD_BLOCK),)](
+        out, field, first_chunk, count,
+        ROW=FIELD_ROW, A=FIELD_A, B=FIELD_B, C=FIELD_C, D=FIELD_D, BLOCK=FIELD_BLOCK,
     )  # fmt: skip
 
 
@@ -167,14 +188,27 @@ def _as_pairs(raw: torch.Tensor) -> torch.Tensor:
     return padded.view(torch.int64)
 
 
+_TABLES: dict[tuple[bytes, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _device_tables(key: FingerprintKey, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The key's NH table (as lane pairs) and field tables on `device`, copied there once per key
+    and device (a sidecar fingerprints every region of every step with the same key)."""
+    found = _TABLES.get((key.secret, device))
+    if found is None:
+        keys = torch.from_numpy(lane_key_pairs(key)).to(device)
+        field = torch.from_numpy(key.field.view(np.int64)).to(device)
+        found = _TABLES[(key.secret, device)] = (keys, field)
+    return found
+
+
 class _GpuAccumulator:
     def __init__(self, key: FingerprintKey, device: torch.device, keep_chunks: bool = False) -> None:
         self.key = key
         self.keep_chunks = keep_chunks
         self.kept: list[torch.Tensor] = []
         self.device = device
-        self.keys = torch.from_numpy(lane_key_pairs(key)).to(device)
-        self.field = torch.from_numpy(key.field.view(np.int64)).to(device)
+        self.keys, self.field = _device_tables(key, device)
         self.sums = [0, 0]
         self.chunk = 0
         self.lengths: list[int] = []

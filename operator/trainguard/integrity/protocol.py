@@ -4,9 +4,12 @@ Pure: typed messages (what the trainer asks, `Request`, and what the sidecar ans
 the layout of the shared buffers, and the checks the sidecar applies to what the trainer tells it
 about them. The framing of messages on the socket is `trainguard.channel`'s.
 
-The trainer shares its memory as a few *regions*: one flat buffer per kind of state (parameters,
-buffers, optimizer state) and device. A CPU region is a file in the shared folder that both
-processes map; a CUDA region is one device allocation that the sidecar opens through its CUDA IPC
+Each trainer process (rank) of the pod opens its own connection and says first who it is
+(`Hello`: its rank, and whether its parameters are a data-parallel replica of the other ranks').
+It shares its memory as a few *regions*: one flat buffer per kind of state (parameters, buffers,
+optimizer state) and device. A CPU region is a file in the shared folder that both processes
+map, handed to the sidecar as an open descriptor beside the `Register` message (its `path` only
+names it); a CUDA region is one device allocation that the sidecar opens through its CUDA IPC
 handle. The fingerprint of a region covers its whole buffer, so one region is one kernel launch.
 
 A message is parsed once, where it enters (`parse_request` in the sidecar, `parse_reply` in the
@@ -51,10 +54,13 @@ class WireModel(BaseModel):
     """A JSON object that crosses a process boundary: strict types, no unknown fields, immutable.
 
     The fields named in `omit_when_none` are left out of the JSON when they are None (they are
-    optional keys of the object), every other field is always written, null included."""
+    optional keys of the object), those in `omit_when_default` when they hold their default (a
+    field added later: what older readers know stays unchanged), every other field is always
+    written, null included."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     omit_when_none: ClassVar[tuple[str, ...]] = ()
+    omit_when_default: ClassVar[tuple[str, ...]] = ()
 
     @model_serializer(mode="wrap")
     def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -62,6 +68,9 @@ class WireModel(BaseModel):
         for name in self.omit_when_none:
             if data.get(name) is None:
                 data.pop(name, None)
+        for name in self.omit_when_default:
+            if name in data and data[name] == type(self).model_fields[name].default:
+                del data[name]
         return data
 
     def wire(self) -> dict[str, Any]:
@@ -275,8 +284,30 @@ def _string_path(value: object) -> object:
     return value
 
 
+MAX_RANK = 4095
+
+
+class Hello(WireModel):
+    """The first message of a connection: which rank of the pod's trainer processes speaks on it
+    (torchrun's LOCAL_RANK), and whether its parameters are a data-parallel replica of the
+    other ranks' (tensor- and pipeline-parallel shards are not: they are never compared)."""
+
+    op: Literal["hello"] = "hello"
+    rank: int
+    replicated: bool = True
+
+    @field_validator("rank", mode="before")
+    @classmethod
+    def _rank(cls, value: object) -> object:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_RANK:
+            raise ValueError(f"rank must be an integer from 0 to {MAX_RANK}")
+        return value
+
+
 class Register(WireModel):
-    """Share a region (again: a region of the same name replaces the old one)."""
+    """Share a region (again: a region of the same name replaces the old one). A CPU region's
+    file travels as a descriptor beside the message (SCM_RIGHTS): the sidecar maps that open
+    file, never a path (which another process could swap); `path` only names it."""
 
     op: Literal["register"] = "register"
     region: Region
@@ -377,8 +408,9 @@ class Verify(WireModel):
     check_path = field_validator("path", mode="before")(_string_path)
 
 
-Request = Register | Begin | End | Adjust | Checkpoint | Verify
+Request = Hello | Register | Begin | End | Adjust | Checkpoint | Verify
 _REQUESTS: dict[str, type[Request]] = {
+    "hello": Hello,
     "register": Register,
     "begin": Begin,
     "end": End,

@@ -42,8 +42,12 @@ class _Report(WireModel):
     boot: str  # random per sidecar process: a restarted sidecar starts a new sequence
     seq: int  # 1, 2, 3, ... within one boot
     replica: int
+    # The trainer process of the pod (torchrun's LOCAL_RANK) the report is about. Left out for
+    # rank 0: a one-process pod's reports read as before ranks, by older operators too.
+    rank: int = 0
     step: int | None
     time: float  # when the sidecar wrote it (seconds since the epoch)
+    omit_when_default: ClassVar[tuple[str, ...]] = ("rank",)
 
 
 class Registered(_Report):
@@ -166,13 +170,21 @@ class StaleReport(ValueError):
 
 @dataclass
 class JobIntegrity:
-    """What the operator knows of one job's integrity: end-of-step fingerprints per replica, which
-    replicas compared each step's end with the next step's start, and each sidecar's sequence."""
+    """What the operator knows of one job's integrity: end-of-step fingerprints per replica pod
+    and rank, which of them compared each step's end with the next step's start, and each
+    sidecar's sequence.
+
+    Rank r of every replica pod holds the same data-parallel parameters (with tensor or pipeline
+    parallelism inside the pod, the same shard): for each step, the fingerprints of one rank are
+    compared across the pods. The ranks inside one pod are compared by its sidecar. A step is
+    verified once every rank heard of so far agrees across every replica and was compared."""
 
     replicas: int
-    pending: dict[int, dict[int, str]] = field(default_factory=dict)
-    agreed: set[int] = field(default_factory=set)  # steps whose ends every replica reported alike
-    compared: dict[int, set[int]] = field(default_factory=dict)  # step -> replicas that verified it
+    # step -> rank -> replica -> fingerprint, until every replica reported that rank
+    pending: dict[int, dict[int, dict[int, str]]] = field(default_factory=dict)
+    agreed: dict[int, set[int]] = field(default_factory=dict)  # step -> ranks whose ends agreed
+    compared: dict[int, set[tuple[int, int]]] = field(default_factory=dict)  # step -> (replica, rank)
+    ranks: set[int] = field(default_factory=set)  # every rank a report named
     sequences: dict[tuple[int, int, str], int] = field(default_factory=dict)  # (attempt, replica, boot)
 
     def admit(self, report: Report, job_uid: str, attempt: int) -> None:
@@ -191,6 +203,7 @@ class JobIntegrity:
         self.sequences[where] = report.seq
 
     def apply(self, report: Report) -> list[Verdict]:
+        self.ranks.add(report.rank)
         if isinstance(report, Violation):
             return [
                 Verdict(
@@ -204,35 +217,44 @@ class JobIntegrity:
         if isinstance(report, Verified):
             # The sidecar compared the start of step+1 with the end of `step`: only that makes
             # `step` verified, once every replica's ends agree too.
-            self.compared.setdefault(report.step, set()).add(report.replica)
+            self.compared.setdefault(report.step, set()).add((report.replica, report.rank))
             for old in sorted(self.compared)[:-KEEP_STEPS]:
                 del self.compared[old]
             return self._verified(report.step)
         if not isinstance(report, StepEnd):
             return []
-        step = report.step
-        seen = self.pending.setdefault(step, {})
+        step, rank = report.step, report.rank
+        seen = self.pending.setdefault(step, {}).setdefault(rank, {})
         seen[report.replica] = report.fingerprint
         for old in sorted(self.pending)[:-KEEP_STEPS]:
             del self.pending[old]
         if len(seen) < self.replicas:
             return []
-        del self.pending[step]
+        del self.pending[step][rank]
+        if not self.pending[step]:
+            del self.pending[step]
         odd = diverging_replicas(seen)
         if odd:
             names = ", ".join(str(r) for r in odd)
-            message = f"replica {names} disagrees with the others about the weights at the end of step {step}"
+            of_rank = f" (rank {rank} of each pod)" if self.ranks != {0} else ""
+            message = (
+                f"replica {names} disagrees with the others about the weights{of_rank} "
+                f"at the end of step {step}"
+            )
             return [
                 Verdict(verified=False, step=step, replica=odd[0], kind="ReplicaDivergence", message=message)
             ]
-        self.agreed.add(step)
+        self.agreed.setdefault(step, set()).add(rank)
         for old in sorted(self.agreed)[:-KEEP_STEPS]:
-            self.agreed.discard(old)
+            del self.agreed[old]
         return self._verified(step)
 
     def _verified(self, step: int) -> list[Verdict]:
-        if step not in self.agreed or len(self.compared.get(step, ())) < self.replicas:
+        if not self.ranks <= self.agreed.get(step, set()):
             return []
-        self.agreed.discard(step)
+        everyone = {(replica, rank) for replica in range(self.replicas) for rank in self.ranks}
+        if not everyone <= self.compared.get(step, set()):
+            return []
+        del self.agreed[step]
         del self.compared[step]
         return [Verdict(verified=True, step=step)]

@@ -12,11 +12,20 @@ its projected ServiceAccount token (the job's ServiceAccount, bound to this pod,
 operator's audience only), and the operator, having checked it with a TokenReview and the pod
 with the API server, answers with the job's key, once per pod.
 
-The trainer shares its training state once (see `trainguard.trainer`: parameters, buffers and optimizer
-state, one flat buffer per kind and device: a file on the shared emptyDir mapped by both
-processes, or a GPU allocation opened through its CUDA IPC handle) and signals step boundaries.
-At the end of step t and at the start of step t+1 the sidecar fingerprints every region (on the
-GPU for GPU regions); a difference names the kind of state that something changed between steps.
+One sidecar serves every trainer process (rank) of its pod, each on its own connection and
+thread (`torchrun --nproc-per-node=8`: eight connections); a connection opens with `Hello`, naming
+its rank, and the sidecar keeps that rank's regions, step order and fingerprints apart from the
+others' (`RankSession`). A second connection for a rank already connected is refused.
+
+Each rank shares its training state once (see `trainguard.trainer`: parameters, buffers and
+optimizer state, one flat buffer per kind and device: a file on the shared emptyDir mapped by
+both processes, passed to the sidecar as an open descriptor over the socket (SCM_RIGHTS) and
+never opened by path, or a GPU allocation opened through its CUDA IPC handle, its size checked
+against the real allocation) and signals step boundaries. At the end of step t and at the start
+of step t+1 the sidecar fingerprints every region of the rank (on the GPU for GPU regions); a
+difference names the kind of state that something changed between steps. Once every connected
+data-parallel rank has ended step t, their parameter fingerprints must agree (ReplicaDivergence
+names the ranks that differ); the operator compares rank r across the replica pods.
 Checkpoints get a manifest of file hashes signed with the key; loading verifies it first.
 Every result is appended to the report stream as a line signed with the key, which the trainer
 cannot forge (it never sees the key).
@@ -37,6 +46,7 @@ import mmap
 import os
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -56,19 +66,23 @@ from trainguard.integrity.protocol import (
     Begin,
     Checkpoint,
     End,
+    Hello,
     ProtocolError,
     Region,
     Register,
     Reply,
     Request,
     StepSequence,
+    Verify,
     ViolationNotice,
     control_changes,
     parse_request,
     region_kind,
     tensors_in_chunks,
 )
+from trainguard.integrity.replicas import diverging_replicas
 from trainguard.integrity.reports import (
+    KEEP_STEPS,
     Adjusted,
     CheckpointSigned,
     Registered,
@@ -85,6 +99,7 @@ R = TypeVar("R", Registered, StepEnd, Verified, Violation, Adjusted, CheckpointS
 # optimizer that updates nothing, or a region that is not the memory training uses (a decoy).
 FROZEN_CHECKS = 3
 PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
+RECONNECT_GRACE = 2.0  # seconds a rank's new connection waits for its old one to be seen closed
 
 
 def file_sha256(path: Path) -> str:
@@ -96,22 +111,29 @@ def file_sha256(path: Path) -> str:
 
 
 class _OpenRegion:
-    """A region of the trainer's state as the sidecar reads it: mapped file or CUDA allocation."""
+    """A region of the trainer's state as the sidecar reads it: mapped file or CUDA allocation.
 
-    def __init__(self, region: Region) -> None:
+    A CPU region is mapped from `fd`, the descriptor of the very file the trainer mapped, passed
+    over the socket (the caller closes it): no path is ever opened, so no file put in the
+    region's place afterwards is what the sidecar reads."""
+
+    def __init__(self, region: Region, fd: int | None = None) -> None:
         self.region = region
         self._mmap: mmap.mmap | None = None
         self._cuda: Any = None  # torch.Tensor, only when the trainer shares GPU memory
         self._device: Any = None
         if region.cuda is None:
-            assert region.path is not None
-            fd = os.open(region.path, os.O_RDONLY)
-            try:
-                if os.fstat(fd).st_size < region.nbytes:
-                    raise ProtocolError(f"region {region.name}: the file is smaller than nbytes")
-                self._mmap = mmap.mmap(fd, region.nbytes, prot=mmap.PROT_READ)
-            finally:
-                os.close(fd)
+            if fd is None:
+                raise ProtocolError(
+                    f"region {region.name}: a CPU region is shared as an open file descriptor "
+                    "beside the register message, not by path"
+                )
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ProtocolError(f"region {region.name}: the descriptor is not a regular file")
+            if info.st_size < region.nbytes:
+                raise ProtocolError(f"region {region.name}: the file is smaller than nbytes")
+            self._mmap = mmap.mmap(fd, region.nbytes, prot=mmap.PROT_READ)
         else:
             self._cuda, self._device = open_cuda_region(region)
 
@@ -167,6 +189,53 @@ def describe(region: str) -> str:
     kind, device = region.split("@", 1)
     words = {"parameters": "weights", "buffers": "model buffers", "optimizer": "optimizer state"}
     return f"{words.get(kind, kind)} ({device})"
+
+
+def visible_gpus() -> tuple[list[str], str]:
+    """The UUIDs of the GPUs this process sees, and where that list came from (the environment
+    the container runtime acted on): what the sidecar logs at start. No CUDA, no GPUs."""
+    source = ", ".join(
+        f"{name}={os.environ[name]}"
+        for name in ("NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES")
+        if name in os.environ
+    )
+    if source:
+        source = f"the container runtime's device list: {source}"
+    elif Path("/dev/nvidiactl").exists():
+        source = "no NVIDIA_VISIBLE_DEVICES or CUDA_VISIBLE_DEVICES set: every GPU of the host"
+    else:
+        return [], "no NVIDIA_VISIBLE_DEVICES or CUDA_VISIBLE_DEVICES, no NVIDIA device: no GPU given"
+    try:
+        import torch
+    except ImportError:
+        return [], f"{source}, but this image has no PyTorch to open them"
+    if not torch.cuda.is_available():
+        return [], f"{source}, but CUDA sees no device"
+    uuids = [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
+    return uuids, source
+
+
+class RankSession:
+    """One trainer process (rank) of the pod, on its own connection: its regions, its step order
+    and the fingerprints of its latest end of step."""
+
+    def __init__(self, rank: int, replicated: bool) -> None:
+        self.rank = rank
+        self.replicated = replicated  # its parameters are a data-parallel replica of the others'
+        self.regions: dict[str, _OpenRegion] = {}
+        self.at_end: dict[int, dict[str, tuple[str, Any]]] = {}
+        self.steps = StepSequence()
+        # What its next step must start with (the last end's hyperparameters and generators, then
+        # each announced adjustment); None until an end carries them.
+        self.expected: dict[str, int | float] | None = None
+        self.last_weights: dict[str, str] = {}  # parameters region -> fingerprint at the last checked end
+        self.frozen = 0  # checked ends in a row at which no parameters region had changed
+
+    def fingerprints(self, key: FingerprintKey) -> dict[str, tuple[str, Any]]:
+        """Per region, in name order: its fingerprint and per-chunk terms."""
+        if not self.regions:
+            raise ProtocolError("the trainer has not registered its weights")
+        return {name: self.regions[name].fingerprint(key) for name in sorted(self.regions)}
 
 
 class ReportSender:
@@ -280,50 +349,52 @@ class Sidecar:
         self.report_path = report_path
         self.folder = folder or Path.cwd()  # the shared emptyDir: CPU regions must be files in it
         self.key_dir = key_dir.resolve() if key_dir else None
-        self.regions: dict[str, _OpenRegion] = {}
-        self.at_end: dict[int, dict[str, tuple[str, Any]]] = {}
-        self.steps = StepSequence()
+        self.sessions: dict[int, RankSession] = {}  # the ranks connected now
+        # step -> rank -> the replicated fingerprint, until every connected data-parallel rank ended it
+        self.pod_ends: dict[int, dict[int, str]] = {}
         self.latest: dict[str, int] = {}  # checkpoint path -> the highest step signed there
-        # What the next step must start with (the last end's hyperparameters and generators, then
-        # each announced adjustment); None until an end carries them.
-        self.expected: dict[str, int | float] | None = None
-        self.last_weights: dict[str, str] = {}  # parameters region -> fingerprint at the last checked end
-        self.frozen = 0  # checked ends in a row at which no parameters region had changed
+        # Connections run on their own threads: reports (one numbered stream), the connected
+        # ranks, the pod's comparison and the checkpoint steps are shared between them.
+        self._lock = threading.RLock()
+        self._left = threading.Condition(self._lock)  # a rank's connection closed
 
     # ----------------------------------------------------------------- results
     def report(self, report: Report) -> None:
-        """Sign `report` and append it to the report stream, and POST it to the operator."""
-        line = json.dumps(sign_report(self.key, report), sort_keys=True)
-        if self.report_path is not None:
-            with self.report_path.open("a") as f:
-                f.write(line + "\n")
-        if self.sender is not None:
-            self.sender.send(line)
+        """Number `report` (the next of this boot), sign it, append it to the report stream and
+        POST it to the operator: in the stream's order, whichever connection reports."""
+        with self._lock:
+            self.seq += 1
+            report = report.model_copy(update={"seq": self.seq})
+            line = json.dumps(sign_report(self.key, report), sort_keys=True)
+            if self.report_path is not None:
+                with self.report_path.open("a") as f:
+                    f.write(line + "\n")
+            if self.sender is not None:
+                self.sender.send(line)
 
     def stamped(self, kind: type[R], **fields: Any) -> R:
-        """A report of this sidecar: its job, attempt, boot and next sequence number, and now."""
-        self.seq += 1
+        """A report of this sidecar: its job, attempt and boot, and now (`report` numbers it)."""
         return kind(
-            job=self.job_uid, attempt=self.attempt, boot=self.boot, seq=self.seq, replica=self.replica,
+            job=self.job_uid, attempt=self.attempt, boot=self.boot, seq=0, replica=self.replica,
             time=time.time(), **fields,
         )  # fmt: skip
 
     def violation(
-        self, kind: str, step: int | None, message: str, tensors: dict[str, list[str]] | None = None
+        self,
+        kind: str,
+        step: int | None,
+        message: str,
+        tensors: dict[str, list[str]] | None = None,
+        *,
+        rank: int = 0,
     ) -> Reply:
         self.report(
-            self.stamped(Violation, step=step, violation=kind, message=message, tensors=tensors)
+            self.stamped(Violation, rank=rank, step=step, violation=kind, message=message, tensors=tensors)
         )  # fmt: skip
         notice = ViolationNotice(kind=kind, step=step, message=message)
         return Reply(ok=self.mode != "Enforce", violation=notice)
 
     # ----------------------------------------------------------------- state
-    def fingerprints(self) -> dict[str, tuple[str, Any]]:
-        """Per region, in name order: its fingerprint and per-chunk terms."""
-        if not self.regions:
-            raise ProtocolError("the trainer has not registered its weights")
-        return {name: self.regions[name].fingerprint(self.fp_key) for name in sorted(self.regions)}
-
     @staticmethod
     def replicated(fingerprints: dict[str, str]) -> str:
         """What data-parallel replicas must agree on: the parameters (one fingerprint per device)."""
@@ -360,105 +431,187 @@ class Sidecar:
                 files[name] = file_sha256(item)
         return files
 
-    def handle(self, message: object) -> Reply:
-        """The answer to one message from the trainer, as it came off the socket."""
+    def handle(self, session: RankSession | None, message: object, fds: list[int] | None = None) -> Reply:
+        """The answer to one message from the trainer, as it came off the socket with the
+        descriptors beside it (closed here), on a connection whose rank is `session` (None
+        before its `Hello`; `connect` answers that one)."""
+        fds = list(fds or [])
         try:
-            return self._handle(parse_request(message, self.folder))
+            request = parse_request(message, self.folder)
+            if isinstance(request, Hello):
+                raise ProtocolError("the connection already said hello")
+            if session is None:
+                raise ProtocolError("the first message of a connection must be hello (its rank)")
+            if isinstance(request, Register):
+                if len(fds) > 1 or (fds and request.region.cuda is not None):
+                    raise ProtocolError("a register message passes one descriptor, for a CPU region only")
+                return self.register(session, request.region, fds[0] if fds else None)
+            if fds:
+                raise ProtocolError(f"a {request.op} message passes no file descriptor")
+            return self._handle(session, request)
         except ProtocolError as exc:
             return Reply(ok=False, error=str(exc))
+        finally:
+            for fd in fds:
+                os.close(fd)
 
-    def _handle(self, request: Request) -> Reply:
-        if isinstance(request, Register):
-            return self.register(request.region)
+    def _handle(self, session: RankSession, request: Request) -> Reply:
         if isinstance(request, End):
-            return self.end(request.step, request.controls)
+            return self.end(session, request.step, request.controls)
         if isinstance(request, Begin):
-            return self.begin(request.step, request.controls)
+            return self.begin(session, request.step, request.controls)
         if isinstance(request, Adjust):
-            return self.adjust(request)
+            return self.adjust(session, request)
         if isinstance(request, Checkpoint):
-            return self.sign_checkpoint(request.path, request.step)
-        return self.verify_checkpoint(request.path, request.files)
+            return self.sign_checkpoint(request.path, request.step, rank=session.rank)
+        if isinstance(request, Verify):
+            return self.verify_checkpoint(request.path, request.files, rank=session.rank)
+        raise ProtocolError(f"unexpected {request.op} message")
 
-    def protocol(self, step: int | None, problem: str) -> Reply:
+    def connect(self, message: object) -> tuple[RankSession | None, Reply]:
+        """The rank a connection's first message (`Hello`) claims, or why it is refused. A rank
+        has one connection at a time: a second one while the first is open is a protocol
+        violation (another process speaking for that rank); after it closed, a reconnect (a
+        rank's old connection gets `RECONNECT_GRACE` seconds to be seen closing)."""
+        try:
+            request = parse_request(message, self.folder)
+        except ProtocolError as exc:
+            return None, Reply(ok=False, error=str(exc))
+        if not isinstance(request, Hello):
+            return None, Reply(ok=False, error="the first message of a connection must be hello (its rank)")
+        with self._left:
+            self._left.wait_for(lambda: request.rank not in self.sessions, timeout=RECONNECT_GRACE)
+            if request.rank in self.sessions:
+                reply = self.violation(
+                    "Protocol",
+                    None,
+                    f"replica {self.replica}: a second connection claims rank {request.rank}, which is "
+                    "connected already; one trainer process per rank",
+                    rank=request.rank,
+                )
+                return None, reply.model_copy(update={"ok": False})
+            session = RankSession(request.rank, request.replicated)
+            self.sessions[request.rank] = session
+        return session, Reply(ok=True)
+
+    def disconnect(self, session: RankSession) -> None:
+        """Forget a closed connection's rank; the pod's comparisons that waited only for it are
+        made without it."""
+        with self._left:
+            if self.sessions.get(session.rank) is session:
+                del self.sessions[session.rank]
+                self._left.notify_all()
+            complete = [step for step in sorted(self.pod_ends) if self._complete(step)]
+            ends = [(step, self.pod_ends.pop(step)) for step in complete]
+        for step, fingerprints in ends:
+            self._compare(step, fingerprints)
+
+    def _complete(self, step: int) -> bool:
+        """Has every connected data-parallel rank ended `step`? (Called with the lock held.)"""
+        expected = {rank for rank, s in self.sessions.items() if s.replicated}
+        return expected <= set(self.pod_ends.get(step, {}))
+
+    def protocol(self, session: RankSession, step: int | None, problem: str) -> Reply:
         return self.violation(
-            "Protocol", step, f"replica {self.replica}: {problem}; the sidecar's checks rely on that order"
+            "Protocol",
+            step,
+            f"{self.who(session)}: {problem}; the sidecar's checks rely on that order",
+            rank=session.rank,
         )
 
-    def register(self, region: Region) -> Reply:
-        known = self.regions.get(region.name)
+    def who(self, session: RankSession) -> str:
+        """'replica 0' for a one-process pod (as before ranks), else 'replica 0, rank 3'."""
+        if session.rank == 0 and len(self.sessions) <= 1:
+            return f"replica {self.replica}"
+        return f"replica {self.replica}, rank {session.rank}"
+
+    def register(self, session: RankSession, region: Region, fd: int | None = None) -> Reply:
+        known = session.regions.get(region.name)
         if known is not None and known.region.nbytes != region.nbytes:
             # Tensors that training code replaces are shared again at the same size; a region that
             # grows or shrinks is another state, and would reset the baseline unseen.
             return self.protocol(
-                self.steps.current,
+                session,
+                session.steps.current,
                 f"region {region.name} changed size from {known.region.nbytes} to {region.nbytes} bytes",
             )
-        self.regions[region.name] = _OpenRegion(region)
+        session.regions[region.name] = _OpenRegion(region, fd)
         self.report(
-            self.stamped(Registered, region=region.name, tensors=len(region.slots), bytes=region.nbytes)
+            self.stamped(
+                Registered, rank=session.rank, region=region.name, tensors=len(region.slots),
+                bytes=region.nbytes,
+            )
         )  # fmt: skip
         return Reply(ok=True)
 
-    def end(self, step: int, controls: dict[str, int | float] | None = None) -> Reply:
-        problem = self.steps.end(step)
+    def end(self, session: RankSession, step: int, controls: dict[str, int | float] | None = None) -> Reply:
+        problem = session.steps.end(step)
         if problem is not None:  # the baseline stays the last one taken in order
-            return self.protocol(step, problem)
+            return self.protocol(session, step, problem)
         if controls is not None:
-            self.expected = dict(controls)
+            session.expected = dict(controls)
         if step % self.every == 0:
             started = time.perf_counter()
-            state = self.fingerprints()
+            state = session.fingerprints(self.fp_key)
             seconds = time.perf_counter() - started
-            self.at_end = {step: state}  # only the latest step is compared
+            session.at_end = {step: state}  # only the latest step is compared
             fps = {name: fp for name, (fp, _) in state.items()}
             fingerprint = self.replicated(fps)
             report = self.stamped(
-                StepEnd, step=step, fingerprint=fingerprint, regions=fps, seconds=seconds, controls=controls
-            )
+                StepEnd, rank=session.rank, step=step, fingerprint=fingerprint, regions=fps, seconds=seconds,
+                controls=controls,
+            )  # fmt: skip
             self.report(report)
-            return self.still_training(step, fps)
+            frozen = self.still_training(session, step, fps)
+            if session.replicated:
+                compared = self.compare_ranks(session, step, fingerprint)
+                return compared if compared.violation is not None else frozen
+            return frozen
         return Reply(ok=True)
 
-    def still_training(self, step: int, fps: dict[str, str]) -> Reply:
+    def still_training(self, session: RankSession, step: int, fps: dict[str, str]) -> Reply:
         """Weights that never change while steps go on are reported: the optimizer updates nothing,
         or the sidecar is watching memory that training does not use (a decoy region)."""
         weights = {name: fp for name, fp in fps.items() if region_kind(name) in REPLICATED_KINDS}
-        unchanged = bool(weights) and weights == self.last_weights
-        self.last_weights = weights
-        self.frozen = self.frozen + 1 if unchanged else 0
-        if self.frozen != FROZEN_CHECKS:  # once per streak
+        unchanged = bool(weights) and weights == session.last_weights
+        session.last_weights = weights
+        session.frozen = session.frozen + 1 if unchanged else 0
+        if session.frozen != FROZEN_CHECKS:  # once per streak
             return Reply(ok=True)
         what = " and ".join(describe(n) for n in weights)
         return self.violation(
             "StateFrozen",
             step,
-            f"replica {self.replica}: the {what} did not change in {FROZEN_CHECKS} checked steps up to "
+            f"{self.who(session)}: the {what} did not change in {FROZEN_CHECKS} checked steps up to "
             f"step {step}: the optimizer updates none of them, or the memory the trainer shared is not "
             "the memory that trains",
+            rank=session.rank,
         )
 
-    def adjust(self, request: Adjust) -> Reply:
+    def adjust(self, session: RankSession, request: Adjust) -> Reply:
         """Hyperparameters or generators changed on purpose between steps: `before` must be what the
         last step left; `after` is what the next one must start with."""
-        problem = self.steps.adjust()
+        problem = session.steps.adjust()
         if problem is not None:
-            return self.protocol(self.steps.current, problem)
-        step = self.steps.last_end
-        if self.expected is not None:
-            unannounced = control_changes(self.expected, request.before)
+            return self.protocol(session, session.steps.current, problem)
+        step = session.steps.last_end
+        if session.expected is not None:
+            unannounced = control_changes(session.expected, request.before)
             if unannounced:
                 return self.changed_controls(
-                    step, unannounced, f"before {request.reason} adjusted them after step {step}"
+                    session, step, unannounced, f"before {request.reason} adjusted them after step {step}"
                 )
-        changes = [
-            text for texts in control_changes(request.before, request.after).values() for text in texts
-        ]
-        self.expected = dict(request.after)
-        self.report(self.stamped(Adjusted, step=step, reason=request.reason, changes=changes))
+        made = control_changes(request.before, request.after)
+        changes = [text for texts in made.values() for text in texts]
+        session.expected = dict(request.after)
+        self.report(
+            self.stamped(Adjusted, rank=session.rank, step=step, reason=request.reason, changes=changes)
+        )  # fmt: skip
         return Reply(ok=True)
 
-    def changed_controls(self, step: int | None, changes: dict[str, list[str]], when: str) -> Reply:
+    def changed_controls(
+        self, session: RankSession, step: int | None, changes: dict[str, list[str]], when: str
+    ) -> Reply:
         """A Hyperparameters or RandomState violation (the first kind found; the message lists all)."""
         kinds = {"Hyperparameters": "hyperparameters", "RandomState": "random generators"}
         what = " and the ".join(kinds[kind] for kind in changes)
@@ -466,34 +619,65 @@ class Sidecar:
         return self.violation(
             next(iter(changes)),
             step,
-            f"replica {self.replica}: the {what} changed {when}, unannounced ({listed}); change them "
+            f"{self.who(session)}: the {what} changed {when}, unannounced ({listed}); change them "
             "through a scheduler passed to IntegrityGuard(schedulers=...) or inside guard.adjusting()",
+            rank=session.rank,
         )
 
-    def begin(self, step: int, controls: dict[str, int | float] | None = None) -> Reply:
-        problem = self.steps.begin(step)
+    def compare_ranks(self, session: RankSession, step: int, fingerprint: str) -> Reply:
+        """Once every connected data-parallel rank has ended `step`, their parameters must agree:
+        a violation names the ranks that differ from the majority (rank 0's side when there is
+        none), reported, and answered to the rank whose end completed the comparison."""
+        with self._lock:
+            self.pod_ends.setdefault(step, {})[session.rank] = fingerprint
+            for old in sorted(self.pod_ends)[:-KEEP_STEPS]:
+                del self.pod_ends[old]
+            if not self._complete(step):
+                return Reply(ok=True)
+            ends = self.pod_ends.pop(step)
+        return self._compare(step, ends)
+
+    def _compare(self, step: int, ends: dict[int, str]) -> Reply:
+        odd = diverging_replicas(ends)
+        if not odd:
+            return Reply(ok=True)
+        names = ", ".join(str(r) for r in odd)
+        agree = ", ".join(str(r) for r in sorted(set(ends) - set(odd)))
+        return self.violation(
+            "ReplicaDivergence",
+            step,
+            f"replica {self.replica}: rank {names} disagrees with rank {agree} about the weights at the "
+            f"end of step {step} (data-parallel ranks of one pod hold the same parameters)",
+            rank=odd[0],
+        )
+
+    def begin(self, session: RankSession, step: int, controls: dict[str, int | float] | None = None) -> Reply:
+        problem = session.steps.begin(step)
         if problem is not None:
-            return self.protocol(step, problem)
+            return self.protocol(session, step, problem)
         findings = []  # violations (the first one answers the trainer); the weights are compared anyway
-        if self.expected is not None and controls is not None:
-            changes = control_changes(self.expected, controls)
+        if session.expected is not None and controls is not None:
+            changes = control_changes(session.expected, controls)
             if changes:
-                self.expected = dict(controls)  # reported once; Audit goes on from what is there
+                session.expected = dict(controls)  # reported once; Audit goes on from what is there
                 findings.append(
                     self.changed_controls(
-                        step, changes, f"between the end of step {step - 1} and the start of step {step}"
+                        session,
+                        step,
+                        changes,
+                        f"between the end of step {step - 1} and the start of step {step}",
                     )
                 )
-        previous = self.at_end.get(step - 1)
+        previous = session.at_end.get(step - 1)
         if previous is None:
             return findings[0] if findings else Reply(ok=True)
-        now = self.fingerprints()
+        now = session.fingerprints(self.fp_key)
         changed: dict[str, list[str]] = {}
         for name in sorted(set(previous) | set(now)):
             if name not in previous or name not in now:
                 changed[name] = []
             elif previous[name][0] != now[name][0]:
-                changed[name] = self.regions[name].changed_tensors(previous[name][1], now[name][1])
+                changed[name] = session.regions[name].changed_tensors(previous[name][1], now[name][1])
         if changed:
             what = " and ".join(describe(n) for n in changed)
             where = "; ".join(f"{describe(n)}: {name_tensors(t)}" for n, t in changed.items() if t)
@@ -502,30 +686,35 @@ class Sidecar:
                 self.violation(
                     "ModifiedBetweenSteps",
                     step,
-                    f"replica {self.replica}: the {what} changed between the end of step {step - 1} "
+                    f"{self.who(session)}: the {what} changed between the end of step {step - 1} "
                     f"and the start of step {step}" + (f" ({where})" if where else ""),
                     tensors=changed,
+                    rank=session.rank,
                 ),
             )
         if findings:
             return findings[0]
-        self.report(self.stamped(Verified, step=step - 1))
+        self.report(self.stamped(Verified, rank=session.rank, step=step - 1))
         return Reply(ok=True)
 
-    def sign_checkpoint(self, raw_path: str, step: int | None) -> Reply:
+    def sign_checkpoint(self, raw_path: str, step: int | None, *, rank: int = 0) -> Reply:
         path = self.checked_path(raw_path)
         files = self.checkpoint_files(path)
         manifest = build_manifest(self.key, files, step, path=str(path))
         if step is not None:
-            self.latest[str(path)] = max(step, self.latest.get(str(path), step))
-        self.report(self.stamped(CheckpointSigned, step=step, checkpoint=path.name, files=len(files)))
+            with self._lock:
+                self.latest[str(path)] = max(step, self.latest.get(str(path), step))
+        self.report(
+            self.stamped(CheckpointSigned, rank=rank, step=step, checkpoint=path.name, files=len(files))
+        )  # fmt: skip
         return Reply(ok=True, manifest=manifest)
 
-    def verify_checkpoint(self, raw_path: str, read: dict[str, str] | None = None) -> Reply:
+    def verify_checkpoint(self, raw_path: str, read: dict[str, str] | None = None, *, rank: int = 0) -> Reply:
         path = self.checked_path(raw_path)
         signed = manifest_path(path)
         if not signed.is_file():
-            return self.violation("CheckpointUnsigned", None, f"{path.name} has no signed manifest")
+            message = f"{path.name} has no signed manifest"
+            return self.violation("CheckpointUnsigned", None, message, rank=rank)
         try:
             manifest = json.loads(signed.read_text())
         except ValueError:
@@ -533,7 +722,9 @@ class Sidecar:
         actual = read if read is not None else self.checkpoint_files(path)
         problems = verify_manifest(self.key, manifest, actual, path=str(path))
         if problems:
-            return self.violation("CheckpointModified", None, f"{path.name}: {'; '.join(problems)}")
+            return self.violation(
+                "CheckpointModified", None, f"{path.name}: {'; '.join(problems)}", rank=rank
+            )  # fmt: skip
         step, latest = manifest.get("step"), self.latest.get(str(path))
         if isinstance(step, int) and latest is not None and step < latest:
             return self.violation(
@@ -541,6 +732,7 @@ class Sidecar:
                 step,
                 f"{path.name} holds the checkpoint of step {step}, but step {latest} was saved there "
                 "since: an older checkpoint was put back in its place",
+                rank=rank,
             )
         return Reply(ok=True)
 
@@ -550,16 +742,34 @@ class Sidecar:
         server.bind(str(socket_path))
         # The trainer runs as another user of the pod's group: it may connect, nothing more.
         socket_path.chmod(0o660)
-        server.listen(1)
+        server.listen(64)
         while True:
             conn, _ = server.accept()
-            with conn:
-                reader = LineReader(conn)
-                try:
-                    while (message := reader.read()) is not None:
-                        send(conn, self.handle(message))
-                except (ValueError, OSError) as exc:  # garbage or a dropped peer: this connection only
-                    print(f"sidecar: connection closed: {exc}", file=sys.stderr, flush=True)
+            threading.Thread(target=self.serve_connection, args=(conn,), name="rank", daemon=True).start()
+
+    def serve_connection(self, conn: socket.socket) -> None:
+        """One trainer process, from its hello until it closes (on its own thread)."""
+        session: RankSession | None = None
+        with conn:
+            reader = LineReader(conn)
+            try:
+                while True:
+                    message, fds = reader.read_with_fds()
+                    if message is None:
+                        break
+                    if session is None:
+                        for fd in fds:
+                            os.close(fd)
+                        session, reply = self.connect(message)
+                    else:
+                        reply = self.handle(session, message, fds)
+                    send(conn, reply)
+            except (ValueError, OSError) as exc:  # garbage or a dropped peer: this connection only
+                print(f"sidecar: connection closed: {exc}", file=sys.stderr, flush=True)
+            finally:
+                reader.close()
+                if session is not None:
+                    self.disconnect(session)
 
 
 def harden_process() -> int:
@@ -661,6 +871,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.key_url and args.token_file is None:
         parser.error("--key-url needs --token-file")
     harden_process()  # before the key is read
+    gpus, gpu_source = visible_gpus()
+    print(
+        f"sidecar: sees GPUs {', '.join(gpus) or 'none'} ({gpu_source}); it opens a GPU region only on "
+        "one of these, and only through an IPC handle exported by a process of this pod",
+        file=sys.stderr,
+        flush=True,
+    )
     if args.key_file is not None:
         key, private_dir = args.key_file.read_bytes(), args.key_file.parent
     else:

@@ -25,9 +25,17 @@ the first `optimizer.step()` on, the optimizer's state (moments, step counts). E
 once into one flat buffer per device, a *region*, and trains there: `param.data`, the modules'
 buffers and `optimizer.state` point into it, so the sidecar reads the very memory that trains.
 
-- CPU tensors: the region is a file on the shared emptyDir, mapped by both processes.
+- CPU tensors: the region is a file on the shared emptyDir, mapped by both processes; the
+  trainer passes its open descriptor over the socket (SCM_RIGHTS), so the sidecar maps the very
+  file the trainer trains in, whatever is put at its path afterwards.
 - CUDA tensors: the region is one device allocation, shared once through its CUDA IPC handle; the
   sidecar opens it on the same GPU (found by UUID) and fingerprints it there, at memory bandwidth.
+
+Every process of the pod (`torchrun --nproc-per-node=8`: eight ranks) has its own guard and its
+own connection to the pod's one sidecar, and says first which rank it is (`rank`, default
+torchrun's LOCAL_RANK) and whether its parameters are a data-parallel replica of the other
+ranks' (`replicated`, default True; tensor- or pipeline-parallel shards pass False). The sidecar
+compares the replicated ranks' parameters at the end of every step.
 
 If training code replaces a shared tensor (`load_state_dict(assign=True)`, an optimizer that
 rebuilds its state), `end()` notices and shares that region again.
@@ -61,6 +69,7 @@ from trainguard.integrity.protocol import (
     Checkpoint,
     CudaHandle,
     End,
+    Hello,
     ProtocolError,
     Region,
     Register,
@@ -271,7 +280,7 @@ def _found(container: Any, key: Any) -> object:
 class _SharedRegion:
     """One kind of state on one device, moved into one flat buffer the sidecar can read."""
 
-    def __init__(self, name: str, entries: list[_Entry], folder: Path) -> None:
+    def __init__(self, name: str, entries: list[_Entry], folder: Path, rank: int = 0) -> None:
         tensors = [e.get() for e in entries]
         present = [(e, t) for e, t in zip(entries, tensors, strict=True) if t is not None]
         for entry, tensor in present:
@@ -286,21 +295,22 @@ class _SharedRegion:
         self.path: Path | None = None
         self.cuda: CudaHandle | None = None
         self._mmap: mmap.mmap | None = None
+        self.fd: int | None = None  # the CPU region's file, open until the sidecar has it
         if device.type == "cuda":
             # Its own allocation, outside the caching allocator, exported once (gpu/cuda_ipc.py).
             index = device.index if device.index is not None else torch.cuda.current_device()
             self.flat, handle = cuda_ipc.allocate(total, index)
             self.cuda = CudaHandle(uuid=str(torch.cuda.get_device_properties(index).uuid), handle=handle)
         else:
-            # A new file per sharing: tensors still mapped from an older one keep valid memory.
-            self.path = folder / f"{name.replace('@', '-').replace(':', '-')}-{next(_generation)}.bin"
-            with self.path.open("wb") as f:
-                f.truncate(total)
-            fd = os.open(self.path, os.O_RDWR)
-            try:
-                self._mmap = mmap.mmap(fd, total)
-            finally:
-                os.close(fd)
+            # A new file per sharing (tensors still mapped from an older one keep valid memory),
+            # named with the rank: the ranks of a pod share the folder. Created exclusively, so
+            # nothing put there before is what the trainer maps; the descriptor stays open until
+            # it went to the sidecar with the register message.
+            stem = name.replace("@", "-").replace(":", "-")
+            self.path = folder / f"{stem}-rank{rank}-{os.getpid()}-{next(_generation)}.bin"
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            os.ftruncate(self.fd, total)
+            self._mmap = mmap.mmap(self.fd, total)
             self.flat = torch.frombuffer(self._mmap, dtype=torch.uint8)
         self.views = []
         with torch.no_grad():
@@ -353,6 +363,18 @@ def connect(path: Path, timeout: float) -> socket.socket:
             return sock
 
 
+def local_rank(explicit: int | None = None) -> int:
+    """This process's rank in its pod: `explicit`, else torchrun's LOCAL_RANK, else 0 (one
+    process per pod). RANK is not the pod's: it counts across every pod of the job."""
+    if explicit is not None:
+        return explicit
+    value = os.environ.get("LOCAL_RANK", "0")
+    try:
+        return int(value)
+    except ValueError:
+        raise ProtocolError(f"LOCAL_RANK={value!r} is not a rank; pass IntegrityGuard(rank=...)") from None
+
+
 class IntegrityGuard:
     """Shares the training state with the integrity sidecar and marks each optimizer step.
 
@@ -376,9 +398,13 @@ class IntegrityGuard:
         mark_steps: bool = True,
         buffers: bool = True,
         connect_timeout: float = 60.0,
+        rank: int | None = None,
+        replicated: bool = True,
     ) -> None:
         path = Path(socket_path or os.environ["TRAINGUARD_INTEGRITY_SOCKET"])
         self.folder = path.parent
+        self.rank = local_rank(rank)
+        self.replicated = replicated
         self.model = model
         self.optimizer = optimizer
         self.generators = _named_generators(generators)
@@ -388,6 +414,7 @@ class IntegrityGuard:
         self._layout: _Layout | None = None
         self._sock = connect(path, connect_timeout)
         self._reader = LineReader(self._sock)
+        self._call(Hello(rank=self.rank, replicated=replicated))
         self._sync_regions()
         self._hooks = []
         if optimizer is not None and mark_steps:
@@ -433,9 +460,14 @@ class IntegrityGuard:
         for name, entries in self._state().items():
             region = self.regions.get(name)
             if region is None or not region.intact(entries):
-                fresh = _SharedRegion(name, entries, self.folder)
+                fresh = _SharedRegion(name, entries, self.folder, self.rank)
                 self.regions[name] = fresh
-                self._call(Register(region=fresh.region))
+                try:
+                    self._call(Register(region=fresh.region), fds=[fresh.fd] if fresh.fd is not None else [])
+                finally:
+                    if fresh.fd is not None:
+                        os.close(fresh.fd)
+                        fresh.fd = None
                 if region is not None and region.path is not None:
                     region.path.unlink(missing_ok=True)  # mapped memory outlives the name
 
@@ -447,8 +479,8 @@ class IntegrityGuard:
         return path
 
     # ----------------------------------------------------------------- calls
-    def _call(self, request: Request) -> Reply:
-        send(self._sock, request)
+    def _call(self, request: Request, fds: list[int] | None = None) -> Reply:
+        send(self._sock, request, fds or ())
         raw = self._reader.read()
         if raw is None:
             raise IntegrityViolation("the integrity sidecar went away")
