@@ -25,6 +25,14 @@ out=${OUT:-bench/results}
 mkdir -p "$out"
 export PYTHONPATH="operator:.${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
+# A GPU machine without network access and without trainguard's pure-Python dependencies: wheels
+# put in .whl/ beforehand (`pip download` of pydantic, cryptography and their own dependencies)
+# are unpacked onto the path.
+if ! "$python" -c "import pydantic, cryptography" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
+  site=$(mktemp -d)
+  for wheel in .whl/*.whl; do "$python" -m zipfile -e "$wheel" "$site"; done
+  export PYTHONPATH="$PYTHONPATH:$site"
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/gpu_info.txt"
 # --noconftest: the root conftest wires the local cluster, which a GPU machine does not run.
 "$python" -m pytest --noconftest -p no:cacheprovider -q -rs tests/gpu 2>&1 | tee "$out/gpu_tests.log"

@@ -139,9 +139,9 @@ def test_two_ranks_on_one_gpu_have_their_own_regions_and_a_tamper_names_the_rank
         [sys.executable, "-c", TAMPER, json.dumps(params.region.wire()), str(sidecar.folder), "10"],
         check=True, timeout=120,
     )  # fmt: skip
-    guards[0].begin(3)
+    train(range(3, 4), guards[0], nets[0], optimizers[0])
     with pytest.raises(IntegrityViolation, match=r"replica 0, rank 1: the weights \(cuda:0\) changed"):
-        guards[1].begin(3)
+        train(range(3, 4), guards[1], nets[1], optimizers[1])
     assert sidecar.reports_of(Violation)[-1].rank == 1
     for guard in guards:
         guard.close()
