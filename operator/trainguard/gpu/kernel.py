@@ -41,12 +41,12 @@ from trainguard.integrity.fingerprint import (
     FIELD_C,
     FIELD_D,
     FIELD_ROW,
-    FORMAT_VERSION,
     MASK32,
     P61,
     FingerprintKey,
     check_chunk_count,
     hmac_message,
+    trailer_sums,
 )
 
 # Warps per program of the keyed kernel (Triton's default is 4). The kernel has no loop, so
@@ -235,8 +235,9 @@ class _GpuAccumulator:
             self.add_pairs(_as_pairs(raw[full * CHUNK_BYTES :]))
 
     def finish(self) -> str:
-        trailer = torch.tensor([FORMAT_VERSION, len(self.lengths), *self.lengths], dtype=torch.int64)
-        self.add_pairs(_as_pairs(trailer.view(torch.uint8).to(self.device)))
+        sums, count = trailer_sums(self.key, self.lengths, self.chunk)
+        self.sums = [(mine + tail) % P61 for mine, tail in zip(self.sums, sums, strict=True)]
+        self.chunk += count
         message = hmac_message(self.chunk, len(self.lengths), self.sums)
         return hmac.new(self.key.secret, message, hashlib.sha256).hexdigest()
 
@@ -255,6 +256,5 @@ def fingerprint_with_chunks(
     """`fingerprint.fingerprint_with_chunks` on the GPU: the terms stay on the device."""
     acc = _GpuAccumulator(key, device, keep_chunks=True)
     acc.add_tensor(buffer)
-    data_chunks = acc.chunk
-    digest = acc.finish()
-    return digest, torch.cat(acc.kept)[:data_chunks]
+    digest = acc.finish()  # the trailer's terms are the CPU's, never kept
+    return digest, acc.kept[0] if len(acc.kept) == 1 else torch.cat(acc.kept)

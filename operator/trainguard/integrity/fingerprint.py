@@ -339,10 +339,25 @@ class _Accumulator:
             self.add_words(_words(data[full * CHUNK_BYTES :]))
 
     def finish(self) -> str:
-        trailer = np.array([FORMAT_VERSION, len(self.lengths), *self.lengths], dtype="<u8")
-        self.add_words(_words(trailer.view(np.uint8).data))
+        self.add_words(trailer_words(self.lengths))
         message = hmac_message(self.chunk, len(self.lengths), self.sums)
         return hmac.new(self.key.secret, message, hashlib.sha256).hexdigest()
+
+
+def trailer_words(lengths: Sequence[int]) -> U32:
+    """The trailer chunk(s): the format, the number of tensors and each one's byte length."""
+    trailer = np.array([FORMAT_VERSION, len(lengths), *lengths], dtype="<u8")
+    return _words(trailer.view(np.uint8).data)
+
+
+def trailer_sums(key: FingerprintKey, lengths: Sequence[int], first_chunk: int) -> tuple[list[int], int]:
+    """Each lane's sum of the trailer's terms (mod p) when it starts at chunk `first_chunk`, and
+    how many chunks it takes: computed here, on the CPU, by the GPU path (one small chunk is not
+    worth a kernel launch and a copy each way)."""
+    tail = _Accumulator(key)
+    tail.chunk = first_chunk
+    tail.add_words(trailer_words(lengths))
+    return tail.sums, tail.chunk - first_chunk
 
 
 def fingerprint(key: FingerprintKey, tensors: Iterable[object], backend: Backend = "auto") -> str:
