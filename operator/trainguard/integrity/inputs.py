@@ -20,8 +20,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from trainguard.integrity.keys import p256_public_key
 
 FORMAT = "trainguard.dev/inputs/v1"
 MANIFEST_DIR = ".trainguard"  # at the root of the shared folder; never listed in the manifest
@@ -54,12 +56,7 @@ class InputSigner:
 
     @classmethod
     def from_pem(cls, name: str, pem: str) -> InputSigner:
-        key = serialization.load_pem_public_key(pem.encode())
-        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-            raise ValueError(
-                f"signer {name!r}: only ECDSA P-256 public keys are supported (cosign's default)"
-            )
-        return cls(name, key)
+        return cls(name, p256_public_key(pem, f"signer {name!r}"))
 
 
 def signers_from_json(text: str) -> list[InputSigner]:

@@ -23,6 +23,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from trainguard.integrity.keys import p256_public_key
+
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 SIMPLE_SIGNING_MEDIA_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
@@ -47,12 +49,7 @@ class Signer:
 
     @classmethod
     def from_pem(cls, name: str, pem: str) -> Signer:
-        key = serialization.load_pem_public_key(pem.encode())
-        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-            raise ValueError(
-                f"trusted signer {name!r}: only ECDSA P-256 public keys are supported (cosign's default)"
-            )
-        return cls(name, key)
+        return cls(name, p256_public_key(pem, f"trusted signer {name!r}"))
 
 
 class SignatureInvalid(Exception):
