@@ -113,6 +113,7 @@ def test_clean_training_with_a_watched_scheduler_and_generators_gives_no_false_a
             group["lr"] = 5e-4
     forward_backward(net, optimizer, data)
     optimizer.step()
+    guard.flush()  # the last step's end was sent without waiting for its answer
     assert sidecar.reports_of(Violation) == []
     assert [r.step for r in sidecar.reports_of(Verified)] == list(range(6))
     adjusted = sidecar.reports_of(Adjusted)

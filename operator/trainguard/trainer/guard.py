@@ -412,6 +412,7 @@ class IntegrityGuard:
         self.step = start_step  # the step the next optimizer.step() is
         self.regions: dict[str, _SharedRegion] = {}
         self._layout: _Layout | None = None
+        self._unanswered = 0  # step ends sent whose answers are not read yet
         self._sock = connect(path, connect_timeout)
         self._reader = LineReader(self._sock)
         self._call(Hello(rank=self.rank, replicated=replicated))
@@ -480,7 +481,17 @@ class IntegrityGuard:
 
     # ----------------------------------------------------------------- calls
     def _call(self, request: Request, fds: list[int] | None = None) -> Reply:
+        self._collect()
         send(self._sock, request, fds or ())
+        return self._answer()
+
+    def _collect(self) -> None:
+        """Read the answers to step ends sent without waiting (raising the first violation)."""
+        while self._unanswered:
+            self._unanswered -= 1
+            self._answer()
+
+    def _answer(self) -> Reply:
         raw = self._reader.read()
         if raw is None:
             raise IntegrityViolation("the integrity sidecar went away")
@@ -513,7 +524,16 @@ class IntegrityGuard:
         self._call(End(step=step, controls=self.controls()))
 
     def _after_step(self) -> None:
-        self._end(self.step)
+        """Just after optimizer.step(): the end of the step, sent without waiting for the answer.
+        The sidecar fingerprints the new state while the next step's forward and backward run
+        (they read the weights, never write them), and the next `begin` (which the sidecar
+        answers only after that fingerprint) collects the answer: a violation found at the end
+        of step t is raised at the start of step t+1, before its optimizer.step()."""
+        self._sync_regions()
+        self._settle()
+        self._collect()
+        send(self._sock, End(step=self.step, controls=self.controls()))
+        self._unanswered += 1
         self.step += 1
 
     def _marked_by_hooks(self) -> None:
@@ -604,8 +624,17 @@ class IntegrityGuard:
             return load_bytes(data)
         return torch.load(io.BytesIO(data), weights_only=True)
 
+    def flush(self) -> None:
+        """Wait until the sidecar has answered every step end sent so far (the last one is sent
+        without waiting): a violation it found there is raised now."""
+        self._collect()
+
     def close(self) -> None:
+        """Stop watching; the answers still due are read first (a violation is raised)."""
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
-        self._sock.close()
+        try:
+            self._collect()
+        finally:
+            self._sock.close()
