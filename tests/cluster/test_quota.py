@@ -356,6 +356,18 @@ def test_an_operator_restarted_mid_queue_keeps_admissions_and_admits_nothing_ext
         crds.kubectl("delete", "tenant", space.tenant, "--wait=false", check=False)
 
 
+def test_a_new_jobs_workload_is_created_once(tenant_space: TenantSpace, operator: OperatorProcess) -> None:
+    """The first pass creates the Workload before anything else (Kueue decides while the rest is
+    made) and must not ask for it a second time: every create is a review by the Kueue guard on
+    the critical path of a burst. Counted by the operator's own review counter."""
+    reviews = {"name": "trainguard_admission_reviews_total", "resource": "workloads", "operation": "CREATE"}
+    before = operator.metric(**reviews, outcome="allowed")
+    tenant_space.apply(gpu_job(tenant_space, "once", 1))
+    wait_condition(tenant_space, "once", "Running", timeout=90)
+    time.sleep(3)  # a later pass would have made its duplicate create by now
+    assert operator.metric(**reviews, outcome="allowed") - before == 1
+
+
 def test_with_kueue_stopped_nothing_starts_and_the_job_says_why(tenant_space: TenantSpace) -> None:
     local = LocalCluster()
     local.stop_kueue()

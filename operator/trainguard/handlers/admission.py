@@ -13,7 +13,6 @@ refused ("failed calling webhook") instead of admitted unchecked.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import contextvars
@@ -23,7 +22,6 @@ import logging
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -196,8 +194,6 @@ async def start_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **kw
     config = context.settings
     if not config.webhook_port:
         return
-    # Admission runs blocking calls (registry, API reads) in threads: size the pool for bursts.
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32))
     settings.admission.managed = None  # kopf writes no configurations: trainguard or its chart does
     if config.role is Role.ADMISSION:
         # No daemon here requires a finalizer, so kopf would remove its configured one from every

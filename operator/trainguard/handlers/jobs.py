@@ -19,6 +19,7 @@ import datetime
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
 
 import kopf
@@ -94,6 +95,10 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     context_of(memo)  # built once, in the root memo every object's memo copies
+    # Every API call (and admission's registry reads) runs in a thread of the default executor:
+    # Python's default of cores + 4 threads (6 on 2 cores) queues a burst's Workload creates behind
+    # other jobs' Events and children. As many threads as the API client keeps connections.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32))
     settings.posting.level = logging.WARNING  # our own Events are posted explicitly
     settings.watching.server_timeout = 60
     settings.persistence.finalizer = FINALIZER  # kept while a job's daemon runs
@@ -190,8 +195,10 @@ async def _release(raw: dict[str, Any]) -> None:
         log.info("released %s/%s, which is being deleted", meta["namespace"], meta["name"])
 
 
+# Indexes and event handlers that only read the event's body are coroutines: kopf runs a plain
+# function in a thread of the executor, a hop per event that a burst of jobs pays thousands of times.
 @kopf.index("", "v1", "pods", labels={LABEL_JOB_UID: kopf.PRESENT})
-def job_pods(
+async def job_pods(
     body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
 ) -> dict[tuple[str, str], PodView] | None:
     """Every pod the operator made for a job, by (namespace, job uid): the planner's view of a
@@ -203,13 +210,13 @@ def job_pods(
 
 
 @kopf.index(GROUP, VERSION, "trainingjobs")
-def jobs_by_namespace(name: str, namespace: str | None, **_: Any) -> dict[str, str]:
+async def jobs_by_namespace(name: str, namespace: str | None, **_: Any) -> dict[str, str]:
     """namespace -> its TrainingJobs' names: the pod guard keeps other pods off their children."""
     return {namespace or "": name}
 
 
 @kopf.index(KUEUE_GROUP, KUEUE_VERSION, "workloads", labels={LABEL_JOB_UID: kopf.PRESENT})
-def job_workloads(
+async def job_workloads(
     body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
 ) -> dict[tuple[str, str], WorkloadView] | None:
     """Each job's Kueue Workload, by (namespace, job uid). Only trainguard and Kueue may write
@@ -220,7 +227,9 @@ def job_workloads(
 
 
 @kopf.index(KUEUE_GROUP, KUEUE_VERSION, "workloads", labels={LABEL_TENANT: kopf.PRESENT})
-def tenant_workloads(body: kopf.Body, labels: Mapping[str, str], **_: Any) -> dict[str, WorkloadView] | None:
+async def tenant_workloads(
+    body: kopf.Body, labels: Mapping[str, str], **_: Any
+) -> dict[str, WorkloadView] | None:
     """tenant -> its jobs' Workloads: the order of its queue."""
     if labels.get(LABEL_MANAGED_BY) != MANAGED_BY:
         return None
@@ -228,14 +237,14 @@ def tenant_workloads(body: kopf.Body, labels: Mapping[str, str], **_: Any) -> di
 
 
 @kopf.index(KUEUE_GROUP, KUEUE_VERSION, "clusterqueues", labels={LABEL_MANAGED_BY: MANAGED_BY})
-def tenant_quota(name: str, body: kopf.Body, **_: Any) -> dict[str, QuotaUsage] | None:
+async def tenant_quota(name: str, body: kopf.Body, **_: Any) -> dict[str, QuotaUsage] | None:
     """tenant -> its ClusterQueue's figures (quota, use, borrowing), as Kueue reports them."""
     tenant = tenant_of_cluster_queue(name)
     return {tenant: QuotaUsage.from_cluster_queue(dict(body))} if tenant else None
 
 
 @kopf.on.event(KUEUE_GROUP, KUEUE_VERSION, "clusterqueues", labels={LABEL_MANAGED_BY: MANAGED_BY})
-def quota_changed(name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
+async def quota_changed(name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
     """Per-tenant quota figures for Prometheus, from Kueue's status of the tenant's queue."""
     tenant = tenant_of_cluster_queue(name)
     if not tenant:
@@ -377,12 +386,14 @@ async def reconcile(
     job = TrainingJob.model_validate(raw)
     tenant = await find_tenant(tenants, job.spec.tenant)
     image: Any = None
+    queued = False  # this pass created the job's Workload already
     if tenant is not None and job.status.image is None:
         queue = queues.of(job)
         if not job.status.conditions and queue.workload is None and admission_problems(job, tenant) is None:
             # A new job queues at once, while its image is verified once more: Kueue decides in
             # parallel; the planner drops the Workload again should the image not verify.
             await kube.create_object(build_workload(job))
+            queued = True
         try:
             image = await context.images.verify_pinned(job.spec.image, tenant, job.namespace)
         except VerificationFailed as failure:
@@ -412,7 +423,8 @@ async def reconcile(
     except BaseException:
         context.integrity.give_back(key, verdicts)
         raise
-    if decided.create_workload is not None:  # first: Kueue can decide while the rest is made
+    # First: Kueue can decide while the rest is made (unless made above: the index has not seen it).
+    if decided.create_workload is not None and not queued:
         await kube.create_object(decided.create_workload)
     await asyncio.gather(*(kube.delete_pod(namespace, pod) for pod in decided.delete_pods))
     if decided.release_workload is not None and decided.status.queue and decided.status.queue.workload:

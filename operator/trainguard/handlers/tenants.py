@@ -40,7 +40,7 @@ async def build_context(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.index(GROUP, VERSION, "tenants")
-def tenants_by_name(name: str, body: kopf.Body, **_: Any) -> dict[str, Tenant] | None:
+async def tenants_by_name(name: str, body: kopf.Body, **_: Any) -> dict[str, Tenant] | None:
     """Every Tenant, parsed once: admission and the reconciler read tenants here."""
     try:
         return {name: Tenant.model_validate(dict(body))}
@@ -50,13 +50,13 @@ def tenants_by_name(name: str, body: kopf.Body, **_: Any) -> dict[str, Tenant] |
 
 
 @kopf.index("", "v1", "namespaces", labels={TENANT_NAMESPACE_LABEL: kopf.PRESENT})
-def tenant_namespaces(name: str, labels: Mapping[str, str], **_: Any) -> dict[str, str]:
+async def tenant_namespaces(name: str, labels: Mapping[str, str], **_: Any) -> dict[str, str]:
     """namespace -> the tenant its label names (the pod guard's webhooks select by that label)."""
     return {name: labels[TENANT_NAMESPACE_LABEL]}
 
 
 @kopf.index(GROUP, VERSION, "trainingjobs")
-def job_states(spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, str] | None:
+async def job_states(spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, str] | None:
     """tenant -> the state of each of its jobs (`job_state`), for `trainguard_jobs{tenant,state}`."""
     tenant = spec.get("tenant")
     if not isinstance(tenant, str):

@@ -249,6 +249,7 @@ async def delete_pod(namespace: str, name: str) -> None:
         namespace,
         grace_period_seconds=30,
         propagation_policy="Background",
+        _preload_content=False,  # the deleted pod is not read: no model built from it
         ok=(404,),
     )
 
@@ -282,7 +283,9 @@ async def post_event(obj: Obj, type_: str, reason: str, message: str, component:
         "lastTimestamp": now,
         "count": 1,
     }
-    await _call("post event", _core().create_namespaced_event, namespace, event, ok=(409,))
+    await _call(
+        "post event", _core().create_namespaced_event, namespace, event, _preload_content=False, ok=(409,)
+    )
 
 
 async def apply_role_binding(binding: Obj) -> None:
