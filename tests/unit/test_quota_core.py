@@ -45,6 +45,19 @@ def test_a_tenant_renders_its_queue_local_queues_and_ceilings() -> None:
     assert objects[2]["spec"]["hard"] == {"requests.nvidia.com/gpu": "24"}
 
 
+def test_could_own_never_rules_out_an_object_the_tenant_renders() -> None:
+    """The handler of Kueue's status updates skips tenants by `could_own` before rendering: it must
+    keep every object a tenant renders, and rule out the others' queues and namespaces."""
+    team_a = tenant(cohort="research")
+    for manifest in [*render.cohorts([team_a]), *render.tenant_objects(team_a)]:
+        meta = manifest["metadata"]
+        assert render.could_own(team_a, manifest["kind"], meta["name"], meta.get("namespace"))
+        assert render.wanted_for(team_a, manifest["kind"], meta["name"], meta.get("namespace")) == manifest
+    assert not render.could_own(team_a, "ClusterQueue", "tenant-team-b", None)
+    assert not render.could_own(team_a, "LocalQueue", "trainguard", "team-b")
+    assert not render.could_own(team_a, "ResourceQuota", "trainguard-gpu-ceiling", "team-b")
+
+
 def test_without_a_cohort_there_is_nothing_to_borrow_or_lend() -> None:
     cq = render.cluster_queue(tenant())
     assert "cohortName" not in cq["spec"]

@@ -113,6 +113,8 @@ async def kueue_object_changed(
         return  # the initial listing: the tenants' own events sync everything
     kind = str(body.get("kind") or "")
     for tenant in _all_tenants(kwargs):
+        if not render.could_own(tenant, kind, name, namespace):
+            continue
         wanted = render.wanted_for(tenant, kind, name, namespace)
         if wanted is None:
             continue

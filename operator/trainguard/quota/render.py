@@ -139,6 +139,17 @@ def cohorts(tenants: Iterable[Tenant]) -> list[Manifest]:
     ]
 
 
+def could_own(tenant: Tenant, kind: str, name: str, namespace: str | None) -> bool:
+    """False when `tenant` surely renders no such object: a ClusterQueue named for another tenant,
+    or a namespaced object outside its namespaces. Cheap, so that Kueue's status updates (one per
+    admission, on queues of every tenant) are matched to their tenant without rendering them all."""
+    if kind == "ClusterQueue":
+        return tenant_of_cluster_queue(name) == tenant.metadata.name
+    if namespace is not None:
+        return namespace in tenant.spec.namespaces
+    return True
+
+
 def wanted_for(tenant: Tenant, kind: str, name: str, namespace: str | None) -> Manifest | None:
     """The manifest the tenant renders for one object (kind, name, namespace), if any."""
     for manifest in [*cohorts([tenant]), *tenant_objects(tenant)]:
