@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from e2e.cluster.harness import ROOT
 from e2e.cluster.localcluster import bin_dir
 from e2e.cluster.registry import CosignKey
+from tests.unit.test_shared_inputs import run
 from trainguard.integrity.inputs import MANIFEST_FILE, SIGNATURE_FILE
 
 
@@ -33,11 +32,7 @@ def cosign(*args: str | Path, cwd: Path) -> None:
 
 
 def inputs(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "trainguard.inputs", *map(str, args)],
-        capture_output=True, text=True, timeout=120, check=False,
-        env={**os.environ, "PYTHONPATH": f"{ROOT / 'operator'}{os.pathsep}{ROOT}", **(env or {})},
-    )  # fmt: skip
+    return run(*args, env=env, timeout=120)
 
 
 def signed_folder(root: Path, key: CosignKey, layout: str) -> Path:

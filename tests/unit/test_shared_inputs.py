@@ -17,8 +17,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.unit.manifests import ROOT
+from trainguard.api.constants import INPUT_SIGNERS_ENV
+from trainguard.api.models import Tenant
 from trainguard.integrity import inputs as m
+from trainguard.integrity.keys import Signer
 from trainguard.trainer.inputs import SharedInputChanged, read_verified
+from trainguard.workload import builders
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -51,10 +55,13 @@ def sign(key: ec.EllipticCurvePrivateKey, data: bytes, bundle: bool = False) -> 
     ).encode()
 
 
-def run(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str | Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`python -m trainguard.inputs ARGS`, as the verify-inputs init container runs it."""
     return subprocess.run(
         [sys.executable, "-m", "trainguard.inputs", *map(str, args)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True, text=True, timeout=timeout, check=False,
         env={**os.environ, "PYTHONPATH": f"{ROOT / 'operator'}{os.pathsep}{ROOT}", **(env or {})},
     )  # fmt: skip
 
@@ -82,9 +89,11 @@ def folder(tmp_path: Path, key: ec.EllipticCurvePrivateKey) -> Path:
 
 
 def signers_env(*keys: ec.EllipticCurvePrivateKey) -> dict[str, str]:
-    return {
-        "TRAINGUARD_INPUT_SIGNERS": m.signers_to_json((f"k{i}", public_pem(k)) for i, k in enumerate(keys))
-    }
+    """The trusted keys as the pod builder hands them to the verifier (a tenant's signers)."""
+    signers = [{"name": f"k{i}", "publicKey": public_pem(k)} for i, k in enumerate(keys)]
+    spec = {"namespaces": ["team-a"], "quota": {"nominalGPUs": 1}, "trustedSigners": signers}
+    tenant = Tenant.model_validate({"metadata": {"name": "team-a"}, "spec": spec})
+    return {INPUT_SIGNERS_ENV: builders.input_signers(tenant)}
 
 
 # --------------------------------------------------------------------------- the pure rules
@@ -130,8 +139,8 @@ def test_a_signature_verifies_only_for_a_trusted_key_and_these_bytes(
     bundle: bool, key: ec.EllipticCurvePrivateKey
 ) -> None:
     data = m.render({"a": m.FileEntry("aa" * 32, 1)})
-    trusted = m.InputSigner.from_pem("release", public_pem(key))
-    stranger = m.InputSigner.from_pem("stranger", public_pem(new_key()))
+    trusted = Signer.from_pem("release", public_pem(key))
+    stranger = Signer.from_pem("stranger", public_pem(new_key()))
     assert m.verify_signature(data, sign(key, data, bundle), [stranger, trusted]) == trusted
     with pytest.raises(m.ManifestInvalid, match="trusted: stranger"):
         m.verify_signature(data, sign(key, data, bundle), [stranger])
@@ -267,7 +276,7 @@ def test_an_unreadable_file_is_named_not_skipped(
         return real(path)
 
     monkeypatch.setattr(scan, "hash_file", unreadable)
-    signer = m.InputSigner.from_pem("release", public_pem(key))
+    signer = Signer.from_pem("release", public_pem(key))
     assert verify(folder, [signer]) == [
         f"{folder}/pkg/model.py: cannot be read (Permission denied), so it cannot be checked"
     ]

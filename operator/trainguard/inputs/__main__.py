@@ -14,7 +14,6 @@ from trainguard.integrity.inputs import (
     MANIFEST_FILE,
     SIGN_COMMAND,
     SIGNATURE_FILE,
-    InputSigner,
     ManifestInvalid,
     differences,
     parse,
@@ -22,12 +21,13 @@ from trainguard.integrity.inputs import (
     signers_from_json,
     verify_signature,
 )
+from trainguard.integrity.keys import Signer
 
 VIOLATION = "SharedInputChanged"  # the reason a job that fails this check is given
 TERMINATION_MESSAGE_LIMIT = 4096  # what the kubelet keeps of a termination message
 
 
-def verify(root: Path, signers: list[InputSigner]) -> list[str]:
+def verify(root: Path, signers: list[Signer]) -> list[str]:
     """Every reason the folder is not exactly what a trusted signer signed; empty when it is."""
     try:
         manifest, signature = read_manifest(root)
@@ -41,8 +41,8 @@ def verify(root: Path, signers: list[InputSigner]) -> list[str]:
     return [f"{root}/{p}" for p in problems]
 
 
-def _signers(args: argparse.Namespace) -> list[InputSigner]:
-    signers = [InputSigner.from_pem(Path(k).stem, Path(k).read_text()) for k in args.key]
+def _signers(args: argparse.Namespace) -> list[Signer]:
+    signers = [Signer.from_pem(Path(k).stem, Path(k).read_text()) for k in args.key]
     if args.signers_env and os.environ.get(args.signers_env):
         signers += signers_from_json(os.environ[args.signers_env])
     return signers

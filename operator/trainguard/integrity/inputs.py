@@ -16,14 +16,10 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-
-from trainguard.integrity.keys import p256_public_key
+from trainguard.integrity.keys import Signer, signed_by
 
 FORMAT = "trainguard.dev/inputs/v1"
 MANIFEST_DIR = ".trainguard"  # at the root of the shared folder; never listed in the manifest
@@ -47,26 +43,9 @@ class FileEntry:
     size: int
 
 
-@dataclass(frozen=True)
-class InputSigner:
-    """A signer the tenant trusts (its `spec.trustedSigners` entry): the same keys as for images."""
-
-    name: str
-    public_key: ec.EllipticCurvePublicKey
-
-    @classmethod
-    def from_pem(cls, name: str, pem: str) -> InputSigner:
-        return cls(name, p256_public_key(pem, f"signer {name!r}"))
-
-
-def signers_from_json(text: str) -> list[InputSigner]:
+def signers_from_json(text: str) -> list[Signer]:
     """The signers as the operator hands them to a pod: `[{"name": …, "publicKey": <PEM>}, …]`."""
-    return [InputSigner.from_pem(str(s["name"]), str(s["publicKey"])) for s in json.loads(text)]
-
-
-def signers_to_json(signers: Iterable[tuple[str, str]]) -> str:
-    """(name, PEM) pairs in the form `signers_from_json` reads."""
-    return json.dumps([{"name": name, "publicKey": pem} for name, pem in signers], separators=(",", ":"))
+    return [Signer.from_pem(str(s["name"]), str(s["publicKey"])) for s in json.loads(text)]
 
 
 def is_valid_name(name: str) -> bool:
@@ -137,16 +116,12 @@ def _b64(value: object) -> bytes:
         raise ManifestInvalid("the signature is not valid base64") from exc
 
 
-def verify_signature(manifest: bytes, signature: bytes, signers: list[InputSigner]) -> InputSigner:
+def verify_signature(manifest: bytes, signature: bytes, signers: list[Signer]) -> Signer:
     """The trusted signer whose key signed these manifest bytes; ManifestInvalid when none did."""
     if len(signature) > MAX_SIGNATURE_BYTES:
         raise ManifestInvalid(f"the signature file is more than {MAX_SIGNATURE_BYTES} bytes")
-    raw = _signature_bytes(signature, manifest)
-    for signer in signers:
-        try:
-            signer.public_key.verify(raw, manifest, ec.ECDSA(hashes.SHA256()))
-        except InvalidSignature:
-            continue
+    signer = signed_by(signers, _signature_bytes(signature, manifest), manifest)
+    if signer is not None:
         return signer
     names = ", ".join(s.name for s in signers) or "none"
     raise ManifestInvalid(

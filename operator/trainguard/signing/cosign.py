@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import json
-from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
-from trainguard.integrity.keys import p256_public_key
+# Signer is this module's too: the image verifier and its tests name it `cosign.Signer`.
+from trainguard.integrity.keys import Signer as Signer
+from trainguard.integrity.keys import signed_by
 
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 SIMPLE_SIGNING_MEDIA_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
@@ -32,24 +28,6 @@ INTOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 COSIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"
 SIMPLE_SIGNING_TYPE = "cosign container image signature"
 MAX_PAYLOAD_BYTES = 64 * 1024
-
-
-@dataclass(frozen=True)
-class Signer:
-    name: str
-    public_key: ec.EllipticCurvePublicKey
-
-    @functools.cached_property
-    def identity(self) -> bytes:
-        """The signer's name and public key (DER) as bytes: what a set of signers is keyed by."""
-        der = self.public_key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        return self.name.encode() + b"\0" + der
-
-    @classmethod
-    def from_pem(cls, name: str, pem: str) -> Signer:
-        return cls(name, p256_public_key(pem, f"trusted signer {name!r}"))
 
 
 class SignatureInvalid(Exception):
@@ -63,23 +41,13 @@ def _b64(data: str, what: str) -> bytes:
         raise SignatureInvalid(f"{what} is not valid base64") from exc
 
 
-def _verify_any(signers: list[Signer], signature: bytes, message: bytes) -> Signer | None:
-    for signer in signers:
-        try:
-            signer.public_key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
-        except InvalidSignature:
-            continue
-        return signer
-    return None
-
-
 def verify_simple_signing(
     payload: bytes, signature_b64: str, image_digest: str, signers: list[Signer]
 ) -> Signer:
     """Verify one classic cosign signature layer; return the trusted signer whose key made it."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise SignatureInvalid(f"signature payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
-    signer = _verify_any(signers, _b64(signature_b64, "the signature annotation"), payload)
+    signer = signed_by(signers, _b64(signature_b64, "the signature annotation"), payload)
     if signer is None:
         raise SignatureInvalid("signed by a key the tenant does not trust")
     try:
@@ -117,7 +85,7 @@ def verify_bundle(bundle_bytes: bytes, image_digest: str, signers: list[Signer])
     if payload_type != INTOTO_PAYLOAD_TYPE:
         raise SignatureInvalid(f"the DSSE payload type is {payload_type!r}, not {INTOTO_PAYLOAD_TYPE!r}")
     message = pae(payload_type, payload)
-    signer = next((s for sig in signatures if (s := _verify_any(signers, sig, message))), None)
+    signer = next((s for sig in signatures if (s := signed_by(signers, sig, message))), None)
     if signer is None:
         raise SignatureInvalid("signed by a key the tenant does not trust")
     try:
