@@ -165,7 +165,7 @@ def open_cuda_region(region: Region) -> tuple[Any, Any]:
     assert cuda is not None
     if not torch.cuda.is_available():
         raise ProtocolError("the trainer shares GPU memory but the sidecar sees no GPU")
-    uuids = [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
+    uuids = gpu_uuids()
     if cuda.uuid not in uuids:
         raise ProtocolError(
             f"the sidecar cannot see the trainer's GPU {cuda.uuid} (it sees {', '.join(uuids) or 'none'}): "
@@ -211,8 +211,14 @@ def visible_gpus() -> tuple[list[str], str]:
         return [], f"{source}, but this image has no PyTorch to open them"
     if not torch.cuda.is_available():
         return [], f"{source}, but CUDA sees no device"
-    uuids = [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
-    return uuids, source
+    return gpu_uuids(), source
+
+
+def gpu_uuids() -> list[str]:
+    """The UUIDs of the GPUs CUDA shows this process, in device-index order."""
+    import torch
+
+    return [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
 
 
 class RankSession:
@@ -655,22 +661,18 @@ class Sidecar:
         problem = session.steps.begin(step)
         if problem is not None:
             return self.protocol(session, step, problem)
-        findings = []  # violations (the first one answers the trainer); the weights are compared anyway
+        # A changed control is reported here, and the weights are compared anyway: a changed
+        # weight answers the trainer before it.
+        controls_changed: Reply | None = None
         if session.expected is not None and controls is not None:
             changes = control_changes(session.expected, controls)
             if changes:
                 session.expected = dict(controls)  # reported once; Audit goes on from what is there
-                findings.append(
-                    self.changed_controls(
-                        session,
-                        step,
-                        changes,
-                        f"between the end of step {step - 1} and the start of step {step}",
-                    )
-                )
+                when = f"between the end of step {step - 1} and the start of step {step}"
+                controls_changed = self.changed_controls(session, step, changes, when)
         previous = session.at_end.get(step - 1)
         if previous is None:
-            return findings[0] if findings else Reply(ok=True)
+            return controls_changed or Reply(ok=True)
         now = session.fingerprints(self.fp_key)
         changed: dict[str, list[str]] = {}
         for name in sorted(set(previous) | set(now)):
@@ -681,19 +683,16 @@ class Sidecar:
         if changed:
             what = " and ".join(describe(n) for n in changed)
             where = "; ".join(f"{describe(n)}: {name_tensors(t)}" for n, t in changed.items() if t)
-            findings.insert(
-                0,
-                self.violation(
-                    "ModifiedBetweenSteps",
-                    step,
-                    f"{self.who(session)}: the {what} changed between the end of step {step - 1} "
-                    f"and the start of step {step}" + (f" ({where})" if where else ""),
-                    tensors=changed,
-                    rank=session.rank,
-                ),
+            return self.violation(
+                "ModifiedBetweenSteps",
+                step,
+                f"{self.who(session)}: the {what} changed between the end of step {step - 1} "
+                f"and the start of step {step}" + (f" ({where})" if where else ""),
+                tensors=changed,
+                rank=session.rank,
             )
-        if findings:
-            return findings[0]
+        if controls_changed is not None:
+            return controls_changed
         self.report(self.stamped(Verified, rank=session.rank, step=step - 1))
         return Reply(ok=True)
 

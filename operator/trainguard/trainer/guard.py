@@ -481,9 +481,15 @@ class IntegrityGuard:
 
     # ----------------------------------------------------------------- calls
     def _call(self, request: Request, fds: list[int] | None = None) -> Reply:
+        self._post(request, fds)
+        self._unanswered -= 1
+        return self._answer()
+
+    def _post(self, request: Request, fds: list[int] | None = None) -> None:
+        """Send `request` after reading the answers still due (the sidecar answers in order)."""
         self._collect()
         send(self._sock, request, fds or ())
-        return self._answer()
+        self._unanswered += 1
 
     def _collect(self) -> None:
         """Read the answers to step ends sent without waiting (raising the first violation)."""
@@ -518,10 +524,14 @@ class IntegrityGuard:
         self._settle()
         self._call(Begin(step=step, controls=self.controls()))
 
-    def _end(self, step: int) -> None:
+    def _end(self, step: int, wait: bool = True) -> None:
         self._sync_regions()
         self._settle()
-        self._call(End(step=step, controls=self.controls()))
+        end = End(step=step, controls=self.controls())
+        if wait:
+            self._call(end)
+        else:
+            self._post(end)
 
     def _after_step(self) -> None:
         """Just after optimizer.step(): the end of the step, sent without waiting for the answer.
@@ -529,11 +539,7 @@ class IntegrityGuard:
         (they read the weights, never write them), and the next `begin` (which the sidecar
         answers only after that fingerprint) collects the answer: a violation found at the end
         of step t is raised at the start of step t+1, before its optimizer.step()."""
-        self._sync_regions()
-        self._settle()
-        self._collect()
-        send(self._sock, End(step=self.step, controls=self.controls()))
-        self._unanswered += 1
+        self._end(self.step, wait=False)
         self.step += 1
 
     def _marked_by_hooks(self) -> None:
