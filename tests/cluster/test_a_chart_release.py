@@ -215,7 +215,8 @@ def test_helm_install_upgrade_uninstall_with_chart_webhooks(
         job = get(cluster, "trainingjob", "held", "-n", namespace)
         assert job["metadata"]["finalizers"] == [FINALIZER], "the reconciler's finalizer stays"
         admission_log = (tmp_path / "admission.log").read_text()
-        assert "Indexer 'job_states' succeeded" in admission_log, "the admission process saw the job"
+        assert "Indexer 'jobs_by_namespace' succeeded" in admission_log, "the admission process saw the job"
+        assert "Indexer 'job_pods'" not in admission_log, "and keeps only the indexes admission reads"
         assert "the finalizer" not in admission_log, "nor tried to add or remove one"
         # Every decision is one JSON line naming who, what, which tenant and why.
         lines = [json.loads(line) for line in admission_log.splitlines() if line.startswith("{")]

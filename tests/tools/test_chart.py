@@ -15,13 +15,14 @@ import yaml
 from cryptography import x509
 
 from e2e.cluster.localcluster import bin_dir
-from trainguard.admission.configurations import Endpoint, build_webhook_configurations
+from trainguard.admission.configurations import Endpoint, Trusted, build_webhook_configurations
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "trainguard"
 VERSIONS = (ROOT / "e2e" / "cluster" / "versions.env").read_text()
 K8S_VERSION = next(line.split("=", 1)[1] for line in VERSIONS.splitlines() if line.startswith("K8S_VERSION="))
 NAMESPACE = "trainguard-system"
+KUEUE_USERS = frozenset(yaml.safe_load((CHART / "values.yaml").read_text())["quota"]["kueueUsers"])
 
 Manifest = dict[str, Any]
 
@@ -82,7 +83,9 @@ def test_chart_webhooks_match_the_ones_the_operator_builds() -> None:
     built = {
         c["kind"]: c
         for c in build_webhook_configurations(
-            "trainguard", Endpoint("", service_namespace="ns", service_name="svc")
+            "trainguard",
+            Endpoint("", service_namespace="ns", service_name="svc"),
+            Trusted(frozenset({f"system:serviceaccount:{NAMESPACE}:trainguard"}), KUEUE_USERS),
         )
     }
     rendered = configurations(render())

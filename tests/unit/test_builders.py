@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.unit.manifests import ROOT, SETTINGS, load
-from trainguard.admission.configurations import Endpoint, build_webhook_configurations
+from trainguard.admission.configurations import Endpoint, Trusted, build_webhook_configurations
 from trainguard.api import constants as c
 from trainguard.api.models import InputVerification, Tenant, TrainingJob
 from trainguard.settings import Settings
@@ -324,7 +324,11 @@ def test_the_sidecar_is_out_of_the_trainers_reach(job: TrainingJob, tenant: Tena
 
 
 def test_webhook_configurations_fail_closed_and_scope_the_pod_guard() -> None:
-    local = build_webhook_configurations("tg", Endpoint("Q0E=", url_base="https://127.0.0.1:9443"))
+    trusted = Trusted(
+        frozenset({"system:serviceaccount:trainguard-system:trainguard"}),
+        frozenset({"system:serviceaccount:kueue-system:kueue-controller-manager"}),
+    )
+    local = build_webhook_configurations("tg", Endpoint("Q0E=", url_base="https://127.0.0.1:9443"), trusted)
     in_cluster = build_webhook_configurations(
         "tg",
         Endpoint(
@@ -333,6 +337,7 @@ def test_webhook_configurations_fail_closed_and_scope_the_pod_guard() -> None:
             service_name="trainguard-webhook",
             service_port=9443,
         ),
+        trusted,
     )
     check_golden("webhooks-local", local)
     check_golden("webhooks-in-cluster", in_cluster)

@@ -236,7 +236,10 @@ async def start_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **kw
         endpoint = configurations.Endpoint(
             bundle, url_base=f"https://{config.webhook_host}:{config.webhook_port}"
         )
-    for manifest in configurations.build_webhook_configurations(config.webhook_config_name, endpoint):
+    trusted = configurations.Trusted(config.operator_users, config.kueue_users)
+    for manifest in configurations.build_webhook_configurations(
+        config.webhook_config_name, endpoint, trusted
+    ):
         await kube.apply_webhook_configuration(manifest)
 
 
