@@ -27,10 +27,11 @@ def _copy_of_default() -> kopf.OperatorRegistry:
 def test_admission_only_keeps_indexes_and_drops_every_reconciler() -> None:
     assert trainguard.handlers.jobs is jobs
     registry = _copy_of_default()
-    indexes = list(registry._indexing._handlers)
     assert registry._spawning._handlers, "the reconcile daemon is registered to begin with"
     serve_admission_only(registry)
-    assert registry._indexing._handlers == indexes, "the webhooks answer from every index"
+    kept_indexes = {handler.fn for handler in registry._indexing._handlers}
+    # The webhooks answer from these; a job's pods and Workload are the reconciler's to watch.
+    assert kept_indexes == {tenants.tenants_by_name, tenants.tenant_namespaces, jobs.jobs_by_namespace}
     assert registry._spawning._handlers == []  # no daemon, no timer: nothing needs a finalizer
     assert registry._changing._handlers == []
     assert registry._watching._handlers == []
@@ -53,3 +54,11 @@ def test_admission_role_needs_a_webhook_port() -> None:
         Settings(role=Role.ADMISSION, webhook_port=0)
     assert Settings(role="admission").role is Role.ADMISSION
     assert Settings().role is Role.ALL
+
+
+def test_no_change_handlers_so_kopf_keeps_no_essences() -> None:
+    """`jobs.NoChangeDiffs` hands kopf empty essences: right only while trainguard registers no
+    on.create/update/delete/field handler (a job has a daemon; the rest are events and indexes)."""
+    assert kopf.get_default_registry()._changing._handlers == []
+    body = kopf.Body({"metadata": {"name": "j", "annotations": {"a": "b"}}, "spec": {"image": "x"}})
+    assert jobs.NoChangeDiffs().build(body=body) == {}

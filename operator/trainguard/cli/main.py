@@ -115,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     # aiohttp's access log would add a line per webhook call beside trainguard's own line per
     # admission decision (who, what, tenant, why): keep it for --verbose.
     logging.getLogger("aiohttp.access").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    # kopf logs each handler's and indexer's success on every event at INFO: thousands of lines per
+    # hundred jobs, and a twentieth of the reconciler's CPU under a burst. trainguard logs its own
+    # decisions, verdicts and failures; kopf's warnings and errors stay.
+    logging.getLogger("kopf.objects").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     import trainguard.handlers  # registers the reconcilers and the integrity endpoint
     from trainguard.kube import client as kube
 
