@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -137,6 +138,20 @@ class OperatorProcess:
 
     def stop(self) -> None:
         stop_process(self.proc)
+
+
+def apiserver_counter(cluster: Cluster, name: str, **labels: str) -> int:
+    """The sum of the API server's counter `name` over its series with `labels` (from /metrics):
+    how many requests it served, or how many times it called a webhook, whoever made them."""
+    total = 0.0
+    for line in cluster.kubectl("get", "--raw", "/metrics").stdout.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        series, value = line.rsplit(" ", 1)
+        found = dict(re.findall(r'(\w+)="([^"]*)"', series))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(value)
+    return int(total)
 
 
 def wait_for_terminating_namespaces(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import http.server
 import json
-import re
 import ssl
 import threading
 import uuid
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster.harness import OperatorProcess, SignedImage, TenantSpace
+from e2e.cluster.harness import OperatorProcess, SignedImage, TenantSpace, apiserver_counter
 from e2e.cluster.localcluster import LOOPBACK
 from e2e.cluster.registry import CosignKey, Registry
 from e2e.cluster.waiting import free_port, wait_for
@@ -317,15 +316,15 @@ def test_kubectl_debug_cannot_add_unsigned_or_any_code_to_pods(
     assert "only trainguard may change the pods of TrainingJob 'guarded'" in debug.stderr
 
 
-def webhook_calls(space: TenantSpace, webhook: str) -> dict[tuple[str, str], int]:
-    """How many times the API server called `webhook`, by (operation, rejected), from its metrics."""
-    calls: dict[tuple[str, str], int] = {}
-    for line in space.cluster.kubectl("get", "--raw", "/metrics").stdout.splitlines():
-        if line.startswith("apiserver_admission_webhook_admission_duration_seconds_count{"):
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
-            if labels["name"] == f"{webhook}.trainguard.dev":
-                calls[labels["operation"], labels["rejected"]] = int(float(line.rsplit(" ", 1)[1]))
-    return calls
+def pod_guard_calls(space: TenantSpace, operation: str, rejected: bool) -> int:
+    """How many times the API server called the pod guard (its metrics), whoever asked."""
+    return apiserver_counter(
+        space.cluster,
+        "apiserver_admission_webhook_admission_duration_seconds_count",
+        name="pod-guard.trainguard.dev",
+        operation=operation,
+        rejected=str(rejected).lower(),
+    )
 
 
 def test_only_the_operator_deletes_a_jobs_pods(tenant_space: TenantSpace, ns_admin: list[str]) -> None:
@@ -334,21 +333,20 @@ def test_only_the_operator_deletes_a_jobs_pods(tenant_space: TenantSpace, ns_adm
     The operator's own pod creates and deletes never reach the pod guard (its matchConditions,
     configurations.Trusted); a teammate's delete does, and is refused."""
     space = tenant_space
-    before = webhook_calls(space, "pod-guard")
+    creates, refusals = pod_guard_calls(space, "CREATE", False), pod_guard_calls(space, "DELETE", True)
     space.apply(space.job("owned"))
     job_pod = wait_for("the job's pod", lambda: space.list("pods", "trainguard.dev/job-name=owned"))[0]
     name = job_pod["metadata"]["name"]
-    assert webhook_calls(space, "pod-guard").get(("CREATE", "false"), 0) == before.get(("CREATE", "false"), 0)
+    assert pod_guard_calls(space, "CREATE", False) == creates
     deleted = space.cluster.kubectl("delete", "pod", name, "-n", space.namespace, *ns_admin, check=False)
     assert deleted.returncode != 0
     assert "only trainguard may delete the pods of TrainingJob 'owned'" in deleted.stderr
-    refusals = webhook_calls(space, "pod-guard").get(("DELETE", "true"), 0)
-    assert refusals == before.get(("DELETE", "true"), 0) + 1
+    assert pod_guard_calls(space, "DELETE", True) == refusals + 1
     # The operator deletes the job's pods with the job, with no call either.
-    deletes = webhook_calls(space, "pod-guard").get(("DELETE", "false"), 0)
+    deletes = pod_guard_calls(space, "DELETE", False)
     space.cluster.kubectl("delete", "trainingjob", "owned", "-n", space.namespace, "--wait=true")
     wait_for("the job's pods gone", lambda: not space.list("pods", "trainguard.dev/job-name=owned"))
-    assert webhook_calls(space, "pod-guard").get(("DELETE", "false"), 0) == deletes
+    assert pod_guard_calls(space, "DELETE", False) == deletes
 
 
 class LaterMutation:

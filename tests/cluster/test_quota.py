@@ -22,6 +22,7 @@ from e2e.cluster.harness import (
     OperatorProcess,
     SignedImage,
     TenantSpace,
+    apiserver_counter,
     make_tenant,
     service_account_kubeconfig,
 )
@@ -358,14 +359,24 @@ def test_an_operator_restarted_mid_queue_keeps_admissions_and_admits_nothing_ext
 
 def test_a_new_jobs_workload_is_created_once(tenant_space: TenantSpace, operator: OperatorProcess) -> None:
     """The first pass creates the Workload before anything else (Kueue decides while the rest is
-    made) and must not ask for it a second time: every create is a review by the Kueue guard on
-    the critical path of a burst. Counted by the operator's own review counter."""
+    made) and must not ask for it a second time: a second create would be answered "already
+    exists" (409). Counted by the API server, since the operator's own Workload writes no longer
+    reach the Kueue guard (its matchConditions)."""
+
+    def creates(code: str) -> int:
+        return apiserver_counter(
+            tenant_space.cluster, "apiserver_request_total", resource="workloads", verb="POST", code=code
+        )
+
+    made, refused = creates("201"), creates("409")
     reviews = {"name": "trainguard_admission_reviews_total", "resource": "workloads", "operation": "CREATE"}
-    before = operator.metric(**reviews, outcome="allowed")
+    reviewed = operator.metric(**reviews, outcome="allowed")
     tenant_space.apply(gpu_job(tenant_space, "once", 1))
     wait_condition(tenant_space, "once", "Running", timeout=90)
     time.sleep(3)  # a later pass would have made its duplicate create by now
-    assert operator.metric(**reviews, outcome="allowed") - before == 1
+    assert creates("201") > made, "the job's Workload was created"
+    assert creates("409") == refused, "and never asked for again"
+    assert operator.metric(**reviews, outcome="allowed") == reviewed, "without a call to the Kueue guard"
 
 
 def test_with_kueue_stopped_nothing_starts_and_the_job_says_why(tenant_space: TenantSpace) -> None:

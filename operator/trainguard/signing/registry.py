@@ -98,9 +98,10 @@ def _reason(exc: BaseException) -> str:
 
 
 def _pool() -> urllib3.PoolManager:
-    # Connections kept per registry host; more concurrent requests than that open (and then drop)
-    # extra ones rather than wait.
-    return urllib3.PoolManager(num_pools=64, maxsize=16, block=False)
+    # Connections kept per registry host: as many as the operator's threads that verify (its
+    # executor has 32), so a burst of cold verifications reuses them instead of opening, and
+    # dropping, a TLS connection each; more than that open extra ones rather than wait.
+    return urllib3.PoolManager(num_pools=64, maxsize=32, block=False)
 
 
 @dataclass
