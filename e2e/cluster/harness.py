@@ -140,12 +140,12 @@ class OperatorProcess:
         stop_process(self.proc)
 
 
-def apiserver_counter(cluster: Cluster, name: str, **labels: str) -> int:
-    """The sum of the API server's counter `name` over its series with `labels` (from /metrics):
+def apiserver_counter(cluster: Cluster, metric: str, /, **labels: str) -> int:
+    """The sum of the API server's counter `metric` over its series with `labels` (from /metrics):
     how many requests it served, or how many times it called a webhook, whoever made them."""
     total = 0.0
     for line in cluster.kubectl("get", "--raw", "/metrics").stdout.splitlines():
-        if not line.startswith(name + "{"):
+        if not line.startswith(metric + "{"):
             continue
         series, value = line.rsplit(" ", 1)
         found = dict(re.findall(r'(\w+)="([^"]*)"', series))
