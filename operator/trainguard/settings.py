@@ -36,6 +36,10 @@ class Role(StrEnum):
 # In chart mode the serving certificate is a kubernetes.io/tls Secret mounted as a folder.
 TLS_CERT_FILE = "tls.crt"
 TLS_KEY_FILE = "tls.key"
+# Threads for blocking I/O (API calls, registry reads): the default executor's size, and so the
+# connections each HTTP pool keeps per host (the API client's, the registry client's), so that a
+# burst reuses kept-alive TLS connections instead of opening and dropping one per call.
+IO_THREADS = 32
 
 
 class Settings(BaseSettings):

@@ -64,6 +64,7 @@ from trainguard.quota.queueing import (
     workload_name,
 )
 from trainguard.quota.render import tenant_of_cluster_queue
+from trainguard.settings import IO_THREADS
 from trainguard.signing.verifier import VerificationFailed
 from trainguard.workload.lifecycle import (
     SHARED_INPUT_CHANGED,
@@ -98,7 +99,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Every API call (and admission's registry reads) runs in a thread of the default executor:
     # Python's default of cores + 4 threads (6 on 2 cores) queues a burst's Workload creates behind
     # other jobs' Events and children. As many threads as the API client keeps connections.
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32))
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=IO_THREADS))
     settings.posting.level = logging.WARNING  # our own Events are posted explicitly
     settings.watching.server_timeout = 60
     settings.persistence.finalizer = FINALIZER  # kept while a job's daemon runs

@@ -21,6 +21,7 @@ from kubernetes.client.rest import ApiException
 
 from trainguard.api.conditions import format_time
 from trainguard.api.constants import GROUP, KUEUE_GROUP, KUEUE_VERSION, VERSION
+from trainguard.settings import IO_THREADS
 
 Obj = dict[str, Any]
 
@@ -61,7 +62,7 @@ def _api() -> client.ApiClient:
     global _shared
     if _shared is None:
         configuration = client.Configuration.get_default_copy()
-        configuration.connection_pool_maxsize = 32
+        configuration.connection_pool_maxsize = IO_THREADS
         _shared = client.ApiClient(configuration)
     return _shared
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import urllib3
 
+from trainguard.settings import IO_THREADS
 from trainguard.signing.auth import (
     Challenge,
     Credential,
@@ -98,10 +99,9 @@ def _reason(exc: BaseException) -> str:
 
 
 def _pool() -> urllib3.PoolManager:
-    # Connections kept per registry host: as many as the operator's threads that verify (its
-    # executor has 32), so a burst of cold verifications reuses them instead of opening, and
-    # dropping, a TLS connection each; more than that open extra ones rather than wait.
-    return urllib3.PoolManager(num_pools=64, maxsize=32, block=False)
+    # Connections kept per registry host: as many as the threads that verify (IO_THREADS); more
+    # concurrent requests than that open extra ones rather than wait.
+    return urllib3.PoolManager(num_pools=64, maxsize=IO_THREADS, block=False)
 
 
 @dataclass
