@@ -662,8 +662,10 @@ class Bench:
         node_gpus: int,
         operator: dict[str, int] | None = None,
     ) -> dict[str, Any]:
-        kueue = json.loads((self.cluster.state / "pids.json").read_text()).get("kueue")
-        pids = {"kueue": kueue, **(operator or {})}
+        # Every component of the local cluster (the API server, etcd, Kueue, kwok...), and the
+        # operator's processes: where each arm's CPU went.
+        pids = {**json.loads((self.cluster.state / "pids.json").read_text()), **(operator or {})}
+        pids["bench"] = os.getpid()
         cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
         for watcher in watchers:
             watcher.start()

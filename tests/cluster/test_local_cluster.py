@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+from typing import Any
 
 from e2e.cluster.localcluster import COMPONENTS, LOOPBACK, Cluster, _read_pids
 from e2e.cluster.waiting import wait_for
@@ -87,6 +88,33 @@ def test_simulated_pods_finish_when_a_test_asks(cluster: Cluster, namespace: str
     wait_for("bad to fail", lambda: pod(cluster, namespace, "bad")["status"]["phase"] == "Failed")
     state = pod(cluster, namespace, "bad")["status"]["containerStatuses"][0]["state"]
     assert state["terminated"]["exitCode"] == 3
+
+
+def test_a_claim_is_provisioned_and_its_volume_reclaimed(cluster: Cluster, namespace: str) -> None:
+    """The simulated storage driver binds a claim of the default class to a volume of its own,
+    and deletes the volume when the claim goes (reclaim policy Delete)."""
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "out"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(claim))
+
+    def bound() -> dict[str, Any] | None:
+        got = json.loads(cluster.kubectl("get", "pvc", "out", "-n", namespace, "-o", "json").stdout)
+        return got if got.get("status", {}).get("phase") == "Bound" else None
+
+    volume = wait_for("the claim to be bound", bound, timeout=30)["spec"]["volumeName"]
+    pv = json.loads(cluster.kubectl("get", "pv", volume, "-o", "json").stdout)
+    assert pv["spec"]["storageClassName"] == "standard"
+    assert pv["spec"]["claimRef"]["name"] == "out"
+    cluster.kubectl("delete", "pvc", "out", "-n", namespace)
+    wait_for(
+        "the released volume to be deleted",
+        lambda: cluster.kubectl("get", "pv", volume, check=False).returncode != 0,
+        timeout=30,
+    )
 
 
 def test_impersonated_researcher_is_bound_by_rbac(cluster: Cluster, namespace: str) -> None:

@@ -12,10 +12,10 @@ import pytest
 
 from e2e.cluster.registry import CosignKey, Registry
 from e2e.cluster.waiting import free_port
-from trainguard.signing.auth import Credential
+from trainguard.signing.auth import Credential, Keychain
 from trainguard.signing.cosign import Signer
 from trainguard.signing.registry import Fetched, RegistryClient
-from trainguard.signing.verifier import TagCache, VerificationFailed, Verifier
+from trainguard.signing.verifier import ResultCache, TagCache, VerificationFailed, Verifier
 
 
 @pytest.fixture(scope="module")
@@ -169,12 +169,46 @@ class CountingClient(RegistryClient):
     def __init__(self, host: str) -> None:
         super().__init__(plain_http=frozenset({host}), timeout=1.0)
         self.asked: list[str] = []
+        self.blobs: list[str] = []
 
     def manifest(
         self, registry: str, repository: str, reference: str, credential: Credential | None = None
     ) -> Fetched | None:
         self.asked.append(reference)
         return super().manifest(registry, repository, reference, credential)
+
+    def blob(
+        self, registry: str, repository: str, digest: str, credential: Credential | None = None
+    ) -> bytes:
+        self.asked.append(digest)
+        self.blobs.append(digest)
+        return super().blob(registry, repository, digest, credential)
+
+
+def test_a_verdict_not_cached_reads_the_signatures_again_but_a_payload_once(
+    registry: Registry, keys: dict[str, CosignKey]
+) -> None:
+    """With the verdict cache off, every verification reads the image's signature manifest (a
+    signature can be added or removed at any time), but a payload blob, named by its digest, is
+    fetched once per credential identity."""
+    digest = registry.push("team/payload", "v1", "payload once")
+    keys["release"].sign_classic(f"{registry.host}/team/payload@{digest}")
+    client = CountingClient(registry.host)
+    v = Verifier(client, ResultCache(ttl_seconds=0))
+    image = f"{registry.host}/team/payload@{digest}"
+    for _ in range(3):
+        assert v.verify(image, [signer(keys["release"])]).cached is False
+    signature_tag = digest.replace(":", "-") + ".sig"
+    assert client.asked.count(signature_tag) == 3
+    assert len(client.blobs) == 1
+    # A wrong signer still fails with the payload from the cache: the check is redone each time.
+    with pytest.raises(VerificationFailed) as caught:
+        v.verify(image, [signer(keys["stranger"], "stranger")])
+    assert caught.value.reason == "UntrustedSigner"
+    # Another identity (here: anonymous vs. a credential) reads the blob itself.
+    other = Keychain(operator={registry.host: Credential("operator file", username="u", password="p")})
+    v.verify(image, [signer(keys["release"])], other)
+    assert len(client.blobs) == 2
 
 
 def test_one_admission_resolves_its_tag_once(registry: Registry, keys: dict[str, CosignKey]) -> None:
@@ -189,10 +223,10 @@ def test_one_admission_resolves_its_tag_once(registry: Registry, keys: dict[str,
     assert client.asked.count("v1") == 1
     assert v.verify(pinned, [signer(keys["release"])]).digest == digest
     assert client.asked.count("v1") == 1  # no second resolution, no second signature fetch
-    assert len(client.asked) == 2  # the tag, then the signature manifest (once: the digest is cached)
+    assert len(client.asked) == 3  # the tag, the signature manifest and its payload (once: cached)
     # A burst of creates of the tag within its few seconds asks the registry nothing more...
     again = v.verify(f"{registry.host}/team/once:v1", [signer(keys["release"])])
-    assert (again.digest, again.cached, len(client.asked)) == (digest, True, 2)
+    assert (again.digest, again.cached, len(client.asked)) == (digest, True, 3)
     # The event loop asks the caches first, without a thread: the same verdict, or None.
     remembered = v.from_memory(f"{registry.host}/team/once:v1", [signer(keys["release"])])
     assert remembered is not None
@@ -200,7 +234,7 @@ def test_one_admission_resolves_its_tag_once(registry: Registry, keys: dict[str,
     assert v.from_memory(pinned, [signer(keys["release"])]) is not None
     assert v.from_memory(f"{registry.host}/team/once:v2", [signer(keys["release"])]) is None
     assert v.from_memory(f"{registry.host}/team/once:v1", [signer(keys["stranger"])]) is None
-    assert len(client.asked) == 2
+    assert len(client.asked) == 3
     # ...and after them the tag is resolved again: it may have moved.
     now[0] += TagCache.ttl_seconds + 0.1
     v.verify(f"{registry.host}/team/once:v1", [signer(keys["release"])])

@@ -5,6 +5,9 @@ names immutable content, and a verdict reached with one tenant's registry creden
 reused for a request that would read the registry with other credentials (or none): that request
 must show the registry it may read the image itself.
 
+A signature's payload or bundle is a blob named by its digest, so it is read once (`BlobCache`);
+which signatures an image has is read anew with every verdict the result cache does not hold.
+
 A tag can move, so its resolution is kept only a few seconds (`TagCache`, 10 s): a burst of
 creates of one tag asks the registry once, and a tag moved in the registry is followed within
 those seconds. What runs is never in doubt: the job is pinned to the digest the tag named, and
@@ -90,6 +93,18 @@ class TagCache(ExpiringCache[tuple[str, str], str]):
     ttl_seconds: float = 10.0
 
 
+@dataclass
+class BlobCache(ExpiringCache[tuple[str, str, str], bytes]):
+    """Signature payloads and bundles already read: (credential identity, `registry/repository`,
+    blob digest) -> its bytes. A blob is named by the digest of its content (the client checks
+    it), so what is kept can never be stale; which signatures an image has can change, and is
+    read anew whenever a verdict is (its signature manifest). Bounded: small blobs only."""
+
+    ttl_seconds: float = 3600.0
+    max_entries: int = 1024
+    max_blob_bytes: int = 16 * 1024  # 1,024 entries: at most 16 MiB
+
+
 def signers_key(signers: list[cosign.Signer]) -> str:
     """One key for a set of trusted signers (their names and public keys, in any order)."""
     return hashlib.sha256(b"\0\0".join(sorted(s.identity for s in signers))).hexdigest()
@@ -100,6 +115,7 @@ class Verifier:
     client: RegistryClient
     cache: ResultCache = field(default_factory=ResultCache)
     tags: TagCache = field(default_factory=TagCache)
+    blobs: BlobCache = field(default_factory=BlobCache)
 
     def from_memory(
         self, image: str, signers: list[cosign.Signer], keychain: Keychain | None = None
@@ -209,7 +225,14 @@ class Verifier:
         if int(layer.get("size", 0)) > cosign.MAX_PAYLOAD_BYTES:
             problems.append(f"a {what} of {layer.get('size')} bytes is too large")
             return None
-        return self.client.blob(ref.registry, ref.repository, layer["digest"], credential)
+        key = (identity_of(credential), ref.name, str(layer["digest"]))
+        cached = self.blobs.get(key)
+        if cached is not None:
+            return cached
+        blob = self.client.blob(ref.registry, ref.repository, layer["digest"], credential)
+        if len(blob) <= self.blobs.max_blob_bytes:
+            self.blobs.put(key, blob)
+        return blob
 
     def _find_signature(
         self, ref: ImageReference, digest: str, signers: list[cosign.Signer], credential: Credential | None
