@@ -32,10 +32,9 @@ def workload(state: str = "Admitted", **extra: Any) -> WorkloadView:
         tenant="team-a",
         job_uid="u1",
         state=QueueState(state),
-        created="2026-11-26T11:59:00Z",
         gpus=16,
         flavor="gpu" if state == "Admitted" else None,
-        **extra,
+        **{"created": "2026-11-26T11:59:00Z", **extra},
     )
 
 
@@ -367,6 +366,55 @@ def test_pods_of_a_job_kueue_has_not_admitted_are_deleted() -> None:
     queue = lifecycle.Queue(workload("Pending"))
     out = plan(make_job(running_status()), TENANT, pods(["Running", "Running"]), NOW, SETTINGS, queue=queue)
     assert sorted(out.delete_pods) == ["j-0-a0", "j-1-a0"]
+
+
+UNSEEN = lifecycle.Queue(workload("Unseen", created="2026-11-26T11:59:59Z"))  # made a moment ago
+
+
+def created_ago(seconds: float) -> TrainingJob:
+    job = make_job()
+    stamp = (NOW - datetime.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return job.model_copy(update={"metadata": job.metadata.model_copy(update={"creation_timestamp": stamp})})
+
+
+@pytest.mark.parametrize("queue", [lifecycle.Queue(), UNSEEN])
+def test_a_new_job_waits_for_kueues_first_look_before_writing_or_making_anything(
+    queue: lifecycle.Queue,
+) -> None:
+    """Its Workload is made (or exists), nothing else: no status, no event, no child, and a pass
+    again when Kueue has looked or the moment is over."""
+    out = plan(created_ago(1), TENANT, [], NOW, SETTINGS, queue=queue)
+    assert out.hold
+    assert (out.children, out.create_pods, out.events) == ([], [], [])
+    assert out.status.conditions == []
+    assert (out.create_workload is None) == (queue.workload is not None)
+    assert out.requeue_after == pytest.approx(lifecycle.FIRST_LOOK_SECONDS - 1)
+
+
+@pytest.mark.parametrize(
+    ("age", "queue", "reason"),
+    [
+        (lifecycle.FIRST_LOOK_SECONDS + 1, UNSEEN, "Submitted"),
+        (0.5, lifecycle.Queue(workload("Pending", message="insufficient quota")), "WaitingForKueue"),
+    ],
+)
+def test_the_first_write_comes_once_kueue_looked_or_the_moment_passed(
+    age: float, queue: lifecycle.Queue, reason: str
+) -> None:
+    out = plan(created_ago(age), TENANT, [], NOW, SETTINGS, queue=queue)
+    assert not out.hold
+    queued = find(out.status.conditions, "Queued")
+    assert queued is not None
+    assert queued.reason == reason
+    assert [e.transition for e in out.events] == [Transition.ADMITTED]
+    assert out.children[0]["kind"] == "ServiceAccount"
+
+
+def test_an_admitted_new_job_is_written_and_started_in_one_pass() -> None:
+    out = plan(created_ago(1), TENANT, [], NOW, SETTINGS)
+    assert not out.hold
+    assert [e.transition for e in out.events] == [Transition.ADMITTED, Transition.QUOTA_ADMITTED]
+    assert len(out.create_pods) == 2
 
 
 def test_a_silent_kueue_is_named() -> None:

@@ -425,6 +425,13 @@ async def reconcile(
             queue=queues.of(job),
             heard=context.integrity.last_heard(key),
         )
+        if decided.hold:
+            # New, and Kueue has not looked at its Workload yet: nothing written, posted or made
+            # until it has (the Workload's change wakes this job) or a moment has passed.
+            context.integrity.give_back(key, verdicts)
+            if decided.create_workload is not None and not queued:
+                await kube.create_object(decided.create_workload)
+            return decided.requeue_after
         if decided.reports_stopped:
             metrics.integrity_violation(job.spec.tenant, "ReportsStopped")
         if decided.inputs_refused:

@@ -155,6 +155,9 @@ class Plan:
     reports_stopped: bool = False  # this pass found a replica whose sidecar fell silent
     inputs_refused: bool = False  # this pass failed the job for a changed shared input
     held_workload: str | None = None  # the job's Workload, given back in the pass that ends the job
+    # A new job waits for Kueue's first look at its Workload before anything else is written or
+    # made (FIRST_LOOK_SECONDS at most): then one status write says where it stands.
+    hold: bool = False
 
 
 class _Status:
@@ -443,6 +446,21 @@ def plan(
     return out
 
 
+# How long a new job's first status write and children wait for Kueue's first look at its
+# Workload (Kueue decides within a scheduling cycle or two). Meanwhile the operator writes
+# nothing that Kueue's decision would compete with for the API server, and a job admitted at
+# once gets one status write instead of two. Longer, and the first status is written anyway.
+FIRST_LOOK_SECONDS = 2.0
+
+
+def _first_look_pending(job: TrainingJob, reason: str, now: datetime.datetime) -> float | None:
+    """Seconds left to hold a new job's first write for Kueue's first look; None: write now."""
+    if reason != "Submitted" or job.status.conditions or not job.metadata.creation_timestamp:
+        return None
+    age = (now - parse_time(job.metadata.creation_timestamp)).total_seconds()
+    return FIRST_LOOK_SECONDS - age if 0 <= age < FIRST_LOOK_SECONDS else None
+
+
 def _wait_for_kueue(
     job: TrainingJob,
     st: _Status,
@@ -481,6 +499,10 @@ def _wait_for_kueue(
         out.status, out.requeue_after = st.value, 2.0
         return
     reason, message = explain(workload, queue.usage, job.spec.total_gpus, now, queue.position)
+    hold = _first_look_pending(job, reason, now)
+    if hold is not None and not pods:
+        out.hold, out.children, out.events, out.requeue_after = True, [], [], max(hold, 0.05)
+        return
     st.condition(C.QUEUED, "True", reason, message)
     st.condition(C.RUNNING, "False", "Queued", "waiting for Kueue to admit the job")
     st.set(queue=queue_status.model_copy(update={"position": queue.position, "reason": message[:1024]}))
