@@ -237,6 +237,19 @@ def test_gang_has_one_pod_per_replica_with_rendezvous_env(job: TrainingJob, tena
     assert pods[1]["spec"]["subdomain"] == "llm-finetune"
 
 
+def test_a_single_replica_finds_itself_without_a_service(job: TrainingJob, tenant: Tenant) -> None:
+    """No peers to find: no headless Service (nor the Endpoints churn its selector brings), no
+    subdomain; the launcher's master is the pod's own hostname, which its /etc/hosts resolves."""
+    single = job.model_copy(update={"spec": job.spec.model_copy(update={"replicas": 1})})
+    assert "Service" not in [child["kind"] for child in b.build_children(single, SETTINGS)]
+    (pod,) = b.build_pods(single, tenant, 0, SETTINGS)
+    assert "subdomain" not in pod["spec"]
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    assert env["MASTER_ADDR"] == env["PET_MASTER_ADDR"] == pod["spec"]["hostname"] == "llm-finetune-0"
+    assert env["WORLD_SIZE"] == "1"
+    assert "Service" in [child["kind"] for child in b.build_children(job, SETTINGS)]
+
+
 def _torchrun_options(pod: dict[str, Any]) -> Any:
     """What torchrun makes of a pod's command and environment (its own parser reads PET_*)."""
     from torch.distributed.run import parse_args

@@ -252,7 +252,7 @@ def rendezvous_env(job: TrainingJob, replica: int) -> list[Manifest]:
     torchrun replaces them in each worker with per-process values. A job's own `env` comes after
     these and wins (Kubernetes takes the last of two entries of the same name).
     """
-    master = f"{pod_hostname(job, 0)}.{service_name(job)}"
+    master = f"{pod_hostname(job, 0)}.{service_name(job)}" if needs_service(job) else pod_hostname(job, 0)
     gpus = job.spec.resources.gpus_per_replica
     return [
         {"name": "RANK", "value": str(replica)},
@@ -369,7 +369,6 @@ def build_pod(
     pod_spec: Manifest = {
         "restartPolicy": "Never",  # the operator restarts the whole gang within the failure policy
         "hostname": pod_hostname(job, replica),
-        "subdomain": service_name(job),
         "serviceAccountName": service_account_name(job),
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -403,6 +402,8 @@ def build_pod(
         # CUDA IPC checks process ids: the sidecar opens the trainer's GPU memory only when both
         # see the same process namespace. The sidecar's own user keeps it out of the trainer's reach.
         pod_spec["shareProcessNamespace"] = True
+    if needs_service(job):
+        pod_spec["subdomain"] = service_name(job)  # `<job>-<i>.<job>`: the headless Service's names
     if tenant.spec.image_pull_secret is not None:
         # The Secret the image was verified with (each tenant namespace holds it under this name):
         # the kubelet pulls with the same credentials.
@@ -568,11 +569,19 @@ def build_integrity_secret(job: TrainingJob, key: bytes, settings: WorkloadSetti
     }
 
 
+def needs_service(job: TrainingJob) -> bool:
+    """Only replicas that must find each other need the headless Service: one replica finds
+    itself by its hostname (the kubelet writes it into the pod's /etc/hosts). A Service selects
+    the job's pods, so each pod change also rewrites its Endpoints and EndpointSlices: most jobs
+    on a shared cluster are single-node, and are spared that churn."""
+    return job.spec.replicas > 1
+
+
 def build_children(job: TrainingJob, settings: WorkloadSettings) -> list[Manifest]:
     """Everything but the pods, in the order they must exist."""
     return [
         build_service_account(job),
         build_output_claim(job),
-        build_service(job),
+        *([build_service(job)] if needs_service(job) else []),
         build_network_policy(job, settings),
     ]
