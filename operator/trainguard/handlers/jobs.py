@@ -28,6 +28,7 @@ from trainguard import metrics
 from trainguard.api.conditions import format_time, parse_time
 from trainguard.api.constants import (
     FINALIZER,
+    GPU_CEILING_QUOTA,
     GROUP,
     KUEUE_GROUP,
     KUEUE_VERSION,
@@ -35,6 +36,7 @@ from trainguard.api.constants import (
     LABEL_JOB_UID,
     LABEL_MANAGED_BY,
     LABEL_TENANT,
+    LOCAL_QUEUE,
     MANAGED_BY,
     VERSION,
 )
@@ -104,6 +106,31 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.server_timeout = 60
     settings.persistence.finalizer = FINALIZER  # kept while a job's daemon runs
     settings.persistence.diffbase_storage = NoChangeDiffs()
+    filter_watches(settings)
+
+
+def filter_watches(settings: kopf.OperatorSettings) -> None:
+    for (group, version, plural), selector in WATCH_LABEL_SELECTORS.items():
+        settings.watching.label_selectors[group, version, plural] = selector
+    for (group, version, plural), selector in WATCH_FIELD_SELECTORS.items():
+        settings.watching.field_selectors[group, version, plural] = selector
+
+
+# Server-side filters of the watches (and their initial lists). kopf's handler filters (`labels=`,
+# `field=`) are applied in this process, after the API server sent the event and kopf decoded it:
+# without these, every event of every pod and Workload in a shared cluster would reach the
+# operator, and its cost would grow with the cluster rather than with trainguard's jobs. Every
+# handler of these resources filters on at least as much (tests/unit/test_watch_selectors.py).
+# An object that stops matching (a label removed) arrives as DELETED.
+JOB_POD_LABELS = (LABEL_JOB, LABEL_JOB_UID)  # every pod `builders.build_pod` makes wears both
+WATCH_LABEL_SELECTORS: dict[tuple[str, str, str], str] = {
+    ("", "v1", "pods"): ",".join(JOB_POD_LABELS),
+    (KUEUE_GROUP, KUEUE_VERSION, "workloads"): f"{LABEL_MANAGED_BY}={MANAGED_BY}",
+}
+WATCH_FIELD_SELECTORS: dict[tuple[str, str, str], str] = {
+    ("", "v1", "resourcequotas"): f"metadata.name={GPU_CEILING_QUOTA}",
+    (KUEUE_GROUP, KUEUE_VERSION, "localqueues"): f"metadata.name={LOCAL_QUEUE}",
+}
 
 
 class NoChangeDiffs(kopf.AnnotationsDiffBaseStorage):
@@ -210,7 +237,7 @@ async def _release(raw: dict[str, Any]) -> None:
 
 # Indexes and event handlers that only read the event's body are coroutines: kopf runs a plain
 # function in a thread of the executor, a hop per event that a burst of jobs pays thousands of times.
-@kopf.index("", "v1", "pods", labels={LABEL_JOB_UID: kopf.PRESENT})
+@kopf.index("", "v1", "pods", labels=dict.fromkeys(JOB_POD_LABELS, kopf.PRESENT))
 async def job_pods(
     body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
 ) -> dict[tuple[str, str], PodView] | None:
@@ -228,24 +255,25 @@ async def jobs_by_namespace(name: str, namespace: str | None, **_: Any) -> dict[
     return {namespace or "": name}
 
 
-@kopf.index(KUEUE_GROUP, KUEUE_VERSION, "workloads", labels={LABEL_JOB_UID: kopf.PRESENT})
+@kopf.index(
+    KUEUE_GROUP,
+    KUEUE_VERSION,
+    "workloads",
+    labels={LABEL_JOB_UID: kopf.PRESENT, LABEL_MANAGED_BY: MANAGED_BY},
+)
 async def job_workloads(
     body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
-) -> dict[tuple[str, str], WorkloadView] | None:
+) -> dict[tuple[str, str], WorkloadView]:
     """Each job's Kueue Workload, by (namespace, job uid). Only trainguard and Kueue may write
-    Workloads in tenant namespaces (RBAC and the Kueue guard), so the label can be trusted."""
-    if labels.get(LABEL_MANAGED_BY) != MANAGED_BY:
-        return None
+    Workloads in tenant namespaces (RBAC and the Kueue guard), so the labels can be trusted."""
     return {(namespace or "", labels[LABEL_JOB_UID]): WorkloadView.from_manifest(dict(body))}
 
 
-@kopf.index(KUEUE_GROUP, KUEUE_VERSION, "workloads", labels={LABEL_TENANT: kopf.PRESENT})
-async def tenant_workloads(
-    body: kopf.Body, labels: Mapping[str, str], **_: Any
-) -> dict[str, WorkloadView] | None:
+@kopf.index(
+    KUEUE_GROUP, KUEUE_VERSION, "workloads", labels={LABEL_TENANT: kopf.PRESENT, LABEL_MANAGED_BY: MANAGED_BY}
+)
+async def tenant_workloads(body: kopf.Body, labels: Mapping[str, str], **_: Any) -> dict[str, WorkloadView]:
     """tenant -> its jobs' Workloads: the order of its queue."""
-    if labels.get(LABEL_MANAGED_BY) != MANAGED_BY:
-        return None
     return {labels[LABEL_TENANT]: WorkloadView.from_manifest(dict(body))}
 
 
@@ -274,7 +302,7 @@ async def quota_changed(name: str, body: kopf.Body, type: str | None, **_: Any) 
 @kopf.on.event(
     KUEUE_GROUP, KUEUE_VERSION, "workloads", labels={LABEL_JOB: kopf.PRESENT, LABEL_MANAGED_BY: MANAGED_BY}
 )
-@kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT})
+@kopf.on.event("", "v1", "pods", labels=dict.fromkeys(JOB_POD_LABELS, kopf.PRESENT))
 async def child_changed(
     body: kopf.Body,
     uid: str,
