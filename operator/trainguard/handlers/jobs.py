@@ -95,6 +95,23 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
+# Server-side filters of the watches (and their initial lists). kopf's handler filters (`labels=`,
+# `field=`) are applied in this process, after the API server sent the event and kopf decoded it:
+# without these, every event of every pod and Workload in a shared cluster would reach the
+# operator, and its cost would grow with the cluster rather than with trainguard's jobs. Every
+# handler of these resources filters on at least as much (tests/unit/test_watch_selectors.py).
+# An object that stops matching (a label removed) arrives as DELETED.
+JOB_POD_LABELS = (LABEL_JOB, LABEL_JOB_UID)  # every pod `builders.build_pod` makes wears both
+WATCH_LABEL_SELECTORS: dict[tuple[str, str, str], str] = {
+    ("", "v1", "pods"): ",".join(JOB_POD_LABELS),
+    (KUEUE_GROUP, KUEUE_VERSION, "workloads"): f"{LABEL_MANAGED_BY}={MANAGED_BY}",
+}
+WATCH_FIELD_SELECTORS: dict[tuple[str, str, str], str] = {
+    ("", "v1", "resourcequotas"): f"metadata.name={GPU_CEILING_QUOTA}",
+    (KUEUE_GROUP, KUEUE_VERSION, "localqueues"): f"metadata.name={LOCAL_QUEUE}",
+}
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     context_of(memo)  # built once, in the root memo every object's memo copies
@@ -114,23 +131,6 @@ def filter_watches(settings: kopf.OperatorSettings) -> None:
         settings.watching.label_selectors[group, version, plural] = selector
     for (group, version, plural), selector in WATCH_FIELD_SELECTORS.items():
         settings.watching.field_selectors[group, version, plural] = selector
-
-
-# Server-side filters of the watches (and their initial lists). kopf's handler filters (`labels=`,
-# `field=`) are applied in this process, after the API server sent the event and kopf decoded it:
-# without these, every event of every pod and Workload in a shared cluster would reach the
-# operator, and its cost would grow with the cluster rather than with trainguard's jobs. Every
-# handler of these resources filters on at least as much (tests/unit/test_watch_selectors.py).
-# An object that stops matching (a label removed) arrives as DELETED.
-JOB_POD_LABELS = (LABEL_JOB, LABEL_JOB_UID)  # every pod `builders.build_pod` makes wears both
-WATCH_LABEL_SELECTORS: dict[tuple[str, str, str], str] = {
-    ("", "v1", "pods"): ",".join(JOB_POD_LABELS),
-    (KUEUE_GROUP, KUEUE_VERSION, "workloads"): f"{LABEL_MANAGED_BY}={MANAGED_BY}",
-}
-WATCH_FIELD_SELECTORS: dict[tuple[str, str, str], str] = {
-    ("", "v1", "resourcequotas"): f"metadata.name={GPU_CEILING_QUOTA}",
-    (KUEUE_GROUP, KUEUE_VERSION, "localqueues"): f"metadata.name={LOCAL_QUEUE}",
-}
 
 
 class NoChangeDiffs(kopf.AnnotationsDiffBaseStorage):
