@@ -104,6 +104,10 @@ class BlobCache(ExpiringCache[tuple[str, str, str], bytes]):
     max_entries: int = 1024
     max_blob_bytes: int = 16 * 1024  # 1,024 entries: at most 16 MiB
 
+    def put(self, key: tuple[str, str, str], value: bytes) -> None:
+        if len(value) <= self.max_blob_bytes:  # a larger blob is read again when needed
+            super().put(key, value)
+
 
 def signers_key(signers: list[cosign.Signer]) -> str:
     """One key for a set of trusted signers (their names and public keys, in any order)."""
@@ -230,8 +234,7 @@ class Verifier:
         if cached is not None:
             return cached
         blob = self.client.blob(ref.registry, ref.repository, layer["digest"], credential)
-        if len(blob) <= self.blobs.max_blob_bytes:
-            self.blobs.put(key, blob)
+        self.blobs.put(key, blob)
         return blob
 
     def _find_signature(
