@@ -23,7 +23,6 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from kubernetes import client, config
 
@@ -34,6 +33,7 @@ from e2e.cluster.harness import (
     OperatorProcess,
     install_chart,
     make_tenant,
+    remove_webhook_configurations,
     service_account_kubeconfig,
     signed_image,
 )
@@ -46,11 +46,6 @@ REQUESTS = 2000
 RUNS = 4
 CONFIGURATION = "trainguard"  # what the operator writes for itself (self mode)
 TARGETS = {"warm_p99": 1.5, "warm_p50": 2.0, "cold_p99": 3.0}
-
-
-def remove_configurations(cluster: Any) -> None:
-    for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
-        cluster.kubectl("delete", kind, CONFIGURATION, "--ignore-not-found")
 
 
 def main() -> int:
@@ -100,7 +95,7 @@ def main() -> int:
     try:
         for run in range(runs_wanted):
             print(f"run {run + 1} of {runs_wanted}", file=sys.stderr)
-            remove_configurations(cluster)
+            remove_webhook_configurations(cluster, CONFIGURATION, check=True)
             runs["baseline"].append(run_arm("baseline", None))
             for name, cache in (("warm_cache", "300"), ("cold_cache", "0")):
                 operator = OperatorProcess(
@@ -116,7 +111,7 @@ def main() -> int:
                 finally:
                     operator.stop()
     finally:
-        remove_configurations(cluster)
+        remove_webhook_configurations(cluster, CONFIGURATION, check=True)
         cluster.kubectl("delete", "namespace", space.namespace, "--wait=false")
         cluster.kubectl("delete", "tenant", space.tenant, "--wait=false")
 

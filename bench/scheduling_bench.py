@@ -68,6 +68,7 @@ from e2e.cluster.harness import (
     OperatorProcess,
     install_chart,
     make_tenant,
+    remove_webhook_configurations,
     service_account_kubeconfig,
     signed_image,
     wait_for_terminating_namespaces,
@@ -844,8 +845,7 @@ class Bench:
                 process.stop()
             # The operator's webhook configurations fail closed once it is gone: the next arm (the
             # next round's Kueue arm, deleting its ClusterQueues) must not meet them.
-            for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
-                self.cluster.kubectl("delete", kind, "trainguard", "--ignore-not-found", check=False)
+            remove_webhook_configurations(self.cluster)
         return result
 
 

@@ -51,6 +51,13 @@ def install_chart(cluster: Cluster, *values: str) -> None:
     subprocess.run(helm, check=True, capture_output=True, text=True, env=env)
 
 
+def remove_webhook_configurations(cluster: Cluster, name: str = "trainguard", *, check: bool = False) -> None:
+    """Delete the webhook configurations called `name` (by default those an operator process writes
+    for itself). They fail closed once their operator is gone, refusing whatever they cover."""
+    for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
+        cluster.kubectl("delete", kind, name, "--ignore-not-found", check=check)
+
+
 class OperatorProcess:
     """The operator as its own process (`trainguard run`), watching the namespaces given."""
 

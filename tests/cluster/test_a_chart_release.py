@@ -29,6 +29,7 @@ from e2e.cluster.harness import (
     RELEASE_NAMESPACE,
     ROOT,
     install_chart,
+    remove_webhook_configurations,
     service_account_kubeconfig,
 )
 from e2e.cluster.localcluster import Cluster, bin_dir
@@ -263,6 +264,5 @@ def test_helm_install_upgrade_uninstall_with_chart_webhooks(
         cluster.kubectl("delete", "resourceflavor", flavor, "--ignore-not-found", check=False)
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
         # Back to the release every other test expects (operator-managed webhooks, no Deployment).
-        for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
-            cluster.kubectl("delete", kind, CONFIGURATION, "--ignore-not-found", check=False)
+        remove_webhook_configurations(cluster, CONFIGURATION)
         install_chart(cluster)
