@@ -11,7 +11,10 @@ Per tenant, three job classes created at fixed intervals, all tenants at once:
            one every 1.2 s, runs 1 s, priority 200
 Arms:
   kueue       suspended batch/v1 Jobs with a queue-name label, a LocalQueue per namespace, the
-              ClusterQueues above: Kueue's own Job integration admits and starts them
+              ClusterQueues above: Kueue's own Job integration admits and starts them; Kueue's
+              Job webhooks (mjob.kb.io, vjob.kb.io) are registered for the arm, as Kueue's chart
+              registers them, so each Job create pays its controller's webhook as a TrainingJob
+              create pays trainguard's
   trainguard  the same as Tenants and TrainingJobs; the operator (local processes) renders the
               queues, makes each job's Workload and starts its pods once Kueue admits it. As the
               chart runs it (`--topology chart`, the default): admission in its own process
@@ -35,6 +38,15 @@ Workload appeared (how Kueue's own runner measures), GPU usage (admitted GPU-sec
 over the wall time, of the quota and of the nodes' GPUs), admissions per second; for trainguard
 also the operator's peak RSS. Writes bench/results/scheduling.json.
 
+Job classes (`--classes small,medium`): only those named. Without the large class there are no
+preemptions, so the arms' time to admission compares the same schedule.
+
+Placement (`--placement split`): the control plane (etcd, API server, controller manager,
+scheduler) on half of the CPUs, and Kueue, the simulated nodes, the storage driver, the registry,
+trainguard's processes and this load generator on the other half, for both arms, as on a cluster
+whose controllers run on worker nodes. By default (`shared`) every process may use every CPU, as
+on a development machine, where any controller's CPU is taken from the API server's.
+
 Rounds (`--rounds n`): both arms n times on the same cluster, every other round in reverse order,
 each round under names of its own. One round's ratios move by tens of percent from run to run on a
 small machine; with n > 1 the ratios reported (and judged against the targets) are the medians of
@@ -45,6 +57,8 @@ the rounds' ratios, `arms` holds the figures of the round with the median wall-t
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
 import json
 import os
 import statistics
@@ -86,6 +100,9 @@ NOMINAL, BORROWING = 20, 100
 NODE_GPUS = TENANTS_PER_COHORT * NOMINAL  # one node a cohort: the nodes hold the sum of quotas
 CREATORS = 8  # concurrent create requests
 TARGETS = {"max_wall_ratio": 1.10, "max_time_to_admission_ratio": 1.10, "operator_peak_rss_mib": 1024}
+# The control plane proper: on its own CPUs with `--placement split`, as on its own nodes.
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+KUEUE_JOB_WEBHOOKS = "kueue-job-webhooks"
 
 
 @dataclass(frozen=True)
@@ -286,6 +303,109 @@ class Slot:
     @property
     def name(self) -> str:
         return f"{self.cls.name}-{self.index}"
+
+
+def select_classes(names: str) -> tuple[JobClass, ...]:
+    """The BASELINE classes named (comma-separated), in BASELINE's order; ValueError otherwise."""
+    wanted = {n.strip() for n in names.split(",") if n.strip()}
+    known = [c.name for c in BASELINE]
+    if not wanted or wanted - set(known):
+        raise ValueError(f"{names!r}: name one or more of {known}, comma-separated")
+    return tuple(c for c in BASELINE if c.name in wanted)
+
+
+def kueue_job_webhooks(port: int, ca_bundle: str) -> list[dict[str, Any]]:
+    """Kueue's own batch/v1 Job webhooks as its chart registers them (mjob.kb.io defaults a
+    queued Job to suspended, vjob.kb.io validates creates and updates), pointed at the local
+    Kueue's webhook server on loopback: every Job create of the Kueue-alone arm pays the round
+    trips it pays wherever Kueue runs, as every TrainingJob create pays trainguard's."""
+
+    def webhook(name: str, path: str, operations: list[str]) -> dict[str, Any]:
+        return {
+            "name": name,
+            "admissionReviewVersions": ["v1"],
+            "clientConfig": {"url": f"https://127.0.0.1:{port}{path}", "caBundle": ca_bundle},
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "rules": [
+                {
+                    "apiGroups": ["batch"],
+                    "apiVersions": ["v1"],
+                    "operations": operations,
+                    "resources": ["jobs"],
+                }
+            ],
+        }
+
+    group = "admissionregistration.k8s.io/v1"
+    return [
+        {
+            "apiVersion": group,
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": KUEUE_JOB_WEBHOOKS},
+            "webhooks": [webhook("mjob.kb.io", "/mutate-batch-v1-job", ["CREATE"])],
+        },
+        {
+            "apiVersion": group,
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": KUEUE_JOB_WEBHOOKS},
+            "webhooks": [webhook("vjob.kb.io", "/validate-batch-v1-job", ["CREATE", "UPDATE"])],
+        },
+    ]
+
+
+def split_cpus(cpus: set[int]) -> tuple[set[int], set[int]]:
+    """(control plane's, everyone else's): the lower half of the CPUs, at least one each."""
+    if len(cpus) < 2:
+        raise ValueError(f"--placement split needs at least 2 CPUs, this process may use {len(cpus)}")
+    ordered = sorted(cpus)
+    half = len(ordered) // 2
+    return set(ordered[:half]), set(ordered[half:])
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of process `pid` onto `cpus`; threads started later inherit their starter's."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # a thread just ended
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+class Placement:
+    """Where the processes run. `shared`: anywhere, as started (the development machine: the
+    control plane, Kueue, trainguard and the load generator share every core). `split`: the
+    control plane (etcd, API server, controller manager, scheduler) on the lower half of the
+    CPUs, everything else (Kueue, kwok, the storage driver, the registry, this process and the
+    trainguard processes it starts) on the upper half, as on a cluster whose controllers run
+    on worker nodes apart from the control plane's. The same for both arms."""
+
+    def __init__(self, kind: str, cluster: Cluster) -> None:
+        self.kind, self.pids_file = kind, cluster.state / "pids.json"
+        self.all = os.sched_getaffinity(0)
+        self.control, self.others = split_cpus(self.all) if kind == "split" else (self.all, self.all)
+
+    def cluster_pids(self) -> dict[str, int]:
+        return {k: int(v) for k, v in json.loads(self.pids_file.read_text()).items()}
+
+    def apply(self) -> None:
+        if self.kind == "shared":
+            return
+        for name, pid in self.cluster_pids().items():
+            pin(pid, self.control if name in CONTROL_PLANE else self.others)
+        pin(os.getpid(), self.others)  # and the operator processes this one starts
+
+    def restore(self) -> None:
+        if self.kind == "shared":
+            return
+        for pid in self.cluster_pids().values():
+            pin(pid, self.all)
+        pin(os.getpid(), self.all)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "control_plane_cpus": sorted(self.control),
+            "other_cpus": sorted(self.others),
+        }
 
 
 def timetable(namespaces: list[str], classes: tuple[JobClass, ...]) -> list[Slot]:
@@ -581,6 +701,8 @@ class Bench:
             )
         self.kubectl_apply(objects)
         self.wait_queues_active(namespaces)
+        bundle = base64.b64encode(self.cluster.ca_file.read_bytes()).decode()
+        self.kubectl_apply(kueue_job_webhooks(self.cluster.ports.kueue_webhook, bundle))
 
         recorder = Recorder()
         bench_namespaces = set(namespaces)
@@ -626,7 +748,7 @@ class Bench:
                     },
                 },
                 "spec": {
-                    "suspend": True,  # Kueue's webhook would set it; none is registered here
+                    "suspend": True,  # as Kueue's documentation writes it (its webhook would set it)
                     "parallelism": cls.pods,
                     "completions": cls.pods,
                     "backoffLimit": 0,
@@ -648,7 +770,11 @@ class Bench:
             }
             self.custom.create_namespaced_custom_object("batch", "v1", slot.namespace, "jobs", body)
 
-        result = self._run_arm(namespaces, recorder, watchers, create, quota_gpus, node_gpus)
+        try:
+            result = self._run_arm(namespaces, recorder, watchers, create, quota_gpus, node_gpus)
+        finally:
+            for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration"):
+                self.cluster.kubectl("delete", kind, KUEUE_JOB_WEBHOOKS, "--ignore-not-found", check=False)
         self.delete_namespaces(namespaces)
         self.cluster.kubectl(
             "delete", "clusterqueues", *namespaces, "--wait=true", "--timeout=120s", check=False
@@ -889,6 +1015,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stretch", type=float, help="intervals and run times x this (default 1/scale)")
     parser.add_argument("--arms", default="kueue,trainguard", help="which arms, in order (default both)")
     parser.add_argument(
+        "--classes",
+        default=",".join(c.name for c in BASELINE),
+        help="which job classes to create (default all: small,medium,large); leaving out large "
+        "leaves out the cohort's preemptions",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -902,9 +1034,20 @@ def main(argv: list[str] | None = None) -> int:
         help="trainguard's processes: chart (the chart's default: an admission process beside one "
         "reconciler) or single (one process doing both, the local test mode)",
     )
+    parser.add_argument(
+        "--placement",
+        choices=["shared", "split"],
+        default="shared",
+        help="shared (default): every process on every CPU; split: the control plane on half the "
+        "CPUs, Kueue, trainguard, the simulated nodes and this process on the other half, as "
+        "controllers on worker nodes (the same for both arms)",
+    )
     args = parser.parse_args(argv)
     stretch = args.stretch or 1 / args.scale
-    classes = tuple(c.scaled(args.scale, stretch) for c in BASELINE)
+    try:
+        classes = tuple(c.scaled(args.scale, stretch) for c in select_classes(args.classes))
+    except ValueError as exc:
+        parser.error(f"--classes {exc}")
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     if unknown := set(arms) - {"kueue", "trainguard"}:
         parser.error(f"unknown arms {sorted(unknown)}")
@@ -912,12 +1055,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds must be at least 1")
     run = uuid.uuid4().hex[:6]
 
+    if args.placement == "split":
+        try:
+            split_cpus(os.sched_getaffinity(0))
+        except ValueError as exc:
+            parser.error(str(exc))
+
     cluster = LocalCluster().up()
     bench = Bench(cluster, classes, run, args.topology)
     bench.check_run_stage()
     nodes = bench.add_nodes()
     quota_gpus, node_gpus = COHORTS * TENANTS_PER_COHORT * NOMINAL, bench.node_gpus()
     rounds: list[dict[str, Any]] = []
+    placement = Placement(args.placement, cluster)
+    placement.apply()
     try:
         for number in range(args.rounds):
             # Every other round in reverse order: neither arm always runs on the fresher cluster.
@@ -935,12 +1086,14 @@ def main(argv: list[str] | None = None) -> int:
                 results[arm]["pods_of_others_holding_gpus_at_start"] = len(busy)
             rounds.append({"order": order, "arms": results})
     finally:
+        placement.restore()
         cluster.kubectl("delete", "nodes", *nodes, "--wait=false", check=False)
 
     report: dict[str, Any] = {
         "benchmark": "scheduling (Kueue scheduler-performance baseline shape)",
         "run": run,
         "topology": args.topology,
+        "placement": placement.describe(),
         "scale": args.scale,
         "stretch": round(stretch, 4),
         "cpus": os.cpu_count(),
