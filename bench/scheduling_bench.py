@@ -1068,8 +1068,8 @@ def main(argv: list[str] | None = None) -> int:
     quota_gpus, node_gpus = COHORTS * TENANTS_PER_COHORT * NOMINAL, bench.node_gpus()
     rounds: list[dict[str, Any]] = []
     placement = Placement(args.placement, cluster)
-    placement.apply()
     try:
+        placement.apply()
         for number in range(args.rounds):
             # Every other round in reverse order: neither arm always runs on the fresher cluster.
             order = arms if number % 2 == 0 else arms[::-1]
