@@ -87,7 +87,14 @@ from e2e.cluster.harness import (
     signed_image,
     wait_for_terminating_namespaces,
 )
-from e2e.cluster.localcluster import ROOT_CRDS, Cluster, ClusterConfig, LocalCluster, _node_manifest
+from e2e.cluster.localcluster import (
+    ROOT_CRDS,
+    Cluster,
+    ClusterConfig,
+    LocalCluster,
+    _node_manifest,
+    _read_pids,
+)
 from e2e.cluster.waiting import wait_for
 from trainguard.api.constants import GROUP, KUEUE_GROUP, KUEUE_VERSION, LABEL_JOB, LOCAL_QUEUE, VERSION
 from trainguard.quota.render import cluster_queue_name
@@ -378,25 +385,23 @@ class Placement:
     trainguard processes it starts) on the upper half, as on a cluster whose controllers run
     on worker nodes apart from the control plane's. The same for both arms."""
 
-    def __init__(self, kind: str, cluster: Cluster) -> None:
-        self.kind, self.pids_file = kind, cluster.state / "pids.json"
+    def __init__(self, kind: str) -> None:
+        """ValueError: `split` on fewer than 2 CPUs."""
+        self.kind = kind
         self.all = os.sched_getaffinity(0)
         self.control, self.others = split_cpus(self.all) if kind == "split" else (self.all, self.all)
 
-    def cluster_pids(self) -> dict[str, int]:
-        return {k: int(v) for k, v in json.loads(self.pids_file.read_text()).items()}
-
-    def apply(self) -> None:
+    def apply(self, cluster: Cluster) -> None:
         if self.kind == "shared":
             return
-        for name, pid in self.cluster_pids().items():
+        for name, pid in _read_pids(cluster.state).items():
             pin(pid, self.control if name in CONTROL_PLANE else self.others)
         pin(os.getpid(), self.others)  # and the operator processes this one starts
 
-    def restore(self) -> None:
+    def restore(self, cluster: Cluster) -> None:
         if self.kind == "shared":
             return
-        for pid in self.cluster_pids().values():
+        for pid in _read_pids(cluster.state).values():
             pin(pid, self.all)
         pin(os.getpid(), self.all)
 
@@ -773,8 +778,7 @@ class Bench:
         try:
             result = self._run_arm(namespaces, recorder, watchers, create, quota_gpus, node_gpus)
         finally:
-            for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration"):
-                self.cluster.kubectl("delete", kind, KUEUE_JOB_WEBHOOKS, "--ignore-not-found", check=False)
+            remove_webhook_configurations(self.cluster, KUEUE_JOB_WEBHOOKS)
         self.delete_namespaces(namespaces)
         self.cluster.kubectl(
             "delete", "clusterqueues", *namespaces, "--wait=true", "--timeout=120s", check=False
@@ -1055,11 +1059,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds must be at least 1")
     run = uuid.uuid4().hex[:6]
 
-    if args.placement == "split":
-        try:
-            split_cpus(os.sched_getaffinity(0))
-        except ValueError as exc:
-            parser.error(str(exc))
+    try:
+        placement = Placement(args.placement)
+    except ValueError as exc:
+        parser.error(str(exc))
 
     cluster = LocalCluster().up()
     bench = Bench(cluster, classes, run, args.topology)
@@ -1067,9 +1070,8 @@ def main(argv: list[str] | None = None) -> int:
     nodes = bench.add_nodes()
     quota_gpus, node_gpus = COHORTS * TENANTS_PER_COHORT * NOMINAL, bench.node_gpus()
     rounds: list[dict[str, Any]] = []
-    placement = Placement(args.placement, cluster)
     try:
-        placement.apply()
+        placement.apply(cluster)
         for number in range(args.rounds):
             # Every other round in reverse order: neither arm always runs on the fresher cluster.
             order = arms if number % 2 == 0 else arms[::-1]
@@ -1086,7 +1088,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[arm]["pods_of_others_holding_gpus_at_start"] = len(busy)
             rounds.append({"order": order, "arms": results})
     finally:
-        placement.restore()
+        placement.restore(cluster)
         cluster.kubectl("delete", "nodes", *nodes, "--wait=false", check=False)
 
     report: dict[str, Any] = {
