@@ -9,6 +9,11 @@ on the same cluster, interleaved RUNS times (each figure is the median of the ru
             resolved at the registry again only every few seconds (a tag can move; TagCache)
   cold      the same with the verdict cache off: each create also reads and checks the signature
 
+and, as a reference for what any webhook costs on the same machine, Kueue's own (Go) webhooks on
+the same load: 100 concurrent dry-run creates of a queued batch/v1 Job, without (job_baseline) and
+with (job_kueue_webhooks) the mjob/vjob webhooks Kueue's chart registers, served by the local
+Kueue. They are reported beside trainguard's arms, as ratios to job_baseline; no target applies.
+
 Targets (issue: "What a platform team installs and watches"): warm p99 <= 1.5x and p50 <= 2x the
 baseline's, cold p99 <= 3x. Where the time goes: the CPU seconds each process (the operator, the
 API server, etcd, the registry) spent per create in each arm, from /proc, beside the latencies.
@@ -18,16 +23,18 @@ Writes bench/results/admission.json.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import statistics
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from kubernetes import client, config
 
 from bench.load import measure, write_report
-from bench.scheduling_bench import cpu_seconds
+from bench.scheduling_bench import KUEUE_JOB_WEBHOOKS, cpu_seconds, kueue_job_webhooks, queued_batch_job
 from e2e.cluster.harness import (
     RELEASE_NAMESPACE,
     OperatorProcess,
@@ -45,6 +52,7 @@ CONCURRENCY = 100
 REQUESTS = 2000
 RUNS = 4
 CONFIGURATION = "trainguard"  # what the operator writes for itself (self mode)
+JOBS_NAMESPACE = "admission-bench-jobs"  # the reference arms' batch Jobs
 TARGETS = {"warm_p99": 1.5, "warm_p50": 2.0, "cold_p99": 3.0}
 
 
@@ -78,12 +86,20 @@ def main() -> int:
             dry_run="All",
         )
 
-    def run_arm(name: str, operator: OperatorProcess | None) -> dict[str, float]:
+    def create_job(i: int) -> None:
+        body = queued_batch_job(f"bench-{i}", pods=1, gpus_per_pod=1)
+        custom.create_namespaced_custom_object("batch", "v1", JOBS_NAMESPACE, "jobs", body, dry_run="All")
+
+    def run_arm(
+        name: str, operator: OperatorProcess | None, fn: Callable[[int], None] = create
+    ) -> dict[str, float]:
         watched = {k: pids[k] for k in ("kube-apiserver", "etcd", "registry")}
         if operator is not None and operator.proc is not None:
             watched["operator"] = operator.proc.pid
+        if fn is create_job:
+            watched["kueue"] = pids["kueue"]
         before = {k: cpu_seconds(p) for k, p in watched.items()}
-        result = measure(create, CONCURRENCY, REQUESTS)
+        result = measure(fn, CONCURRENCY, REQUESTS)
         spent = {k: cpu_seconds(p) - before[k] for k, p in watched.items()}
         # measure() makes CONCURRENCY untimed warm-up calls before the timed REQUESTS.
         calls = CONCURRENCY + REQUESTS
@@ -91,12 +107,35 @@ def main() -> int:
         print(f"  {name}: p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms", file=sys.stderr)
         return result
 
-    runs: dict[str, list[dict[str, float]]] = {"baseline": [], "warm_cache": [], "cold_cache": []}
+    def run_reference_arms() -> None:
+        runs["job_baseline"].append(run_arm("job_baseline", None, create_job))
+        bundle = base64.b64encode(cluster.ca_file.read_bytes()).decode()
+        cluster.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "List",
+                    "items": kueue_job_webhooks(cluster.ports.kueue_webhook, bundle),
+                }
+            ),
+        )
+        try:
+            runs["job_kueue_webhooks"].append(run_arm("job_kueue_webhooks", None, create_job))
+        finally:
+            remove_webhook_configurations(cluster, KUEUE_JOB_WEBHOOKS, check=True)
+
+    arms = ("baseline", "warm_cache", "cold_cache", "job_baseline", "job_kueue_webhooks")
+    runs: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}
+    cluster.kubectl("create", "namespace", JOBS_NAMESPACE, check=False)
     try:
         for run in range(runs_wanted):
             print(f"run {run + 1} of {runs_wanted}", file=sys.stderr)
             remove_webhook_configurations(cluster, CONFIGURATION, check=True)
             runs["baseline"].append(run_arm("baseline", None))
+            run_reference_arms()  # while no trainguard webhook is configured
             for name, cache in (("warm_cache", "300"), ("cold_cache", "0")):
                 operator = OperatorProcess(
                     tmp / f"operator-{name}.log",
@@ -112,22 +151,15 @@ def main() -> int:
                     operator.stop()
     finally:
         remove_webhook_configurations(cluster, CONFIGURATION, check=True)
-        cluster.kubectl("delete", "namespace", space.namespace, "--wait=false")
+        cluster.kubectl("delete", "namespace", space.namespace, JOBS_NAMESPACE, "--wait=false")
         cluster.kubectl("delete", "tenant", space.tenant, "--wait=false")
 
     results = {
         arm: {key: statistics.median(r[key] for r in measured) for key in measured[0]}
         for arm, measured in runs.items()
     }
-    base = results["baseline"]
-    ratios = {
-        arm: {
-            "p50": figures["p50_ms"] / base["p50_ms"],
-            "p99": figures["p99_ms"] / base["p99_ms"],
-            "requests_per_second": figures["requests_per_second"] / base["requests_per_second"],
-        }
-        for arm, figures in results.items()
-    }
+    ratios = {arm: ratio(results[arm], results["baseline"]) for arm in arms[:3]}
+    reference = {arm: ratio(results[arm], results["job_baseline"]) for arm in arms[3:]}
     report = {
         "concurrency": CONCURRENCY,
         "requests": REQUESTS,
@@ -135,6 +167,7 @@ def main() -> int:
         "statistic": "median of the runs",
         "results": results,
         "ratio_to_baseline": ratios,
+        "reference_ratio_to_job_baseline": reference,
         "targets_ratio": TARGETS,
         "targets_met": {
             "warm_p99": ratios["warm_cache"]["p99"] <= TARGETS["warm_p99"],
@@ -145,6 +178,15 @@ def main() -> int:
     }
     write_report("admission.json", report)
     return 0
+
+
+def ratio(arm: dict[str, float], base: dict[str, float]) -> dict[str, float]:
+    """An arm's p50, p99 and throughput as ratios to its baseline's (same run, same cluster)."""
+    return {
+        "p50": arm["p50_ms"] / base["p50_ms"],
+        "p99": arm["p99_ms"] / base["p99_ms"],
+        "requests_per_second": arm["requests_per_second"] / base["requests_per_second"],
+    }
 
 
 if __name__ == "__main__":

@@ -361,6 +361,47 @@ def kueue_job_webhooks(port: int, ca_bundle: str) -> list[dict[str, Any]]:
     ]
 
 
+def queued_batch_job(
+    name: str,
+    *,
+    pods: int,
+    gpus_per_pod: int,
+    labels: dict[str, str] | None = None,
+    pod_annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A batch/v1 Job for Kueue alone: queued on the namespace's LocalQueue, suspended, `pods`
+    pods of `gpus_per_pod` GPUs each."""
+    per_pod = {GPU: str(gpus_per_pod)}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "labels": {"kueue.x-k8s.io/queue-name": LOCAL_QUEUE, **(labels or {})},
+        },
+        "spec": {
+            "suspend": True,  # as Kueue's documentation writes it (its webhook would set it)
+            "parallelism": pods,
+            "completions": pods,
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"annotations": dict(pod_annotations or {})},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "terminationGracePeriodSeconds": 0,
+                    "containers": [
+                        {
+                            "name": "trainer",
+                            "image": "bench/trainer:v1",
+                            "resources": {"requests": per_pod, "limits": per_pod},
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
 def split_cpus(cpus: set[int]) -> tuple[set[int], set[int]]:
     """(control plane's, everyone else's): the lower half of the CPUs, at least one each."""
     if len(cpus) < 2:
@@ -740,39 +781,13 @@ class Bench:
 
         def create(slot: Slot) -> None:
             cls = slot.cls
-            per_pod = {GPU: str(cls.gpus // cls.pods)}
-            body = {
-                "apiVersion": "batch/v1",
-                "kind": "Job",
-                "metadata": {
-                    "name": slot.name,
-                    "labels": {
-                        "kueue.x-k8s.io/queue-name": LOCAL_QUEUE,
-                        "kueue.x-k8s.io/priority-class": f"{prefix}-{cls.name}",
-                        BENCH_LABEL: self.run,
-                    },
-                },
-                "spec": {
-                    "suspend": True,  # as Kueue's documentation writes it (its webhook would set it)
-                    "parallelism": cls.pods,
-                    "completions": cls.pods,
-                    "backoffLimit": 0,
-                    "template": {
-                        "metadata": {"annotations": {RUN_SECONDS: f"{cls.runtime_s:g}"}},
-                        "spec": {
-                            "restartPolicy": "Never",
-                            "terminationGracePeriodSeconds": 0,
-                            "containers": [
-                                {
-                                    "name": "trainer",
-                                    "image": "bench/trainer:v1",
-                                    "resources": {"requests": per_pod, "limits": per_pod},
-                                }
-                            ],
-                        },
-                    },
-                },
-            }
+            body = queued_batch_job(
+                slot.name,
+                pods=cls.pods,
+                gpus_per_pod=cls.gpus // cls.pods,
+                labels={"kueue.x-k8s.io/priority-class": f"{prefix}-{cls.name}", BENCH_LABEL: self.run},
+                pod_annotations={RUN_SECONDS: f"{cls.runtime_s:g}"},
+            )
             self.custom.create_namespaced_custom_object("batch", "v1", slot.namespace, "jobs", body)
 
         try:
