@@ -60,7 +60,9 @@ class Settings(BaseSettings):
 
     # Image verification.
     plain_http_registries: frozenset[str] = frozenset()
-    verify_timeout_seconds: float = Field(default=5.0, gt=0, description="well under the webhooks' 10 s")
+    verify_timeout_seconds: float = Field(
+        default=4.0, gt=0, description="a second under the webhooks' timeout (5 s by default)"
+    )
     verify_cache_seconds: float = Field(default=300.0, ge=0)
     # A docker config JSON (`auths`) the operator reads registries with when a tenant's pull Secret
     # has no entry for them (e.g. a platform mirror every tenant may use); read again when it changes.

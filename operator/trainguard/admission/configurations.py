@@ -28,7 +28,10 @@ NAMESPACE_GUARD = "namespace-guard"
 TOKEN_GUARD = "token-guard"  # noqa: S105 - a webhook name, not a secret
 KUEUE_GUARD = "kueue-guard"
 KUEUE_QUEUE_GUARD = "kueue-queue-guard"
-TIMEOUT_SECONDS = 10
+# Seconds the API server waits for each webhook, as the chart's default (`webhooks.timeoutSeconds`):
+# a few, not Kubernetes' 10, so that a stuck operator refuses creates quickly instead of holding
+# every client and API server request for 10 s. Image verification gives up a second earlier.
+TIMEOUT_SECONDS = 5
 
 # A create is decided whole by the mutating webhook (every rule, the image verified and pinned, the
 # pinned image stamped on the job); the validating webhook sees the final object of a create only
