@@ -1,5 +1,6 @@
 """The scheduling bench's options: which job classes run (`--classes`), Kueue's own Job webhooks
-in the Kueue-alone arm, and where the processes run (`--placement split`)."""
+in the Kueue-alone arm (and in the admission bench's reference arms) and the batch Jobs they see,
+and where the processes run (`--placement split`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,18 @@ import threading
 from pathlib import Path
 
 import pytest
-from bench.scheduling_bench import BASELINE, kueue_job_webhooks, pin, select_classes, split_cpus
+from bench.admission_bench import ratio
+from bench.scheduling_bench import (
+    BASELINE,
+    GPU,
+    kueue_job_webhooks,
+    pin,
+    queued_batch_job,
+    select_classes,
+    split_cpus,
+)
+
+from trainguard.api.constants import LOCAL_QUEUE
 
 
 def test_classes_are_chosen_by_name_in_the_baselines_order() -> None:
@@ -21,6 +33,31 @@ def test_classes_are_chosen_by_name_in_the_baselines_order() -> None:
 def test_an_unknown_or_empty_class_list_is_refused_with_the_known_names(names: str) -> None:
     with pytest.raises(ValueError, match=r"'small', 'medium', 'large'"):
         select_classes(names)
+
+
+def test_a_queued_batch_job_is_suspended_on_the_local_queue_with_its_gpus_per_pod() -> None:
+    job = queued_batch_job(
+        "j-1", pods=2, gpus_per_pod=10, labels={"bench": "r1"}, pod_annotations={"run": "1"}
+    )
+    assert job["metadata"] == {
+        "name": "j-1",
+        "labels": {"kueue.x-k8s.io/queue-name": LOCAL_QUEUE, "bench": "r1"},
+    }
+    spec = job["spec"]
+    assert spec["suspend"] is True
+    assert (spec["parallelism"], spec["completions"]) == (2, 2)
+    assert spec["template"]["metadata"] == {"annotations": {"run": "1"}}
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["resources"] == {"requests": {GPU: "10"}, "limits": {GPU: "10"}}
+    plain = queued_batch_job("j-2", pods=1, gpus_per_pod=1)
+    assert plain["metadata"]["labels"] == {"kueue.x-k8s.io/queue-name": LOCAL_QUEUE}
+    assert plain["spec"]["template"]["metadata"] == {"annotations": {}}
+
+
+def test_the_admission_benchs_ratios_are_against_the_baseline_given() -> None:
+    base = {"p50_ms": 80.0, "p99_ms": 200.0, "requests_per_second": 1000.0}
+    arm = {"p50_ms": 160.0, "p99_ms": 300.0, "requests_per_second": 500.0}
+    assert ratio(arm, base) == {"p50": 2.0, "p99": 1.5, "requests_per_second": 0.5}
 
 
 def test_kueue_job_webhooks_are_its_charts_mutating_and_validating_job_hooks() -> None:
