@@ -453,12 +453,14 @@ async def reconcile(
             queue=queues.of(job),
             heard=context.integrity.last_heard(key),
         )
+        # First the Workload: Kueue decides while the rest is written and made (unless this pass
+        # made it above: the index has not seen it yet).
+        if decided.create_workload is not None and not queued:
+            await kube.create_object(decided.create_workload)
         if decided.hold:
             # New, and Kueue has not looked at its Workload yet: nothing written, posted or made
             # until it has (the Workload's change wakes this job) or a moment has passed.
             context.integrity.give_back(key, verdicts)
-            if decided.create_workload is not None and not queued:
-                await kube.create_object(decided.create_workload)
             return decided.requeue_after
         if decided.reports_stopped:
             metrics.integrity_violation(job.spec.tenant, "ReportsStopped")
@@ -471,9 +473,6 @@ async def reconcile(
     except BaseException:
         context.integrity.give_back(key, verdicts)
         raise
-    # First: Kueue can decide while the rest is made (unless made above: the index has not seen it).
-    if decided.create_workload is not None and not queued:
-        await kube.create_object(decided.create_workload)
     await asyncio.gather(*(kube.delete_pod(namespace, pod) for pod in decided.delete_pods))
     if decided.release_workload is not None and decided.status.queue and decided.status.queue.workload:
         await kube.patch_workload_status(namespace, decided.status.queue.workload, decided.release_workload)
