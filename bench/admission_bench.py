@@ -23,7 +23,6 @@ Writes bench/results/admission.json.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import statistics
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 from kubernetes import client, config
 
 from bench.load import measure, write_report
-from bench.scheduling_bench import KUEUE_JOB_WEBHOOKS, cpu_seconds, kueue_job_webhooks, queued_batch_job
+from bench.scheduling_bench import cpu_seconds, kueue_job_webhooks_registered, queued_batch_job
 from e2e.cluster.harness import (
     RELEASE_NAMESPACE,
     OperatorProcess,
@@ -109,23 +108,8 @@ def main() -> int:
 
     def run_reference_arms() -> None:
         runs["job_baseline"].append(run_arm("job_baseline", None, create_job))
-        bundle = base64.b64encode(cluster.ca_file.read_bytes()).decode()
-        cluster.kubectl(
-            "apply",
-            "-f",
-            "-",
-            input=json.dumps(
-                {
-                    "apiVersion": "v1",
-                    "kind": "List",
-                    "items": kueue_job_webhooks(cluster.ports.kueue_webhook, bundle),
-                }
-            ),
-        )
-        try:
+        with kueue_job_webhooks_registered(cluster, check_removal=True):
             runs["job_kueue_webhooks"].append(run_arm("job_kueue_webhooks", None, create_job))
-        finally:
-            remove_webhook_configurations(cluster, KUEUE_JOB_WEBHOOKS, check=True)
 
     arms = ("baseline", "warm_cache", "cold_cache", "job_baseline", "job_kueue_webhooks")
     runs: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}

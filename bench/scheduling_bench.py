@@ -67,7 +67,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -361,6 +361,24 @@ def kueue_job_webhooks(port: int, ca_bundle: str) -> list[dict[str, Any]]:
     ]
 
 
+def kubectl_apply(cluster: Cluster, objects: list[dict[str, Any]]) -> None:
+    """`kubectl apply` of `objects`, as one List."""
+    body = {"apiVersion": "v1", "kind": "List", "items": objects}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+
+
+@contextlib.contextmanager
+def kueue_job_webhooks_registered(cluster: Cluster, *, check_removal: bool = False) -> Iterator[None]:
+    """Kueue's own Job webhooks (`kueue_job_webhooks`, trusting the cluster's CA) registered for
+    the block, and removed after it (`check_removal`: a failed delete raises)."""
+    bundle = base64.b64encode(cluster.ca_file.read_bytes()).decode()
+    kubectl_apply(cluster, kueue_job_webhooks(cluster.ports.kueue_webhook, bundle))
+    try:
+        yield
+    finally:
+        remove_webhook_configurations(cluster, KUEUE_JOB_WEBHOOKS, check=check_removal)
+
+
 def queued_batch_job(
     name: str,
     *,
@@ -567,8 +585,7 @@ class Bench:
         self.timeout = 600 + 10 * span
 
     def kubectl_apply(self, objects: list[dict[str, Any]]) -> None:
-        body = {"apiVersion": "v1", "kind": "List", "items": objects}
-        self.cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+        kubectl_apply(self.cluster, objects)
 
     def add_nodes(self) -> list[str]:
         shape = ClusterConfig(gpus_per_node=NODE_GPUS, cpu_per_node="100000", memory_per_node="100000Gi")
@@ -747,8 +764,6 @@ class Bench:
             )
         self.kubectl_apply(objects)
         self.wait_queues_active(namespaces)
-        bundle = base64.b64encode(self.cluster.ca_file.read_bytes()).decode()
-        self.kubectl_apply(kueue_job_webhooks(self.cluster.ports.kueue_webhook, bundle))
 
         recorder = Recorder()
         bench_namespaces = set(namespaces)
@@ -790,10 +805,8 @@ class Bench:
             )
             self.custom.create_namespaced_custom_object("batch", "v1", slot.namespace, "jobs", body)
 
-        try:
+        with kueue_job_webhooks_registered(self.cluster):
             result = self._run_arm(namespaces, recorder, watchers, create, quota_gpus, node_gpus)
-        finally:
-            remove_webhook_configurations(self.cluster, KUEUE_JOB_WEBHOOKS)
         self.delete_namespaces(namespaces)
         self.cluster.kubectl(
             "delete", "clusterqueues", *namespaces, "--wait=true", "--timeout=120s", check=False
