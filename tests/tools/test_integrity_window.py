@@ -5,8 +5,10 @@ before each optimizer step with what the previous one left. Real sidecar process
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -113,7 +115,6 @@ def test_clean_training_with_a_watched_scheduler_and_generators_gives_no_false_a
             group["lr"] = 5e-4
     forward_backward(net, optimizer, data)
     optimizer.step()
-    guard.flush()  # the last step's end was sent without waiting for its answer
     assert sidecar.reports_of(Violation) == []
     assert [r.step for r in sidecar.reports_of(Verified)] == list(range(6))
     adjusted = sidecar.reports_of(Adjusted)
@@ -182,6 +183,35 @@ def test_a_second_optimizer_over_the_same_weights_is_caught(sidecar: SidecarProc
     forward_backward(net, optimizer, data)
     rogue.step()
     with pytest.raises(IntegrityViolation, match=r"the weights \(cpu\) changed between the end of step 1"):
+        optimizer.step()
+    guard.close()
+
+
+def test_a_change_made_at_once_after_a_step_is_caught_however_slow_the_sidecar(
+    sidecar: SidecarProcess,
+) -> None:
+    """`optimizer.step()` returns only once the sidecar has fingerprinted the new state: a change
+    made the moment it returns is not taken into the baseline, even when the sidecar got no CPU
+    for a while (here: stopped from just after the step began until half a second later)."""
+    net, optimizer, guard = guarded(sidecar)
+    data = train(net, optimizer, 2)
+    assert sidecar.proc is not None
+    pid = sidecar.proc.pid
+
+    def stall(*_: object) -> None:  # registered after the guard's own hook: runs after its check
+        os.kill(pid, signal.SIGSTOP)
+        threading.Timer(0.5, os.kill, (pid, signal.SIGCONT)).start()
+
+    hook = optimizer.register_step_pre_hook(stall)
+    try:
+        forward_backward(net, optimizer, data)
+        optimizer.step()
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        net[0].weight[0, 0] += 1.0
+    forward_backward(net, optimizer, data)
+    with pytest.raises(IntegrityViolation, match=r"the weights \(cpu\) changed between the end of step 2"):
         optimizer.step()
     guard.close()
 

@@ -412,7 +412,6 @@ class IntegrityGuard:
         self.step = start_step  # the step the next optimizer.step() is
         self.regions: dict[str, _SharedRegion] = {}
         self._layout: _Layout | None = None
-        self._unanswered = 0  # step ends sent whose answers are not read yet
         self._sock = connect(path, connect_timeout)
         self._reader = LineReader(self._sock)
         self._call(Hello(rank=self.rank, replicated=replicated))
@@ -481,23 +480,8 @@ class IntegrityGuard:
 
     # ----------------------------------------------------------------- calls
     def _call(self, request: Request, fds: list[int] | None = None) -> Reply:
-        self._post(request, fds)
-        self._unanswered -= 1
-        return self._answer()
-
-    def _post(self, request: Request, fds: list[int] | None = None) -> None:
-        """Send `request` after reading the answers still due (the sidecar answers in order)."""
-        self._collect()
+        """Send `request` and wait for the sidecar's answer (raising the violation it found)."""
         send(self._sock, request, fds or ())
-        self._unanswered += 1
-
-    def _collect(self) -> None:
-        """Read the answers to step ends sent without waiting (raising the first violation)."""
-        while self._unanswered:
-            self._unanswered -= 1
-            self._answer()
-
-    def _answer(self) -> Reply:
         raw = self._reader.read()
         if raw is None:
             raise IntegrityViolation("the integrity sidecar went away")
@@ -524,22 +508,17 @@ class IntegrityGuard:
         self._settle()
         self._call(Begin(step=step, controls=self.controls()))
 
-    def _end(self, step: int, wait: bool = True) -> None:
+    def _end(self, step: int) -> None:
         self._sync_regions()
         self._settle()
-        end = End(step=step, controls=self.controls())
-        if wait:
-            self._call(end)
-        else:
-            self._post(end)
+        self._call(End(step=step, controls=self.controls()))
 
     def _after_step(self) -> None:
-        """Just after optimizer.step(): the end of the step, sent without waiting for the answer.
-        The sidecar fingerprints the new state while the next step's forward and backward run
-        (they read the weights, never write them), and the next `begin` (which the sidecar
-        answers only after that fingerprint) collects the answer: a violation found at the end
-        of step t is raised at the start of step t+1, before its optimizer.step()."""
-        self._end(self.step, wait=False)
+        """Just after optimizer.step(): the end of the step, answered once the sidecar has
+        fingerprinted the new state. Training goes on only then: a fingerprint taken later, while
+        the next step's data loading or forward pass runs, would take a change made meanwhile
+        (by any code of the process) into the baseline, and the next `begin` would not see it."""
+        self._end(self.step)
         self.step += 1
 
     def _marked_by_hooks(self) -> None:
@@ -630,17 +609,9 @@ class IntegrityGuard:
             return load_bytes(data)
         return torch.load(io.BytesIO(data), weights_only=True)
 
-    def flush(self) -> None:
-        """Wait until the sidecar has answered every step end sent so far (the last one is sent
-        without waiting): a violation it found there is raised now."""
-        self._collect()
-
     def close(self) -> None:
-        """Stop watching; the answers still due are read first (a violation is raised)."""
+        """Stop watching."""
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
-        try:
-            self._collect()
-        finally:
-            self._sock.close()
+        self._sock.close()
