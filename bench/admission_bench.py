@@ -90,13 +90,11 @@ def main() -> int:
         custom.create_namespaced_custom_object("batch", "v1", JOBS_NAMESPACE, "jobs", body, dry_run="All")
 
     def run_arm(
-        name: str, operator: OperatorProcess | None, fn: Callable[[int], None] = create
+        name: str, webhook_servers: dict[str, int], fn: Callable[[int], None] = create
     ) -> dict[str, float]:
-        watched = {k: pids[k] for k in ("kube-apiserver", "etcd", "registry")}
-        if operator is not None and operator.proc is not None:
-            watched["operator"] = operator.proc.pid
-        if fn is create_job:
-            watched["kueue"] = pids["kueue"]
+        """One arm; the CPU of the control plane, the registry and `webhook_servers` (name: pid)
+        is counted per create."""
+        watched = {k: pids[k] for k in ("kube-apiserver", "etcd", "registry")} | webhook_servers
         before = {k: cpu_seconds(p) for k, p in watched.items()}
         result = measure(fn, CONCURRENCY, REQUESTS)
         spent = {k: cpu_seconds(p) - before[k] for k, p in watched.items()}
@@ -107,9 +105,10 @@ def main() -> int:
         return result
 
     def run_reference_arms() -> None:
-        runs["job_baseline"].append(run_arm("job_baseline", None, create_job))
+        kueue = {"kueue": pids["kueue"]}
+        runs["job_baseline"].append(run_arm("job_baseline", kueue, create_job))
         with kueue_job_webhooks_registered(cluster, check_removal=True):
-            runs["job_kueue_webhooks"].append(run_arm("job_kueue_webhooks", None, create_job))
+            runs["job_kueue_webhooks"].append(run_arm("job_kueue_webhooks", kueue, create_job))
 
     arms = ("baseline", "warm_cache", "cold_cache", "job_baseline", "job_kueue_webhooks")
     runs: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}
@@ -118,7 +117,7 @@ def main() -> int:
         for run in range(runs_wanted):
             print(f"run {run + 1} of {runs_wanted}", file=sys.stderr)
             remove_webhook_configurations(cluster, CONFIGURATION, check=True)
-            runs["baseline"].append(run_arm("baseline", None))
+            runs["baseline"].append(run_arm("baseline", {}))
             run_reference_arms()  # while no trainguard webhook is configured
             for name, cache in (("warm_cache", "300"), ("cold_cache", "0")):
                 operator = OperatorProcess(
@@ -130,7 +129,8 @@ def main() -> int:
                 )
                 operator.start()  # writes its webhook configurations
                 try:
-                    runs[name].append(run_arm(name, operator))
+                    assert operator.proc is not None
+                    runs[name].append(run_arm(name, {"operator": operator.proc.pid}))
                 finally:
                     operator.stop()
     finally:

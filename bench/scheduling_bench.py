@@ -584,9 +584,6 @@ class Bench:
         span = max(c.count * c.interval_s + c.runtime_s for c in classes)
         self.timeout = 600 + 10 * span
 
-    def kubectl_apply(self, objects: list[dict[str, Any]]) -> None:
-        kubectl_apply(self.cluster, objects)
-
     def add_nodes(self) -> list[str]:
         shape = ClusterConfig(gpus_per_node=NODE_GPUS, cpu_per_node="100000", memory_per_node="100000Gi")
         nodes = []
@@ -599,7 +596,7 @@ class Bench:
             for resources in node["status"].values():
                 resources["pods"] = "5000"
             nodes.append(node)
-        self.kubectl_apply(nodes)
+        kubectl_apply(self.cluster, nodes)
         names = [n["metadata"]["name"] for n in nodes]
         wait_for("the benchmark's kwok nodes to be Ready", lambda: self._nodes_ready(names), timeout=60)
         return names
@@ -654,7 +651,7 @@ class Bench:
                 "terminationGracePeriodSeconds": 0,
             },
         }
-        self.kubectl_apply([pod])
+        kubectl_apply(self.cluster, [pod])
         try:
             wait_for(
                 "a pod annotated run-seconds to succeed on its own (if it never does, the cluster's "
@@ -762,7 +759,7 @@ class Bench:
                     "spec": {"clusterQueue": ns},
                 }
             )
-        self.kubectl_apply(objects)
+        kubectl_apply(self.cluster, objects)
         self.wait_queues_active(namespaces)
 
         recorder = Recorder()
